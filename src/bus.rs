@@ -1,0 +1,305 @@
+//! [`Bus`], its builder, and the process-wide global instance.
+
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use crate::error::{AlreadySet, BuildError, PublishError, UnknownTopic};
+use crate::publish::{PublishReceipt, Publisher, TopicState};
+use crate::shutdown::{self, ShutdownReport};
+use crate::stats::BusStats;
+use crate::subscribe::SubscribeBuilder;
+use crate::topic::{Registry, TopicConfig};
+use crate::Event;
+
+/// The event bus. A cheap handle: clones share one bus.
+///
+/// Build one with [`Bus::builder`], naming every topic it carries (the
+/// allow-list); publishing or subscribing to anything else is an error.
+///
+/// ```
+/// use tidings::{Bus, Event};
+///
+/// #[derive(Debug, Event)]
+/// #[event(topic = "orders.created")]
+/// struct OrderCreated { id: u64 }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let bus = Bus::builder().topic::<OrderCreated>().build()?;
+/// let mut orders = bus.subscribe::<OrderCreated>().stream()?;
+/// bus.publish(OrderCreated { id: 1 }).await?;
+/// let e = orders.recv().await.expect("subscribed");
+/// assert_eq!((e.id, e.seq()), (1, 1));
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Bus {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    registry: Registry,
+}
+
+impl Bus {
+    /// Starts a bus with an empty allow-list.
+    pub fn builder() -> BusBuilder {
+        BusBuilder {
+            registry: Registry::default(),
+            error: None,
+        }
+    }
+
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.shared.registry
+    }
+
+    fn topic<E: Event>(&self) -> Option<&TopicState<E>> {
+        self.shared.registry.state::<E>()
+    }
+
+    /// Starts a subscription to `E`'s topic; see [`SubscribeBuilder`].
+    pub fn subscribe<E: Event>(&self) -> SubscribeBuilder<'_, E> {
+        SubscribeBuilder::new(self)
+    }
+
+    /// A typed handle that publishes `E` without looking its topic up each
+    /// time.
+    ///
+    /// # Errors
+    /// [`UnknownTopic`] when `E`'s topic is not registered.
+    pub fn publisher<E: Event>(&self) -> Result<Publisher<E>, UnknownTopic> {
+        self.shared
+            .registry
+            .state_arc::<E>()
+            .map(|topic| Publisher { topic })
+            .ok_or(UnknownTopic { topic: E::TOPIC })
+    }
+
+    /// Publishes `event` to every subscription of its topic, waiting for room
+    /// in full [`Overflow::Block`](crate::Overflow::Block) subscriptions.
+    ///
+    /// All or nothing: the event is enqueued to every subscription or to none.
+    /// Dropping the returned future before it completes enqueues nothing.
+    ///
+    /// # Errors
+    /// [`PublishError::UnknownTopic`], [`PublishError::Closed`], and
+    /// [`PublishError::Full`] when an [`Overflow::Fail`](crate::Overflow::Fail)
+    /// subscription is full. Each hands the event back.
+    pub async fn publish<E: Event>(&self, event: E) -> Result<PublishReceipt, PublishError<E>> {
+        match self.topic::<E>() {
+            Some(topic) => topic.publish(event).await,
+            None => Err(PublishError::UnknownTopic {
+                topic: E::TOPIC,
+                event,
+            }),
+        }
+    }
+
+    /// Publishes `event` without ever waiting.
+    ///
+    /// # Errors
+    /// As [`publish`](Bus::publish), and [`PublishError::Full`] where
+    /// `publish` would wait. Nothing is enqueued anywhere on error.
+    pub fn try_publish<E: Event>(&self, event: E) -> Result<PublishReceipt, PublishError<E>> {
+        match self.topic::<E>() {
+            Some(topic) => topic.try_publish(event),
+            None => Err(PublishError::UnknownTopic {
+                topic: E::TOPIC,
+                event,
+            }),
+        }
+    }
+
+    /// Publishes `event`, waiting at most `timeout` for room.
+    ///
+    /// # Errors
+    /// As [`publish`](Bus::publish), and [`PublishError::Timeout`] when no
+    /// room appeared in time (nothing was enqueued).
+    ///
+    /// # Panics
+    /// Outside a tokio runtime with the time driver enabled, if it has to wait.
+    pub async fn publish_timeout<E: Event>(
+        &self,
+        event: E,
+        timeout: Duration,
+    ) -> Result<PublishReceipt, PublishError<E>> {
+        match self.topic::<E>() {
+            Some(topic) => topic.publish_timeout(event, timeout).await,
+            None => Err(PublishError::UnknownTopic {
+                topic: E::TOPIC,
+                event,
+            }),
+        }
+    }
+
+    /// Whether `E`'s topic is on this bus's allow-list.
+    pub fn is_registered<E: Event>(&self) -> bool {
+        self.topic::<E>().is_some()
+    }
+
+    /// The registered topics, in name order.
+    pub fn topics(&self) -> Vec<&'static str> {
+        self.shared.registry.entries().map(|e| e.name).collect()
+    }
+
+    /// A snapshot of every topic and subscription.
+    pub fn stats(&self) -> BusStats {
+        BusStats {
+            topics: self
+                .shared
+                .registry
+                .entries()
+                .map(|e| e.erased.stats())
+                .collect(),
+        }
+    }
+
+    /// Shuts the bus down: publishes from now on fail with
+    /// [`PublishError::Closed`] (the event handed back), publishers waiting
+    /// for room are released with the same error, and every subscription
+    /// drains its queue into its handler or stream. Waits up to `deadline`
+    /// for that, then cuts off what is left and says so in the report.
+    ///
+    /// Calling it again returns a fresh report and changes nothing.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tidings::{Bus, Event};
+    /// # #[derive(Debug, Event)] #[event(topic = "orders.created")] struct OrderCreated { id: u64 }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let bus = Bus::builder().topic::<OrderCreated>().build()?;
+    /// let _billing = bus.subscribe::<OrderCreated>().sync(|_e| ())?;
+    /// bus.publish(OrderCreated { id: 1 }).await?;
+    /// let report = bus.shutdown(Duration::from_secs(5)).await;
+    /// assert!(report.is_clean(), "{report}");
+    /// assert!(bus.publish(OrderCreated { id: 2 }).await.is_err());
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Panics
+    /// Outside a tokio runtime with the time driver enabled.
+    pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
+        let queues: Vec<_> = self
+            .shared
+            .registry
+            .entries()
+            .flat_map(|e| e.erased.close())
+            .collect();
+        let (elapsed, deadline_hit) = shutdown::drain(&queues, deadline).await;
+        ShutdownReport::new(elapsed, deadline_hit, self.stats())
+    }
+}
+
+impl fmt::Debug for Bus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bus")
+            .field("topics", &self.topics())
+            .finish()
+    }
+}
+
+/// Builds a [`Bus`]: every topic it will carry is registered here.
+///
+/// Registering the same type twice with the same configuration is allowed, so
+/// that independent modules can each register what they use.
+///
+/// ```
+/// use tidings::{Bus, Event, TopicConfig};
+/// # #[derive(Event)] #[event(topic = "orders.created")] struct OrderCreated;
+/// # #[derive(Event)] #[event(topic = "audit.line")] struct AuditLine;
+/// # #[derive(Event)] #[event(topic = "orders.created")] struct Impostor;
+///
+/// let bus = Bus::builder()
+///     .topic::<OrderCreated>()
+///     .topic_with::<AuditLine>(TopicConfig::default().capacity(4096))
+///     .build()?;
+/// assert_eq!(bus.topics(), ["audit.line", "orders.created"]);
+///
+/// let err = Bus::builder().topic::<OrderCreated>().topic::<Impostor>().build().unwrap_err();
+/// assert!(err.to_string().contains("claimed by two types"));
+/// # Ok::<(), tidings::error::BuildError>(())
+/// ```
+#[must_use = "a bus builder does nothing until .build()"]
+pub struct BusBuilder {
+    registry: Registry,
+    error: Option<BuildError>,
+}
+
+impl BusBuilder {
+    /// Adds `E`'s topic to the allow-list with the default [`TopicConfig`].
+    pub fn topic<E: Event>(self) -> Self {
+        self.topic_with::<E>(TopicConfig::default())
+    }
+
+    /// Adds `E`'s topic to the allow-list with `config`.
+    pub fn topic_with<E: Event>(mut self, config: TopicConfig) -> Self {
+        if self.error.is_none() {
+            if let Err(err) = self.registry.register::<E>(config) {
+                self.error = Some(err);
+            }
+        }
+        self
+    }
+
+    /// Builds the bus.
+    ///
+    /// # Errors
+    /// The first problem met while registering: [`BuildError::TopicConflict`]
+    /// (two types, one topic), [`BuildError::ConfigConflict`],
+    /// [`BuildError::InvalidTopic`], [`BuildError::ZeroCapacity`].
+    pub fn build(self) -> Result<Bus, BuildError> {
+        match self.error {
+            Some(err) => Err(err),
+            None => Ok(Bus {
+                shared: Arc::new(Shared {
+                    registry: self.registry,
+                }),
+            }),
+        }
+    }
+}
+
+impl fmt::Debug for BusBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BusBuilder")
+            .field(
+                "topics",
+                &self.registry.entries().map(|e| e.name).collect::<Vec<_>>(),
+            )
+            .field("error", &self.error)
+            .finish()
+    }
+}
+
+static GLOBAL: OnceLock<Bus> = OnceLock::new();
+
+/// Installs `bus` as the process-wide bus, for code that cannot be handed one.
+///
+/// # Errors
+/// [`AlreadySet`], holding `bus`, if a global bus was already installed; it
+/// can be set once per process.
+pub fn set_global(bus: Bus) -> Result<(), AlreadySet> {
+    GLOBAL.set(bus).map_err(AlreadySet)
+}
+
+/// The process-wide bus.
+///
+/// # Panics
+/// If [`set_global`] has not been called; use [`try_global`] where that can
+/// happen.
+pub fn global() -> &'static Bus {
+    match GLOBAL.get() {
+        Some(bus) => bus,
+        None => panic!(
+            "tidings::global() was called before tidings::set_global(bus); install the bus at start-up, or use tidings::try_global()"
+        ),
+    }
+}
+
+/// The process-wide bus, if one was installed.
+pub fn try_global() -> Option<&'static Bus> {
+    GLOBAL.get()
+}

@@ -1,0 +1,303 @@
+//! Error types, one per operation. Each names what went wrong (topic,
+//! subscription, capacity); an error for an event that was not published
+//! hands the event back ([`PublishError::into_inner`]).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::queue::Overflow;
+use crate::subscribe::SubscriptionId;
+use crate::Bus;
+
+/// A topic name that breaks the grammar (see [`Topic`](crate::Topic)).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TopicError {
+    /// The name is empty.
+    #[error("topic is empty")]
+    Empty,
+    /// The name is longer than [`MAX_TOPIC_LEN`](crate::topic::MAX_TOPIC_LEN) bytes.
+    #[error("topic is {len} bytes long, the limit is 255")]
+    TooLong {
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// Two dots in a row, or a dot at either end.
+    #[error("topic `{topic}` has an empty segment (segment {segment})")]
+    EmptySegment {
+        /// The name.
+        topic: String,
+        /// Which segment is empty, counting from 1.
+        segment: usize,
+    },
+    /// A character outside `a-z`, `0-9`, `_`, `-` and `.`.
+    #[error("topic `{topic}` has the character {ch:?} at byte {at}; topics allow only `a-z`, `0-9`, `_`, `-` and `.`")]
+    BadChar {
+        /// The name.
+        topic: String,
+        /// The character.
+        ch: char,
+        /// Its byte offset.
+        at: usize,
+    },
+}
+
+/// Why [`BusBuilder::build`](crate::BusBuilder::build) refused the allow-list.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// Two Rust types claim the same topic.
+    #[error("topic `{topic}` is claimed by two types: `{first}` and `{second}`")]
+    TopicConflict {
+        /// The topic.
+        topic: &'static str,
+        /// The type registered first.
+        first: &'static str,
+        /// The type registered second.
+        second: &'static str,
+    },
+    /// One type registered twice with different [`TopicConfig`](crate::TopicConfig)s.
+    #[error("topic `{topic}` is registered twice with different configurations")]
+    ConfigConflict {
+        /// The topic.
+        topic: &'static str,
+    },
+    /// A hand-written [`Event`](crate::Event) impl has a topic that breaks the grammar.
+    #[error("type `{type_name}` has an invalid topic: {source}")]
+    InvalidTopic {
+        /// The Rust type.
+        type_name: &'static str,
+        /// What is wrong with the topic.
+        #[source]
+        source: TopicError,
+    },
+    /// A [`TopicConfig`](crate::TopicConfig) with capacity 0.
+    #[error(
+        "topic `{topic}` is configured with capacity 0; a queue needs room for at least one event"
+    )]
+    ZeroCapacity {
+        /// The topic.
+        topic: &'static str,
+    },
+}
+
+/// Why an event was not published. The event is handed back:
+/// [`into_inner`](PublishError::into_inner).
+///
+/// `Debug` does not need `E: Debug`.
+#[derive(thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError<E> {
+    /// The event's topic is not on this bus's allow-list.
+    #[error("topic `{topic}` is not registered on this bus")]
+    UnknownTopic {
+        /// The topic.
+        topic: &'static str,
+        /// The event, not published.
+        event: E,
+    },
+    /// The bus is shut down (or shutting down).
+    #[error("the bus is shut down; the event on topic `{topic}` was not published")]
+    Closed {
+        /// The topic.
+        topic: &'static str,
+        /// The event, not published.
+        event: E,
+    },
+    /// A subscription had no room and publishing could not wait: its policy is
+    /// [`Overflow::Fail`], or it is [`Overflow::Block`] and the call was
+    /// [`try_publish`](crate::Bus::try_publish). Nothing was enqueued anywhere.
+    #[error("subscription `{subscription}` on topic `{topic}` is full ({capacity} events, policy {policy}); nothing was enqueued")]
+    Full {
+        /// The topic.
+        topic: &'static str,
+        /// The full subscription's name.
+        subscription: Arc<str>,
+        /// The full subscription's id.
+        id: SubscriptionId,
+        /// Its capacity.
+        capacity: usize,
+        /// Its overflow policy.
+        policy: Overflow,
+        /// The event, not published.
+        event: E,
+    },
+    /// [`publish_timeout`](crate::Bus::publish_timeout) waited its whole
+    /// time for room. Nothing was enqueued anywhere.
+    #[error("timed out after {waited:?} waiting for room in subscription `{subscription}` on topic `{topic}` ({capacity} events); nothing was enqueued")]
+    Timeout {
+        /// The topic.
+        topic: &'static str,
+        /// The subscription that was still full.
+        subscription: Arc<str>,
+        /// Its id.
+        id: SubscriptionId,
+        /// Its capacity.
+        capacity: usize,
+        /// How long the call waited.
+        waited: Duration,
+        /// The event, not published.
+        event: E,
+    },
+}
+
+impl<E> PublishError<E> {
+    /// The event that was not published.
+    pub fn into_inner(self) -> E {
+        match self {
+            PublishError::UnknownTopic { event, .. }
+            | PublishError::Closed { event, .. }
+            | PublishError::Full { event, .. }
+            | PublishError::Timeout { event, .. } => event,
+        }
+    }
+
+    /// A reference to the event that was not published.
+    pub fn event(&self) -> &E {
+        match self {
+            PublishError::UnknownTopic { event, .. }
+            | PublishError::Closed { event, .. }
+            | PublishError::Full { event, .. }
+            | PublishError::Timeout { event, .. } => event,
+        }
+    }
+
+    /// The topic the event was for.
+    pub fn topic(&self) -> &'static str {
+        match self {
+            PublishError::UnknownTopic { topic, .. }
+            | PublishError::Closed { topic, .. }
+            | PublishError::Full { topic, .. }
+            | PublishError::Timeout { topic, .. } => topic,
+        }
+    }
+}
+
+impl<E> fmt::Debug for PublishError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let event = format_args!("<{}>", std::any::type_name::<E>());
+        match self {
+            PublishError::UnknownTopic { topic, .. } => f
+                .debug_struct("UnknownTopic")
+                .field("topic", topic)
+                .field("event", &event)
+                .finish(),
+            PublishError::Closed { topic, .. } => f
+                .debug_struct("Closed")
+                .field("topic", topic)
+                .field("event", &event)
+                .finish(),
+            PublishError::Full {
+                topic,
+                subscription,
+                id,
+                capacity,
+                policy,
+                ..
+            } => f
+                .debug_struct("Full")
+                .field("topic", topic)
+                .field("subscription", subscription)
+                .field("id", id)
+                .field("capacity", capacity)
+                .field("policy", policy)
+                .field("event", &event)
+                .finish(),
+            PublishError::Timeout {
+                topic,
+                subscription,
+                id,
+                capacity,
+                waited,
+                ..
+            } => f
+                .debug_struct("Timeout")
+                .field("topic", topic)
+                .field("subscription", subscription)
+                .field("id", id)
+                .field("capacity", capacity)
+                .field("waited", waited)
+                .field("event", &event)
+                .finish(),
+        }
+    }
+}
+
+/// Why a subscription could not be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubscribeError {
+    /// The event's topic is not on this bus's allow-list.
+    #[error("topic `{topic}` is not registered on this bus")]
+    UnknownTopic {
+        /// The topic.
+        topic: &'static str,
+    },
+    /// `capacity(0)`: a queue needs room for at least one event.
+    #[error("subscription to topic `{topic}` asked for capacity 0; a queue needs room for at least one event")]
+    ZeroCapacity {
+        /// The topic.
+        topic: &'static str,
+    },
+    /// `concurrency(0)`: a handler needs at least one runner.
+    #[error("subscription to topic `{topic}` asked for concurrency 0; a handler needs at least one runner")]
+    ZeroConcurrency {
+        /// The topic.
+        topic: &'static str,
+    },
+    /// The bus is shut down.
+    #[error("the bus is shut down; cannot subscribe to topic `{topic}`")]
+    Closed {
+        /// The topic.
+        topic: &'static str,
+    },
+    /// An async handler was subscribed outside a tokio runtime.
+    #[error(
+        "an async handler for topic `{topic}` needs a tokio runtime; subscribe from within one"
+    )]
+    NoRuntime {
+        /// The topic.
+        topic: &'static str,
+    },
+    /// The operating system refused a thread for a sync handler.
+    #[error("could not start a handler thread for topic `{topic}`: {source}")]
+    Spawn {
+        /// The topic.
+        topic: &'static str,
+        /// What the operating system said.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// `E`'s topic is not on the bus's allow-list; returned by [`Bus::publisher`](crate::Bus::publisher).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("topic `{topic}` is not registered on this bus")]
+pub struct UnknownTopic {
+    /// The topic.
+    pub topic: &'static str,
+}
+
+/// Why [`Subscription::try_recv`](crate::Subscription::try_recv) returned no event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TryRecvError {
+    /// The queue is empty for now.
+    #[error("the subscription's queue is empty")]
+    Empty,
+    /// The subscription is closed and its queue is drained: no event will come.
+    #[error("the subscription is closed and drained")]
+    Closed,
+}
+
+/// [`set_global`](crate::set_global) was called when a global bus was already
+/// set. Holds the bus that was not installed.
+#[derive(thiserror::Error)]
+#[error("a global bus is already set")]
+pub struct AlreadySet(pub Bus);
+
+impl fmt::Debug for AlreadySet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AlreadySet(..)")
+    }
+}

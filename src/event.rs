@@ -1,0 +1,184 @@
+//! The [`Event`] trait and what subscribers receive: [`Envelope`].
+
+use std::fmt;
+use std::ops::Deref;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// A type that can travel on a [`Bus`](crate::Bus): it has exactly one topic.
+///
+/// Implement it with `#[derive(Event)]`; the derive checks the topic at
+/// compile time. A hand-written impl is checked when the topic is registered
+/// ([`BusBuilder::build`](crate::BusBuilder::build) fails with
+/// [`BuildError::InvalidTopic`](crate::error::BuildError::InvalidTopic)).
+///
+/// ```
+/// use tidings::Event;
+///
+/// #[derive(Event)]
+/// #[event(topic = "orders.created")]
+/// struct OrderCreated { id: u64 }
+///
+/// #[derive(Event)] // no attribute: the topic is the type name in snake_case
+/// struct PaymentFailed { order: u64 }
+///
+/// assert_eq!(<OrderCreated as Event>::TOPIC, "orders.created");
+/// assert_eq!(<PaymentFailed as Event>::TOPIC, "payment_failed");
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a tidings event",
+    note = "add #[derive(tidings::Event)] to `{Self}`"
+)]
+pub trait Event: Send + Sync + 'static {
+    /// The topic of this type, e.g. `orders.created`. See [`Topic`](crate::Topic)
+    /// for the grammar.
+    const TOPIC: &'static str;
+}
+
+/// A process-wide unique identifier of one published event.
+///
+/// Ids are handed out in increasing order by every bus of the process, so no
+/// two events ever share one, even across buses.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct EventId(u64);
+
+impl EventId {
+    /// The id as a number.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+
+    pub(crate) fn next() -> Self {
+        // Uniqueness only needs the read-modify-write to be atomic; no other
+        // memory is published through this counter, so `Relaxed` is enough.
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        EventId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ev-{}", self.0)
+    }
+}
+
+/// One accepted event and its metadata, shared by every subscription that
+/// received it (fan-out clones the `Arc`, never the event).
+pub(crate) struct Published<E> {
+    pub(crate) event: E,
+    pub(crate) id: EventId,
+    pub(crate) seq: u64,
+    pub(crate) at: SystemTime,
+}
+
+/// What a subscriber receives: the event (shared, never cloned) and its
+/// metadata.
+///
+/// `Envelope<E>` dereferences to `E`, so a handler written for `&E` takes
+/// `&envelope` as it is.
+///
+/// # Missed events
+/// Under the lossy policies ([`Overflow::DropOldest`](crate::Overflow::DropOldest),
+/// [`Overflow::DropNewest`](crate::Overflow::DropNewest)) a subscription can lose
+/// events. [`missed`](Envelope::missed) says how many this subscription lost
+/// between the previous envelope it received and this one, so a plain
+/// `while let Some(e) = sub.next().await` loop sees every loss without ever
+/// being cut short by it.
+pub struct Envelope<E> {
+    pub(crate) inner: Arc<Published<E>>,
+    pub(crate) missed: u64,
+}
+
+impl<E: Event> Envelope<E> {
+    /// The event.
+    pub fn event(&self) -> &E {
+        &self.inner.event
+    }
+
+    /// The event's process-wide unique id.
+    pub fn id(&self) -> EventId {
+        self.inner.id
+    }
+
+    /// The event's sequence number on its topic: 1 for the first event
+    /// published on the topic, then increasing by one per accepted publish.
+    pub fn seq(&self) -> u64 {
+        self.inner.seq
+    }
+
+    /// When the event was accepted by the bus.
+    pub fn published_at(&self) -> SystemTime {
+        self.inner.at
+    }
+
+    /// The event's topic (`E::TOPIC`).
+    pub fn topic(&self) -> &'static str {
+        E::TOPIC
+    }
+
+    /// How many events this subscription lost (to its overflow policy) since
+    /// the envelope it received before this one. Always 0 under
+    /// [`Overflow::Block`](crate::Overflow::Block) and
+    /// [`Overflow::Fail`](crate::Overflow::Fail).
+    pub fn missed(&self) -> u64 {
+        self.missed
+    }
+
+    /// The event shared behind its `Arc`, for keeping it beyond the envelope
+    /// without cloning `E`.
+    pub fn shared(&self) -> SharedEvent<E> {
+        SharedEvent(Arc::clone(&self.inner))
+    }
+}
+
+impl<E> Clone for Envelope<E> {
+    fn clone(&self) -> Self {
+        Envelope {
+            inner: Arc::clone(&self.inner),
+            missed: self.missed,
+        }
+    }
+}
+
+impl<E> Deref for Envelope<E> {
+    type Target = E;
+    fn deref(&self) -> &E {
+        &self.inner.event
+    }
+}
+
+impl<E: fmt::Debug> fmt::Debug for Envelope<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Envelope")
+            .field("id", &self.inner.id)
+            .field("seq", &self.inner.seq)
+            .field("missed", &self.missed)
+            .field("event", &self.inner.event)
+            .finish()
+    }
+}
+
+/// An event kept beyond its [`Envelope`], still shared rather than cloned.
+/// Dereferences to `E`.
+pub struct SharedEvent<E>(Arc<Published<E>>);
+
+impl<E> Clone for SharedEvent<E> {
+    fn clone(&self) -> Self {
+        SharedEvent(Arc::clone(&self.0))
+    }
+}
+
+impl<E> Deref for SharedEvent<E> {
+    type Target = E;
+    fn deref(&self) -> &E {
+        &self.0.event
+    }
+}
+
+impl<E: fmt::Debug> fmt::Debug for SharedEvent<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0.event, f)
+    }
+}

@@ -1,0 +1,125 @@
+//! A typed, in-process publish/subscribe event bus for tokio services.
+//!
+//! Services publish typed events; modules subscribe with streams, async
+//! handlers or blocking (sync) handlers. Every subscription has its own
+//! bounded queue and an explicit [`Overflow`] policy, so a slow subscriber
+//! never stalls a publisher or another subscriber unless it was asked to
+//! ([`Overflow::Block`], the default, makes publishers wait: that is what
+//! lossless means).
+//!
+//! ```
+//! use std::time::Duration;
+//! use futures::StreamExt;
+//! use tidings::{Bus, Event, Overflow};
+//!
+//! #[derive(Debug, Event)]
+//! #[event(topic = "orders.created")]
+//! struct OrderCreated { id: u64, total_cents: u64 }
+//!
+//! # fn charge(_: &OrderCreated) {}
+//! # async fn email(_: &OrderCreated) -> Result<(), std::io::Error> { Ok(()) }
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let bus = Bus::builder().topic::<OrderCreated>().build()?;
+//!
+//! // A blocking handler, on threads owned by the bus.
+//! let _billing = bus.subscribe::<OrderCreated>().name("billing").sync(|e| charge(&e))?;
+//! // An async handler, four at a time.
+//! let _mail = bus
+//!     .subscribe::<OrderCreated>()
+//!     .concurrency(4)
+//!     .handler(|e| async move { email(&e).await })?;
+//! // A stream that keeps the latest 64 and says what it missed.
+//! let mut feed = bus
+//!     .subscribe::<OrderCreated>()
+//!     .capacity(64)
+//!     .overflow(Overflow::DropOldest)
+//!     .stream()?;
+//!
+//! bus.publish(OrderCreated { id: 1, total_cents: 990 }).await?;
+//!
+//! let e = feed.next().await.expect("subscribed");
+//! assert_eq!((e.id, e.missed()), (1, 0));
+//!
+//! let report = bus.shutdown(Duration::from_secs(5)).await;
+//! assert!(report.is_clean(), "{report}");
+//! # Ok(()) }
+//! ```
+//!
+//! ## Topics and the allow-list
+//! Each event type has exactly one topic, given by `#[derive(Event)]` and
+//! checked at compile time (dot-separated segments of `[a-z0-9_-]`, see
+//! [`Topic`]). A bus carries only the topics registered on its
+//! [`BusBuilder`]; two types claiming one topic is a [`BuildError`], and
+//! publishing or subscribing to an unregistered type is an error naming the
+//! topic, never a silent no-op.
+//!
+//! ## Backpressure
+//! A full subscription applies its [`Overflow`] policy: `Block` makes
+//! [`Bus::publish`] wait (and [`Bus::try_publish`] fail), `DropOldest` and
+//! `DropNewest` lose events for that subscription only and say how many in
+//! the next [`Envelope::missed`], `Fail` makes the publish fail without
+//! enqueueing anything anywhere. Capacity comes from [`TopicConfig`] or
+//! [`SubscribeBuilder::capacity`].
+//!
+//! ## Delivery guarantees
+//! 1. No loss under `Block`: every publish that returned `Ok` is delivered to
+//!    every subscription that existed when it was accepted, exactly once.
+//! 2. No duplicates: no subscription ever receives the same event twice.
+//! 3. Order: within one subscription read by one reader (or a handler with
+//!    concurrency 1), events from one publisher arrive in publish order.
+//! 4. Exact accounting: for every subscription, `accepted == delivered +
+//!    dropped + discarded + cut_off + queued` ([`SubscriptionStats`]).
+//! 5. All or nothing: a publish enqueues to every subscription or to none; a
+//!    cancelled `publish().await` enqueues nothing; an error hands the event
+//!    back ([`PublishError::into_inner`](error::PublishError::into_inner)).
+//! 6. Isolation: sync handlers run on the bus's own threads, never on the
+//!    runtime's workers; handler errors and panics are caught and counted.
+//! 7. Shutdown: [`Bus::shutdown`] refuses new publishes, drains every queue,
+//!    waits for handlers and reports what a deadline cut off.
+//!
+//! Each has a property or integration test in the crate's `tests/`.
+//!
+//! ## Shutdown
+//! [`Bus::shutdown`] returns a [`ShutdownReport`]: per subscription, what was
+//! delivered, dropped and cut off. Dropping a [`Subscription`] or
+//! [`SubscriptionHandle`] unsubscribes and discards its queue (counted);
+//! [`SubscriptionHandle::unsubscribe`] drains it first.
+//!
+//! ## Crate feature flags
+//! - `derive` (default): `#[derive(Event)]`.
+//! - `serde`: `Serialize` for [`BusStats`], [`ShutdownReport`] and their parts.
+
+#![deny(missing_docs)]
+#![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
+#![forbid(unsafe_code)]
+
+// Lets `#[derive(Event)]`'s `::tidings::…` paths resolve inside this crate.
+#[allow(unused_extern_crates)]
+extern crate self as tidings;
+
+mod bus;
+pub mod error;
+mod event;
+mod handler;
+mod publish;
+mod queue;
+mod shutdown;
+mod stats;
+mod subscribe;
+pub mod topic;
+
+pub use bus::{global, set_global, try_global, Bus, BusBuilder};
+pub use event::{Envelope, Event, EventId, SharedEvent};
+pub use handler::HandlerResult;
+pub use publish::{PublishReceipt, Publisher};
+pub use queue::Overflow;
+pub use shutdown::ShutdownReport;
+pub use stats::{BusStats, SubscriptionStats, TopicStats};
+pub use subscribe::{
+    SubscribeBuilder, SubscriberKind, Subscription, SubscriptionHandle, SubscriptionId,
+};
+pub use topic::{Topic, TopicConfig};
+
+#[cfg(feature = "derive")]
+pub use tidings_macros::Event;

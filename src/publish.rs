@@ -1,0 +1,373 @@
+//! The publish path: a topic's subscriptions, all-or-nothing enqueueing, and
+//! the typed [`Publisher`] handle.
+//!
+//! A publish takes the topic's lock, checks that every `Block` and `Fail`
+//! subscription has room, and only then gives the event a sequence number
+//! and enqueues it everywhere. Room only grows while the lock is held (only
+//! publishers add, and they hold the lock), so the check cannot go stale
+//! before the enqueue. A publisher that has to wait leaves nothing behind:
+//! dropping its future enqueues nothing.
+
+use std::fmt;
+use std::future::poll_fn;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
+
+use crate::error::PublishError;
+use crate::event::{EventId, Published};
+use crate::queue::{ErasedQueue, Overflow, Push, Queue};
+use crate::stats::{SubscriptionStats, TopicStats};
+use crate::subscribe::SubscriptionId;
+use crate::topic::{ErasedTopic, TopicConfig};
+use crate::Event;
+
+/// What a successful publish did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct PublishReceipt {
+    /// The event's process-wide unique id.
+    pub id: EventId,
+    /// The event's sequence number on its topic.
+    pub seq: u64,
+    /// Subscriptions that enqueued the event.
+    pub enqueued: usize,
+    /// Of those, subscriptions that evicted their oldest queued event to make
+    /// room ([`Overflow::DropOldest`]).
+    pub evicted_oldest: usize,
+    /// Subscriptions that discarded this event because they were full
+    /// ([`Overflow::DropNewest`]).
+    pub dropped_newest: usize,
+}
+
+/// A subscription with no room, as found by a publish.
+struct FullSub {
+    id: SubscriptionId,
+    name: Arc<str>,
+    capacity: usize,
+    policy: Overflow,
+}
+
+impl FullSub {
+    fn of<E>(q: &Queue<E>) -> Self {
+        FullSub {
+            id: q.info.id,
+            name: Arc::clone(&q.info.name),
+            capacity: q.info.capacity,
+            policy: q.info.policy,
+        }
+    }
+}
+
+/// A publish that did not happen (yet).
+enum NotNow<E> {
+    /// A `Block` subscription is full; the caller may wait (its waker is
+    /// registered when a context was given).
+    Wait(E, FullSub),
+    Refused(PublishError<E>),
+}
+
+pub(crate) struct TopicInner<E> {
+    pub(crate) subs: Vec<Arc<Queue<E>>>,
+    pub(crate) closed: bool,
+    next_seq: u64,
+    published: u64,
+    unsubscribed: u64,
+    discarded_on_unsubscribe: u64,
+}
+
+/// A registered topic at run time: its subscriptions and sequence counter.
+pub(crate) struct TopicState<E> {
+    pub(crate) config: TopicConfig,
+    pub(crate) inner: Mutex<TopicInner<E>>,
+}
+
+impl<E: Event> TopicState<E> {
+    pub(crate) fn new(config: TopicConfig) -> Self {
+        TopicState {
+            config,
+            inner: Mutex::new(TopicInner {
+                subs: Vec::new(),
+                closed: false,
+                next_seq: 1,
+                published: 0,
+                unsubscribed: 0,
+                discarded_on_unsubscribe: 0,
+            }),
+        }
+    }
+
+    /// One attempt to publish. With `cx`, a full `Block` subscription
+    /// registers the caller to be woken when it has room.
+    fn try_enqueue(
+        &self,
+        mut cx: Option<&mut Context<'_>>,
+        event: E,
+    ) -> Result<PublishReceipt, NotNow<E>> {
+        let mut inner = self.inner.lock();
+        if inner.closed {
+            return Err(NotNow::Refused(PublishError::Closed {
+                topic: E::TOPIC,
+                event,
+            }));
+        }
+        let mut blocked = None;
+        for q in &inner.subs {
+            match q.info.policy {
+                Overflow::Fail if !q.has_room(None) => {
+                    let full = FullSub::of(q);
+                    return Err(NotNow::Refused(PublishError::Full {
+                        topic: E::TOPIC,
+                        subscription: full.name,
+                        id: full.id,
+                        capacity: full.capacity,
+                        policy: full.policy,
+                        event,
+                    }));
+                }
+                Overflow::Block if !q.has_room(cx.as_deref_mut()) => {
+                    blocked.get_or_insert_with(|| FullSub::of(q));
+                }
+                _ => {}
+            }
+        }
+        if let Some(full) = blocked {
+            return Err(NotNow::Wait(event, full));
+        }
+
+        let seq = inner.next_seq;
+        inner.next_seq += 1;
+        inner.published += 1;
+        let id = EventId::next();
+        let published = Arc::new(Published {
+            event,
+            id,
+            seq,
+            at: SystemTime::now(),
+        });
+        let mut receipt = PublishReceipt {
+            id,
+            seq,
+            enqueued: 0,
+            evicted_oldest: 0,
+            dropped_newest: 0,
+        };
+        for q in &inner.subs {
+            match q.push(&published) {
+                Push::Enqueued => receipt.enqueued += 1,
+                Push::EvictedOldest => {
+                    receipt.enqueued += 1;
+                    receipt.evicted_oldest += 1;
+                }
+                Push::DroppedNewest => receipt.dropped_newest += 1,
+                Push::Closed => {}
+            }
+        }
+        Ok(receipt)
+    }
+
+    pub(crate) fn try_publish(&self, event: E) -> Result<PublishReceipt, PublishError<E>> {
+        self.try_enqueue(None, event)
+            .map_err(|not_now| match not_now {
+                NotNow::Refused(err) => err,
+                NotNow::Wait(event, full) => PublishError::Full {
+                    topic: E::TOPIC,
+                    subscription: full.name,
+                    id: full.id,
+                    capacity: full.capacity,
+                    policy: full.policy,
+                    event,
+                },
+            })
+    }
+
+    pub(crate) async fn publish(&self, event: E) -> Result<PublishReceipt, PublishError<E>> {
+        self.publish_until(event, None).await
+    }
+
+    pub(crate) async fn publish_timeout(
+        &self,
+        event: E,
+        timeout: Duration,
+    ) -> Result<PublishReceipt, PublishError<E>> {
+        self.publish_until(event, Some(timeout)).await
+    }
+
+    /// Publishes, waiting for room under `Block` at most `timeout` (forever
+    /// when `None`). The event lives in this future until it is enqueued, so
+    /// dropping the future enqueues nothing.
+    async fn publish_until(
+        &self,
+        event: E,
+        timeout: Option<Duration>,
+    ) -> Result<PublishReceipt, PublishError<E>> {
+        // The timer starts at the first wait, so a publish that never waits
+        // needs no timer (nor a runtime to drive one).
+        let mut sleep: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        let mut pending = Some(event);
+        poll_fn(|cx| {
+            let event = pending
+                .take()
+                .expect("publish future polled after it completed");
+            match self.try_enqueue(Some(cx), event) {
+                Ok(receipt) => Poll::Ready(Ok(receipt)),
+                Err(NotNow::Refused(err)) => Poll::Ready(Err(err)),
+                Err(NotNow::Wait(event, full)) => {
+                    let expired = match timeout {
+                        Some(timeout) => sleep
+                            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)))
+                            .as_mut()
+                            .poll(cx)
+                            .is_ready(),
+                        None => false,
+                    };
+                    if expired {
+                        return Poll::Ready(Err(PublishError::Timeout {
+                            topic: E::TOPIC,
+                            subscription: full.name,
+                            id: full.id,
+                            capacity: full.capacity,
+                            waited: timeout.unwrap_or_default(),
+                            event,
+                        }));
+                    }
+                    pending = Some(event);
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+
+    /// Removes a subscription; with `discard`, what it still holds is dropped
+    /// and counted.
+    pub(crate) fn detach(&self, queue: &Queue<E>, discard: bool) {
+        let mut inner = self.inner.lock();
+        let before = inner.subs.len();
+        inner.subs.retain(|q| q.info.id != queue.info.id);
+        if inner.subs.len() != before {
+            inner.unsubscribed += 1;
+        }
+        // Closed under the topic lock: no publish sees the queue half gone.
+        inner.discarded_on_unsubscribe += queue.close(discard);
+    }
+}
+
+impl<E: Event> ErasedTopic for TopicState<E> {
+    fn stats(&self) -> TopicStats {
+        let inner = self.inner.lock();
+        TopicStats {
+            topic: E::TOPIC,
+            published: inner.published,
+            unsubscribed: inner.unsubscribed,
+            discarded_on_unsubscribe: inner.discarded_on_unsubscribe,
+            subscriptions: inner.subs.iter().map(|q| q.stats()).collect(),
+        }
+    }
+
+    fn close(&self) -> Vec<Arc<dyn ErasedQueue>> {
+        let mut inner = self.inner.lock();
+        inner.closed = true;
+        inner
+            .subs
+            .iter()
+            .map(|q| {
+                q.close(false);
+                Arc::clone(q) as Arc<dyn ErasedQueue>
+            })
+            .collect()
+    }
+}
+
+/// A typed handle for publishing one event type, resolved once: no allow-list
+/// look-up per publish. Cheap to clone; get one with
+/// [`Bus::publisher`](crate::Bus::publisher).
+///
+/// ```
+/// # use tidings::{Bus, Event};
+/// # #[derive(Event)] #[event(topic = "orders.created")] struct OrderCreated { id: u64 }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let bus = Bus::builder().topic::<OrderCreated>().build()?;
+/// let mut sub = bus.subscribe::<OrderCreated>().stream()?;
+/// let orders = bus.publisher::<OrderCreated>()?;
+/// let receipt = orders.publish(OrderCreated { id: 7 }).await?;
+/// assert_eq!(receipt.enqueued, 1);
+/// assert_eq!(sub.recv().await.map(|e| e.id), Some(7));
+/// # Ok(()) }
+/// ```
+pub struct Publisher<E> {
+    pub(crate) topic: Arc<TopicState<E>>,
+}
+
+impl<E: Event> Publisher<E> {
+    /// Publishes `event` to every subscription of its topic, waiting for room
+    /// in full [`Overflow::Block`] subscriptions.
+    ///
+    /// All or nothing: the event is enqueued to every subscription or to none.
+    /// Dropping the returned future before it completes enqueues nothing.
+    ///
+    /// # Errors
+    /// [`PublishError::Closed`] after shutdown began; [`PublishError::Full`]
+    /// when an [`Overflow::Fail`] subscription is full. The event is handed
+    /// back in both.
+    pub async fn publish(&self, event: E) -> Result<PublishReceipt, PublishError<E>> {
+        self.topic.publish(event).await
+    }
+
+    /// Publishes `event` without ever waiting.
+    ///
+    /// # Errors
+    /// As [`publish`](Publisher::publish), and [`PublishError::Full`] where
+    /// `publish` would wait.
+    pub fn try_publish(&self, event: E) -> Result<PublishReceipt, PublishError<E>> {
+        self.topic.try_publish(event)
+    }
+
+    /// Publishes `event`, waiting at most `timeout` for room.
+    ///
+    /// # Errors
+    /// As [`publish`](Publisher::publish), and [`PublishError::Timeout`] when
+    /// no room appeared in time; nothing was enqueued then.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime with the time driver enabled, if it has to wait.
+    pub async fn publish_timeout(
+        &self,
+        event: E,
+        timeout: Duration,
+    ) -> Result<PublishReceipt, PublishError<E>> {
+        self.topic.publish_timeout(event, timeout).await
+    }
+
+    /// The topic this handle publishes to.
+    pub fn topic(&self) -> &'static str {
+        E::TOPIC
+    }
+
+    /// Statistics of the current subscriptions of this topic.
+    pub fn subscriptions(&self) -> Vec<SubscriptionStats> {
+        self.topic.stats().subscriptions
+    }
+}
+
+impl<E> Clone for Publisher<E> {
+    fn clone(&self) -> Self {
+        Publisher {
+            topic: Arc::clone(&self.topic),
+        }
+    }
+}
+
+impl<E: Event> fmt::Debug for Publisher<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Publisher")
+            .field("topic", &E::TOPIC)
+            .finish()
+    }
+}

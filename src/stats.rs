@@ -1,0 +1,154 @@
+//! Counters and snapshots: [`BusStats`], [`TopicStats`], [`SubscriptionStats`].
+
+use std::fmt;
+
+use crate::queue::Overflow;
+use crate::subscribe::{SubscriberKind, SubscriptionId};
+
+/// A snapshot of every topic on the bus; made by [`Bus::stats`](crate::Bus::stats).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct BusStats {
+    /// One entry per registered topic, in name order.
+    pub topics: Vec<TopicStats>,
+}
+
+impl BusStats {
+    /// The stats of one topic.
+    pub fn topic(&self, topic: &str) -> Option<&TopicStats> {
+        self.topics.iter().find(|t| t.topic == topic)
+    }
+
+    /// Every current subscription, across topics.
+    pub fn subscriptions(&self) -> impl Iterator<Item = &SubscriptionStats> {
+        self.topics.iter().flat_map(|t| &t.subscriptions)
+    }
+}
+
+/// A snapshot of one topic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct TopicStats {
+    /// The topic.
+    pub topic: &'static str,
+    /// Events accepted (publishes that returned `Ok`).
+    pub published: u64,
+    /// Subscriptions that have unsubscribed (they no longer appear below).
+    pub unsubscribed: u64,
+    /// Events still queued in subscriptions that were dropped without
+    /// draining, and so never delivered.
+    pub discarded_on_unsubscribe: u64,
+    /// The current subscriptions (and, after shutdown, the ones shut down).
+    pub subscriptions: Vec<SubscriptionStats>,
+}
+
+/// A snapshot of one subscription.
+///
+/// The numbers always add up:
+/// `accepted == delivered + dropped() + discarded + cut_off + queue_depth`,
+/// and for lossy policies the in-band [`Envelope::missed`](crate::Envelope::missed)
+/// counts received so far plus `missed_unreported` (plus those of queued events) equal
+/// `dropped()`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct SubscriptionStats {
+    /// The subscription's id.
+    pub id: SubscriptionId,
+    /// Its name (see [`SubscribeBuilder::name`](crate::SubscribeBuilder::name)).
+    pub name: String,
+    /// Its topic.
+    pub topic: &'static str,
+    /// Stream, async or sync handler.
+    pub kind: SubscriberKind,
+    /// Its overflow policy.
+    pub policy: Overflow,
+    /// Its queue capacity.
+    pub capacity: usize,
+    /// Whether it no longer takes events (unsubscribed or shut down).
+    pub closed: bool,
+    /// Events queued now.
+    pub queue_depth: usize,
+    /// The most events ever queued at once.
+    pub high_water: usize,
+    /// Events published while it was subscribed.
+    pub accepted: u64,
+    /// Events handed to its reader or handler.
+    pub delivered: u64,
+    /// Events evicted to make room ([`Overflow::DropOldest`]).
+    pub dropped_oldest: u64,
+    /// Events discarded because it was full ([`Overflow::DropNewest`]).
+    pub dropped_newest: u64,
+    /// Events dropped from its queue when it was unsubscribed without draining.
+    pub discarded: u64,
+    /// Events dropped from its queue when a shutdown deadline passed.
+    pub cut_off: u64,
+    /// Losses that no delivered envelope has reported yet (they come with
+    /// the next one, if any).
+    pub missed_unreported: u64,
+    /// Handler runs in progress.
+    pub in_flight: usize,
+    /// Handler runs that succeeded.
+    pub handled: u64,
+    /// Handler runs that returned an error.
+    pub failures: u64,
+    /// Handler runs that panicked.
+    pub panics: u64,
+    /// The message of the last error or panic.
+    pub last_error: Option<String>,
+}
+
+impl SubscriptionStats {
+    /// All events lost to the overflow policy.
+    pub fn dropped(&self) -> u64 {
+        self.dropped_oldest + self.dropped_newest
+    }
+
+    /// Events accepted but not delivered, for any reason.
+    pub fn undelivered(&self) -> u64 {
+        self.dropped() + self.discarded + self.cut_off + self.queue_depth as u64
+    }
+}
+
+impl fmt::Display for SubscriptionStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:<28} {:<6} {:<11} accepted {:>7}  delivered {:>7}  dropped {:>6}  discarded {:>5}  cut off {:>5}  queued {:>5}/{:<5}  failed {:>4}  panicked {:>4}",
+            self.name,
+            self.kind,
+            self.policy,
+            self.accepted,
+            self.delivered,
+            self.dropped(),
+            self.discarded,
+            self.cut_off,
+            self.queue_depth,
+            self.capacity,
+            self.failures,
+            self.panics,
+        )
+    }
+}
+
+impl fmt::Display for BusStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for t in &self.topics {
+            writeln!(
+                f,
+                "topic {}: published {}, {} subscription(s), {} unsubscribed ({} events discarded)",
+                t.topic,
+                t.published,
+                t.subscriptions.len(),
+                t.unsubscribed,
+                t.discarded_on_unsubscribe
+            )?;
+            for s in &t.subscriptions {
+                writeln!(f, "  {s}")?;
+            }
+        }
+        Ok(())
+    }
+}

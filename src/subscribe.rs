@@ -1,0 +1,496 @@
+//! Subscribing: [`SubscribeBuilder`], the stream [`Subscription`] and the
+//! [`SubscriptionHandle`] of handler subscriptions.
+
+use std::fmt;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::Stream;
+
+use crate::error::{SubscribeError, TryRecvError};
+use crate::event::Envelope;
+use crate::handler::{self, HandlerResult};
+use crate::publish::TopicState;
+use crate::queue::{ErasedQueue, Overflow, Queue, SubInfo};
+use crate::stats::SubscriptionStats;
+use crate::{Bus, Event};
+
+/// A process-wide unique identifier of a subscription.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct SubscriptionId(u64);
+
+impl SubscriptionId {
+    fn next() -> Self {
+        // Only uniqueness is needed: `Relaxed` suffices.
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        SubscriptionId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The id as a number.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for SubscriptionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// How a subscription consumes its queue.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub enum SubscriberKind {
+    /// A [`Subscription`] read by the application.
+    Stream,
+    /// An async handler run as tokio tasks.
+    Async,
+    /// A blocking handler run on threads owned by the bus.
+    Sync,
+}
+
+impl fmt::Display for SubscriberKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SubscriberKind::Stream => "stream",
+            SubscriberKind::Async => "async",
+            SubscriberKind::Sync => "sync",
+        })
+    }
+}
+
+/// Sets up one subscription; made by [`Bus::subscribe`]. Finish it with
+/// [`stream`](SubscribeBuilder::stream), [`handler`](SubscribeBuilder::handler)
+/// or [`sync`](SubscribeBuilder::sync).
+///
+/// ```
+/// # use tidings::{Bus, Event, Overflow};
+/// # #[derive(Debug, Event)] #[event(topic = "prices.tick")] struct Tick { cents: u64 }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let bus = Bus::builder().topic::<Tick>().build()?;
+/// let mut latest = bus
+///     .subscribe::<Tick>()
+///     .name("ui")
+///     .capacity(1)
+///     .overflow(Overflow::DropOldest)
+///     .stream()?;
+/// bus.publish(Tick { cents: 100 }).await?;
+/// bus.publish(Tick { cents: 101 }).await?; // evicts the first tick
+/// let e = latest.recv().await.expect("open");
+/// assert_eq!((e.cents, e.missed()), (101, 1));
+/// # Ok(()) }
+/// ```
+#[must_use = "a subscribe builder does nothing until finished with .stream(), .handler() or .sync()"]
+pub struct SubscribeBuilder<'a, E> {
+    bus: &'a Bus,
+    name: Option<String>,
+    capacity: Option<usize>,
+    overflow: Option<Overflow>,
+    concurrency: usize,
+    _event: std::marker::PhantomData<fn() -> E>,
+}
+
+impl<'a, E: Event> SubscribeBuilder<'a, E> {
+    pub(crate) fn new(bus: &'a Bus) -> Self {
+        SubscribeBuilder {
+            bus,
+            name: None,
+            capacity: None,
+            overflow: None,
+            concurrency: 1,
+            _event: std::marker::PhantomData,
+        }
+    }
+
+    /// Names the subscription in stats, errors and reports. The default is
+    /// `<topic>#<id>`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Sets the queue capacity (default: the topic's, see
+    /// [`TopicConfig::capacity`](crate::TopicConfig::capacity)). 0 is refused
+    /// with [`SubscribeError::ZeroCapacity`].
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.capacity = Some(capacity);
+        self
+    }
+
+    /// Sets the overflow policy (default: the topic's, normally
+    /// [`Overflow::Block`]).
+    pub fn overflow(mut self, overflow: Overflow) -> Self {
+        self.overflow = Some(overflow);
+        self
+    }
+
+    /// How many events a handler works on at once (default 1). With 1,
+    /// events are handled one at a time in queue order. Applies to
+    /// [`handler`](SubscribeBuilder::handler) (tasks) and
+    /// [`sync`](SubscribeBuilder::sync) (threads); a stream has one reader.
+    /// 0 is refused with [`SubscribeError::ZeroConcurrency`].
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency;
+        self
+    }
+
+    /// Subscribes as a [`Subscription`]: a `Stream` the application reads.
+    ///
+    /// # Errors
+    /// [`SubscribeError::UnknownTopic`], [`SubscribeError::ZeroCapacity`],
+    /// [`SubscribeError::Closed`].
+    pub fn stream(self) -> Result<Subscription<E>, SubscribeError> {
+        let attachment = self.attach(SubscriberKind::Stream, 1)?;
+        Ok(Subscription {
+            attachment,
+            detached: false,
+        })
+    }
+
+    /// Subscribes an async handler, run as tokio tasks
+    /// ([`concurrency`](SubscribeBuilder::concurrency) of them) on the runtime
+    /// this is called from.
+    ///
+    /// The handler returns `()` or `Result<(), Err>` with
+    /// `Err: Into<Box<dyn Error + Send + Sync>>`. Errors and panics are caught,
+    /// counted in the subscription's stats, and the subscription goes on.
+    ///
+    /// ```
+    /// # use tidings::{Bus, Event};
+    /// # #[derive(Debug, Event)] #[event(topic = "orders.created")] struct OrderCreated { id: u64 }
+    /// # async fn send_email(id: u64) -> Result<(), std::io::Error> { Ok(()) }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let bus = Bus::builder().topic::<OrderCreated>().build()?;
+    /// let mailer = bus
+    ///     .subscribe::<OrderCreated>()
+    ///     .concurrency(4)
+    ///     .handler(|e| async move { send_email(e.id).await })?;
+    /// bus.publish(OrderCreated { id: 1 }).await?;
+    /// let stats = mailer.unsubscribe().await; // drains first
+    /// assert_eq!(stats.handled, 1);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`stream`](SubscribeBuilder::stream), and
+    /// [`SubscribeError::ZeroConcurrency`], [`SubscribeError::NoRuntime`].
+    pub fn handler<F, Fut>(self, f: F) -> Result<SubscriptionHandle, SubscribeError>
+    where
+        F: Fn(Envelope<E>) -> Fut + Send + Sync + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: HandlerResult,
+    {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| SubscribeError::NoRuntime { topic: E::TOPIC })?;
+        let concurrency = self.concurrency;
+        let attachment = self.attach(SubscriberKind::Async, concurrency)?;
+        handler::spawn_async(&runtime, &attachment.queue, concurrency, f);
+        Ok(SubscriptionHandle::new(attachment))
+    }
+
+    /// Subscribes a blocking handler, run on threads owned by the bus
+    /// ([`concurrency`](SubscribeBuilder::concurrency) of them), never on the
+    /// async runtime's worker threads: CPU-heavy or blocking work here does
+    /// not stall the runtime.
+    ///
+    /// The handler returns `()` or `Result<(), Err>`; errors and panics are
+    /// caught and counted, and the subscription goes on.
+    ///
+    /// ```
+    /// # use tidings::{Bus, Event};
+    /// # #[derive(Debug, Event)] #[event(topic = "orders.created")] struct OrderCreated { id: u64 }
+    /// fn charge(order: &OrderCreated) { /* blocking I/O, heavy CPU… */ }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let bus = Bus::builder().topic::<OrderCreated>().build()?;
+    /// let billing = bus.subscribe::<OrderCreated>().name("billing").sync(|e| charge(&e))?;
+    /// bus.publish(OrderCreated { id: 1 }).await?;
+    /// assert_eq!(billing.unsubscribe().await.handled, 1);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`stream`](SubscribeBuilder::stream), and
+    /// [`SubscribeError::ZeroConcurrency`], [`SubscribeError::Spawn`].
+    pub fn sync<F, R>(self, f: F) -> Result<SubscriptionHandle, SubscribeError>
+    where
+        F: Fn(Envelope<E>) -> R + Send + Sync + 'static,
+        R: HandlerResult,
+    {
+        let concurrency = self.concurrency;
+        let attachment = self.attach(SubscriberKind::Sync, concurrency)?;
+        if let Err(source) = handler::spawn_sync(&attachment.queue, concurrency, f) {
+            attachment.detach(true);
+            return Err(SubscribeError::Spawn {
+                topic: E::TOPIC,
+                source,
+            });
+        }
+        Ok(SubscriptionHandle::new(attachment))
+    }
+
+    fn attach(
+        self,
+        kind: SubscriberKind,
+        consumers: usize,
+    ) -> Result<Attachment<E>, SubscribeError> {
+        let topic = E::TOPIC;
+        let state = self
+            .bus
+            .registry()
+            .state_arc::<E>()
+            .ok_or(SubscribeError::UnknownTopic { topic })?;
+        let capacity = self.capacity.unwrap_or(state.config.default_capacity());
+        if capacity == 0 {
+            return Err(SubscribeError::ZeroCapacity { topic });
+        }
+        if consumers == 0 {
+            return Err(SubscribeError::ZeroConcurrency { topic });
+        }
+        let id = SubscriptionId::next();
+        let info = SubInfo {
+            id,
+            name: self.name.unwrap_or_else(|| format!("{topic}{id}")).into(),
+            topic,
+            kind,
+            policy: self.overflow.unwrap_or(state.config.default_overflow()),
+            capacity,
+        };
+        let queue = Arc::new(Queue::new(info, consumers));
+        {
+            let mut inner = state.inner.lock();
+            if inner.closed {
+                return Err(SubscribeError::Closed { topic });
+            }
+            inner.subs.push(Arc::clone(&queue));
+        }
+        Ok(Attachment {
+            topic: state,
+            queue,
+        })
+    }
+}
+
+impl<E: Event> fmt::Debug for SubscribeBuilder<'_, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SubscribeBuilder")
+            .field("topic", &E::TOPIC)
+            .field("name", &self.name)
+            .field("capacity", &self.capacity)
+            .field("overflow", &self.overflow)
+            .field("concurrency", &self.concurrency)
+            .finish()
+    }
+}
+
+/// A queue attached to its topic.
+pub(crate) struct Attachment<E> {
+    topic: Arc<TopicState<E>>,
+    pub(crate) queue: Arc<Queue<E>>,
+}
+
+impl<E: Event> Attachment<E> {
+    fn detach(&self, discard: bool) {
+        self.topic.detach(&self.queue, discard);
+    }
+}
+
+/// What a [`SubscriptionHandle`] needs without knowing the event type.
+trait Detach: Send + Sync {
+    fn detach(&self, discard: bool);
+    fn queue(&self) -> &dyn ErasedQueue;
+    fn info(&self) -> &SubInfo;
+}
+
+impl<E: Event> Detach for Attachment<E> {
+    fn detach(&self, discard: bool) {
+        Attachment::detach(self, discard);
+    }
+    fn queue(&self) -> &dyn ErasedQueue {
+        &*self.queue
+    }
+    fn info(&self) -> &SubInfo {
+        &self.queue.info
+    }
+}
+
+/// A stream subscription: read it with [`recv`](Subscription::recv),
+/// [`try_recv`](Subscription::try_recv) or as a [`futures::Stream`] (so
+/// `tokio_stream::StreamExt` and `futures::StreamExt` combinators work).
+///
+/// The stream ends (`None`) once the subscription is closed and its queue is
+/// drained: after [`close`](Subscription::close) or a bus shutdown. Dropping
+/// it unsubscribes and discards what it still holds (counted in the topic's
+/// stats as `discarded_on_unsubscribe`).
+///
+/// ```
+/// # use tidings::{Bus, Event};
+/// use futures::StreamExt;
+/// # #[derive(Debug, Event)] #[event(topic = "orders.created")] struct OrderCreated { id: u64 }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let bus = Bus::builder().topic::<OrderCreated>().build()?;
+/// let mut orders = bus.subscribe::<OrderCreated>().stream()?;
+/// bus.publish(OrderCreated { id: 1 }).await?;
+/// bus.publish(OrderCreated { id: 2 }).await?;
+/// orders.close(); // no more events; what is queued still comes
+/// let ids: Vec<u64> = orders.map(|e| e.id).collect().await;
+/// assert_eq!(ids, [1, 2]);
+/// # Ok(()) }
+/// ```
+#[must_use = "dropping the subscription unsubscribes"]
+pub struct Subscription<E: Event> {
+    attachment: Attachment<E>,
+    detached: bool,
+}
+
+impl<E: Event> Subscription<E> {
+    /// Waits for the next event; `None` once the subscription is closed and
+    /// drained.
+    pub async fn recv(&mut self) -> Option<Envelope<E>> {
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// The next event if one is queued.
+    ///
+    /// # Errors
+    /// [`TryRecvError::Empty`] when nothing is queued,
+    /// [`TryRecvError::Closed`] when nothing ever will be.
+    pub fn try_recv(&mut self) -> Result<Envelope<E>, TryRecvError> {
+        self.attachment.queue.try_pop()
+    }
+
+    /// Polls for the next event (what `recv` and the `Stream` impl use).
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Envelope<E>>> {
+        self.attachment.queue.poll_pop(cx, 0)
+    }
+
+    /// Stops receiving new events; what is already queued can still be
+    /// read, then the stream ends.
+    pub fn close(&mut self) {
+        self.attachment.detach(false);
+    }
+
+    /// Unsubscribes now, discarding what is still queued, and returns the
+    /// subscription's final numbers.
+    pub fn unsubscribe(mut self) -> SubscriptionStats {
+        self.detached = true;
+        self.attachment.detach(true);
+        self.attachment.queue.stats()
+    }
+
+    /// The subscription's numbers now.
+    pub fn stats(&self) -> SubscriptionStats {
+        self.attachment.queue.stats()
+    }
+
+    /// The subscription's id.
+    pub fn id(&self) -> SubscriptionId {
+        self.attachment.queue.info.id
+    }
+
+    /// The subscription's name.
+    pub fn name(&self) -> &str {
+        &self.attachment.queue.info.name
+    }
+}
+
+impl<E: Event> Stream for Subscription<E> {
+    type Item = Envelope<E>;
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Envelope<E>>> {
+        self.get_mut().poll_recv(cx)
+    }
+}
+
+impl<E: Event> Drop for Subscription<E> {
+    fn drop(&mut self) {
+        if !self.detached {
+            self.attachment.detach(true);
+        }
+    }
+}
+
+impl<E: Event> fmt::Debug for Subscription<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let info = &self.attachment.queue.info;
+        f.debug_struct("Subscription")
+            .field("id", &info.id)
+            .field("name", &info.name)
+            .field("topic", &info.topic)
+            .finish()
+    }
+}
+
+/// The handle of a handler subscription ([`SubscribeBuilder::handler`],
+/// [`SubscribeBuilder::sync`]). Dropping it unsubscribes: the handler
+/// finishes the event it is on, and what is still queued is discarded (and
+/// counted). [`unsubscribe`](SubscriptionHandle::unsubscribe) drains first.
+///
+/// The handle does not name its event type, so handles of many topics fit in
+/// one `Vec`.
+#[must_use = "dropping the handle unsubscribes"]
+pub struct SubscriptionHandle {
+    attachment: Box<dyn Detach>,
+    detached: bool,
+}
+
+impl SubscriptionHandle {
+    fn new<E: Event>(attachment: Attachment<E>) -> Self {
+        SubscriptionHandle {
+            attachment: Box::new(attachment),
+            detached: false,
+        }
+    }
+
+    /// Unsubscribes, waits until the handler has handled everything that was
+    /// queued, and returns the subscription's final numbers. If this future
+    /// is dropped early, the handler still drains the queue in the background.
+    pub async fn unsubscribe(mut self) -> SubscriptionStats {
+        self.detached = true;
+        self.attachment.detach(false);
+        poll_fn(|cx| self.attachment.queue().poll_idle(cx)).await;
+        self.attachment.queue().stats()
+    }
+
+    /// The subscription's numbers now.
+    pub fn stats(&self) -> SubscriptionStats {
+        self.attachment.queue().stats()
+    }
+
+    /// The subscription's id.
+    pub fn id(&self) -> SubscriptionId {
+        self.attachment.info().id
+    }
+
+    /// The subscription's name.
+    pub fn name(&self) -> &str {
+        &self.attachment.info().name
+    }
+}
+
+impl Drop for SubscriptionHandle {
+    fn drop(&mut self) {
+        if !self.detached {
+            self.attachment.detach(true);
+        }
+    }
+}
+
+impl fmt::Debug for SubscriptionHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let info = self.attachment.info();
+        f.debug_struct("SubscriptionHandle")
+            .field("id", &info.id)
+            .field("name", &info.name)
+            .field("topic", &info.topic)
+            .field("kind", &info.kind)
+            .finish()
+    }
+}

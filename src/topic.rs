@@ -1,0 +1,279 @@
+//! Topic names, their grammar, per-topic configuration and the allow-list.
+
+use std::any::{Any, TypeId};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Arc;
+
+use crate::error::{BuildError, TopicError};
+use crate::publish::TopicState;
+use crate::queue::Overflow;
+use crate::stats::TopicStats;
+use crate::Event;
+
+/// Longest topic, in bytes.
+pub const MAX_TOPIC_LEN: usize = 255;
+
+/// A checked topic name: dot-separated segments of `[a-z0-9_-]`, 1..=255
+/// bytes in all, no empty segment.
+///
+/// Topics of [`Event`] types are checked at compile time by the derive; use
+/// `Topic` for names that arrive at run time.
+///
+/// ```
+/// use tidings::Topic;
+///
+/// let t = Topic::parse("orders.created")?;
+/// assert_eq!(t.as_str(), "orders.created");
+/// assert!(Topic::parse("Orders..created").is_err());
+/// # Ok::<(), tidings::error::TopicError>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Topic(Arc<str>);
+
+impl Topic {
+    /// Checks `name` and returns it as a `Topic`.
+    ///
+    /// # Errors
+    /// A [`TopicError`] saying which rule `name` breaks.
+    pub fn parse(name: &str) -> Result<Topic, TopicError> {
+        Topic::validate(name)?;
+        Ok(Topic(Arc::from(name)))
+    }
+
+    /// Checks `name` against the topic grammar without keeping it.
+    ///
+    /// # Errors
+    /// A [`TopicError`] saying which rule `name` breaks.
+    pub fn validate(name: &str) -> Result<(), TopicError> {
+        if name.is_empty() {
+            return Err(TopicError::Empty);
+        }
+        if name.len() > MAX_TOPIC_LEN {
+            return Err(TopicError::TooLong { len: name.len() });
+        }
+        if let Some(segment) = name.split('.').position(str::is_empty) {
+            return Err(TopicError::EmptySegment {
+                topic: name.to_owned(),
+                segment: segment + 1,
+            });
+        }
+        if let Some((at, ch)) = name
+            .char_indices()
+            .find(|&(_, c)| !matches!(c, 'a'..='z' | '0'..='9' | '_' | '-' | '.'))
+        {
+            return Err(TopicError::BadChar {
+                topic: name.to_owned(),
+                ch,
+                at,
+            });
+        }
+        Ok(())
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for Topic {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Per-topic settings, given at registration with
+/// [`BusBuilder::topic_with`](crate::BusBuilder::topic_with).
+///
+/// They are the defaults for every subscription of the topic; a subscription
+/// can override them with
+/// [`SubscribeBuilder::capacity`](crate::SubscribeBuilder::capacity) and
+/// [`SubscribeBuilder::overflow`](crate::SubscribeBuilder::overflow).
+///
+/// ```
+/// use tidings::{Overflow, TopicConfig};
+///
+/// let config = TopicConfig::default().capacity(4096).overflow(Overflow::DropOldest);
+/// assert_eq!(config.default_capacity(), 4096);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicConfig {
+    capacity: usize,
+    overflow: Overflow,
+}
+
+impl TopicConfig {
+    /// The default queue capacity of a subscription: 1024 events.
+    pub const DEFAULT_CAPACITY: usize = 1024;
+
+    /// Sets the default queue capacity of the topic's subscriptions. 0 is
+    /// refused by [`BusBuilder::build`](crate::BusBuilder::build).
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity;
+        self
+    }
+
+    /// Sets the default overflow policy of the topic's subscriptions.
+    pub fn overflow(mut self, overflow: Overflow) -> Self {
+        self.overflow = overflow;
+        self
+    }
+
+    /// The default queue capacity of the topic's subscriptions.
+    pub fn default_capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// The default overflow policy of the topic's subscriptions.
+    pub fn default_overflow(&self) -> Overflow {
+        self.overflow
+    }
+}
+
+impl Default for TopicConfig {
+    fn default() -> Self {
+        TopicConfig {
+            capacity: TopicConfig::DEFAULT_CAPACITY,
+            overflow: Overflow::Block,
+        }
+    }
+}
+
+/// What the bus needs of a topic without knowing its event type.
+pub(crate) trait ErasedTopic: Send + Sync {
+    fn stats(&self) -> TopicStats;
+    /// Stops the topic for shutdown and returns its subscriptions to drain.
+    fn close(&self) -> Vec<Arc<dyn crate::queue::ErasedQueue>>;
+}
+
+pub(crate) struct Entry {
+    pub(crate) name: &'static str,
+    pub(crate) type_name: &'static str,
+    pub(crate) config: TopicConfig,
+    /// The `TopicState<E>` of the topic's type, for typed access.
+    pub(crate) state: Arc<dyn Any + Send + Sync>,
+    pub(crate) erased: Arc<dyn ErasedTopic>,
+}
+
+/// The allow-list: every registered topic, by type and by name. Fixed once
+/// the bus is built, so look-ups take no lock.
+#[derive(Default)]
+pub(crate) struct Registry {
+    by_type: HashMap<TypeId, Entry>,
+    by_name: BTreeMap<&'static str, TypeId>,
+}
+
+impl Registry {
+    pub(crate) fn register<E: Event>(&mut self, config: TopicConfig) -> Result<(), BuildError> {
+        let name = E::TOPIC;
+        let type_name = std::any::type_name::<E>();
+        Topic::validate(name).map_err(|source| BuildError::InvalidTopic { type_name, source })?;
+        if config.capacity == 0 {
+            return Err(BuildError::ZeroCapacity { topic: name });
+        }
+        if let Some(&other) = self.by_name.get(name) {
+            let existing = &self.by_type[&other];
+            if other != TypeId::of::<E>() {
+                return Err(BuildError::TopicConflict {
+                    topic: name,
+                    first: existing.type_name,
+                    second: type_name,
+                });
+            }
+            if existing.config != config {
+                return Err(BuildError::ConfigConflict { topic: name });
+            }
+            return Ok(());
+        }
+        let state = Arc::new(TopicState::<E>::new(config.clone()));
+        self.by_name.insert(name, TypeId::of::<E>());
+        self.by_type.insert(
+            TypeId::of::<E>(),
+            Entry {
+                name,
+                type_name,
+                config,
+                state: state.clone(),
+                erased: state,
+            },
+        );
+        Ok(())
+    }
+
+    pub(crate) fn state<E: Event>(&self) -> Option<&TopicState<E>> {
+        self.by_type
+            .get(&TypeId::of::<E>())
+            .and_then(|entry| entry.state.downcast_ref())
+    }
+
+    pub(crate) fn state_arc<E: Event>(&self) -> Option<Arc<TopicState<E>>> {
+        self.by_type
+            .get(&TypeId::of::<E>())
+            .and_then(|entry| Arc::clone(&entry.state).downcast().ok())
+    }
+
+    /// Entries in topic-name order.
+    pub(crate) fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.by_name.values().map(|t| &self.by_type[t])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grammar_accepts_and_rejects() {
+        let long_ok = "x".repeat(MAX_TOPIC_LEN);
+        for ok in ["a", "orders.created", "a-b_c.9", "0", long_ok.as_str()] {
+            assert!(
+                Topic::validate(ok).is_ok(),
+                "{ok:?} should be a valid topic"
+            );
+        }
+        let long_bad = "x".repeat(MAX_TOPIC_LEN + 1);
+        let cases: [(&str, fn(&TopicError) -> bool); 9] = [
+            ("", |e| matches!(e, TopicError::Empty)),
+            (".a", |e| {
+                matches!(e, TopicError::EmptySegment { segment: 1, .. })
+            }),
+            ("a.", |e| {
+                matches!(e, TopicError::EmptySegment { segment: 2, .. })
+            }),
+            ("a..b", |e| {
+                matches!(e, TopicError::EmptySegment { segment: 2, .. })
+            }),
+            ("Orders", |e| {
+                matches!(e, TopicError::BadChar { ch: 'O', at: 0, .. })
+            }),
+            ("a b", |e| {
+                matches!(e, TopicError::BadChar { ch: ' ', at: 1, .. })
+            }),
+            ("a/b", |e| matches!(e, TopicError::BadChar { ch: '/', .. })),
+            ("é", |e| matches!(e, TopicError::BadChar { ch: 'é', .. })),
+            (long_bad.as_str(), |e| {
+                matches!(e, TopicError::TooLong { len: 256 })
+            }),
+        ];
+        for (bad, is_expected) in cases {
+            let err = Topic::validate(bad).expect_err(bad);
+            assert!(is_expected(&err), "{bad:?} gave unexpected error {err:?}");
+        }
+    }
+
+    #[test]
+    fn error_messages_name_the_topic() {
+        let err = Topic::parse("orders..created").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "topic `orders..created` has an empty segment (segment 2)"
+        );
+    }
+}
