@@ -1,0 +1,308 @@
+//! Overflow policies, one by one: what the publisher sees, what each
+//! subscription gets, and that losses are counted in-band and in stats.
+
+use std::pin::pin;
+use std::time::Duration;
+
+use futures::{poll, FutureExt};
+use tidings::error::PublishError;
+use tidings::{Bus, Event, Overflow};
+
+#[derive(Debug, PartialEq, Event)]
+#[event(topic = "ticks")]
+struct Tick(u64);
+
+fn bus() -> Bus {
+    Bus::builder()
+        .topic::<Tick>()
+        .build()
+        .expect("valid allow-list")
+}
+
+#[tokio::test]
+async fn block_makes_the_publisher_wait_until_there_is_room() {
+    let bus = bus();
+    let mut sub = bus.subscribe::<Tick>().capacity(2).stream().unwrap();
+    bus.publish(Tick(1)).await.unwrap();
+    bus.publish(Tick(2)).await.unwrap();
+
+    let mut third = pin!(bus.publish(Tick(3)));
+    assert!(
+        poll!(third.as_mut()).is_pending(),
+        "queue is full: publish waits"
+    );
+    assert!(poll!(third.as_mut()).is_pending(), "still full");
+    assert_eq!(sub.recv().await.map(|e| e.0), Some(1));
+    let receipt = third.await.expect("room appeared");
+    assert_eq!((receipt.seq, receipt.enqueued), (3, 1));
+
+    let got: Vec<u64> = std::iter::from_fn(|| sub.try_recv().ok().map(|e| e.0)).collect();
+    assert_eq!(got, [2, 3]);
+    let s = sub.stats();
+    assert_eq!(
+        (s.accepted, s.delivered, s.dropped(), s.high_water),
+        (3, 3, 0, 2)
+    );
+}
+
+#[tokio::test]
+async fn try_publish_never_waits_and_hands_the_event_back() {
+    let bus = bus();
+    let sub = bus
+        .subscribe::<Tick>()
+        .name("slow")
+        .capacity(1)
+        .stream()
+        .unwrap();
+    bus.try_publish(Tick(1)).unwrap();
+    let err = bus.try_publish(Tick(2)).expect_err("full under Block");
+    match &err {
+        PublishError::Full {
+            topic,
+            subscription,
+            capacity,
+            policy,
+            ..
+        } => {
+            assert_eq!(*topic, "ticks");
+            assert_eq!(&**subscription, "slow");
+            assert_eq!((*capacity, *policy), (1, Overflow::Block));
+        }
+        other => panic!("expected Full, got {other:?}"),
+    }
+    assert_eq!(
+        err.to_string(),
+        "subscription `slow` on topic `ticks` is full (1 events, policy block); nothing was enqueued"
+    );
+    assert_eq!(err.into_inner(), Tick(2));
+    assert_eq!(sub.stats().accepted, 1, "the refused event was not counted");
+    assert_eq!(bus.stats().topic("ticks").unwrap().published, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn publish_timeout_gives_up_and_hands_the_event_back() {
+    let bus = bus();
+    let sub = bus
+        .subscribe::<Tick>()
+        .name("stuck")
+        .capacity(1)
+        .stream()
+        .unwrap();
+    bus.publish_timeout(Tick(1), Duration::from_millis(5))
+        .await
+        .expect("room");
+    let err = bus
+        .publish_timeout(Tick(2), Duration::from_millis(5))
+        .await
+        .expect_err("no room within 5 ms");
+    assert!(
+        matches!(&err, PublishError::Timeout { subscription, waited, .. }
+            if &**subscription == "stuck" && *waited == Duration::from_millis(5)),
+        "{err:?}"
+    );
+    assert_eq!(err.into_inner(), Tick(2));
+    assert_eq!(sub.stats().accepted, 1);
+}
+
+#[tokio::test]
+async fn a_cancelled_publish_enqueues_nothing() {
+    let bus = bus();
+    let mut sub = bus.subscribe::<Tick>().capacity(1).stream().unwrap();
+    let other = bus.subscribe::<Tick>().capacity(8).stream().unwrap();
+    bus.publish(Tick(1)).await.unwrap();
+    {
+        let mut blocked = pin!(bus.publish(Tick(2)));
+        assert!(poll!(blocked.as_mut()).is_pending());
+    } // dropped while waiting
+    assert_eq!(sub.recv().await.map(|e| e.0), Some(1));
+    assert!(sub.try_recv().is_err(), "the cancelled event never arrives");
+    assert_eq!(other.stats().accepted, 1, "nor anywhere else");
+    assert_eq!(bus.stats().topic("ticks").unwrap().published, 1);
+}
+
+#[tokio::test]
+async fn drop_oldest_evicts_and_reports_the_loss_in_band() {
+    let bus = bus();
+    let mut sub = bus
+        .subscribe::<Tick>()
+        .capacity(3)
+        .overflow(Overflow::DropOldest)
+        .stream()
+        .unwrap();
+    for i in 1..=10 {
+        let receipt = bus.try_publish(Tick(i)).expect("DropOldest never refuses");
+        assert_eq!(receipt.enqueued, 1);
+        assert_eq!(receipt.evicted_oldest, usize::from(i > 3));
+    }
+    let got: Vec<(u64, u64)> = std::iter::from_fn(|| sub.try_recv().ok())
+        .map(|e| (e.0, e.missed()))
+        .collect();
+    assert_eq!(got, [(8, 7), (9, 0), (10, 0)]);
+    let s = sub.stats();
+    assert_eq!((s.accepted, s.delivered, s.dropped_oldest), (10, 3, 7));
+}
+
+#[tokio::test]
+async fn drop_newest_discards_the_new_event_and_reports_it_on_the_next_one() {
+    let bus = bus();
+    let mut sub = bus
+        .subscribe::<Tick>()
+        .capacity(2)
+        .overflow(Overflow::DropNewest)
+        .stream()
+        .unwrap();
+    for i in 1..=5 {
+        let receipt = bus.try_publish(Tick(i)).expect("DropNewest never refuses");
+        assert_eq!(receipt.dropped_newest, usize::from(i > 2));
+    }
+    assert_eq!(sub.recv().await.map(|e| (e.0, e.missed())), Some((1, 0)));
+    assert_eq!(sub.recv().await.map(|e| (e.0, e.missed())), Some((2, 0)));
+    assert_eq!(
+        sub.stats().missed_unreported,
+        3,
+        "lost after the last queued event"
+    );
+    bus.try_publish(Tick(6)).unwrap();
+    assert_eq!(sub.recv().await.map(|e| (e.0, e.missed())), Some((6, 3)));
+    let s = sub.stats();
+    assert_eq!(
+        (
+            s.accepted,
+            s.delivered,
+            s.dropped_newest,
+            s.missed_unreported
+        ),
+        (6, 3, 3, 0)
+    );
+}
+
+#[tokio::test]
+async fn fail_refuses_the_publish_everywhere() {
+    let bus = bus();
+    let strict = bus
+        .subscribe::<Tick>()
+        .name("strict")
+        .capacity(1)
+        .overflow(Overflow::Fail)
+        .stream()
+        .unwrap();
+    let roomy = bus.subscribe::<Tick>().capacity(100).stream().unwrap();
+    bus.publish(Tick(1)).await.unwrap();
+    let err = bus.publish(Tick(2)).await.expect_err("strict is full");
+    assert!(
+        matches!(&err, PublishError::Full { subscription, policy: Overflow::Fail, .. } if &**subscription == "strict"),
+        "{err:?}"
+    );
+    assert_eq!(err.into_inner(), Tick(2));
+    assert_eq!(
+        roomy.stats().accepted,
+        1,
+        "all or nothing: roomy did not get it"
+    );
+    assert_eq!(strict.stats().accepted, 1);
+}
+
+#[tokio::test]
+async fn a_slow_lossy_subscriber_never_stalls_the_publisher_or_the_others() {
+    let bus = bus();
+    // Never read: a subscriber that has stopped.
+    let stalled = bus
+        .subscribe::<Tick>()
+        .capacity(4)
+        .overflow(Overflow::DropNewest)
+        .stream()
+        .unwrap();
+    let mut fast = bus.subscribe::<Tick>().capacity(1024).stream().unwrap();
+    for i in 0..1000 {
+        // Never has to wait: `now_or_never` would return None if it did.
+        bus.publish(Tick(i))
+            .now_or_never()
+            .expect("publish did not wait")
+            .expect("accepted");
+    }
+    let mut n = 0;
+    while let Ok(e) = fast.try_recv() {
+        assert_eq!((e.0, e.missed()), (n, 0));
+        n += 1;
+    }
+    assert_eq!(n, 1000);
+    let s = stalled.stats();
+    assert_eq!((s.queue_depth, s.dropped_newest), (4, 996));
+}
+
+#[tokio::test]
+async fn the_receipt_counts_every_subscription() {
+    let bus = bus();
+    let _a = bus
+        .subscribe::<Tick>()
+        .capacity(1)
+        .overflow(Overflow::DropOldest)
+        .stream()
+        .unwrap();
+    let _b = bus
+        .subscribe::<Tick>()
+        .capacity(1)
+        .overflow(Overflow::DropNewest)
+        .stream()
+        .unwrap();
+    let _c = bus.subscribe::<Tick>().capacity(8).stream().unwrap();
+    let first = bus.try_publish(Tick(1)).unwrap();
+    assert_eq!(
+        (first.enqueued, first.evicted_oldest, first.dropped_newest),
+        (3, 0, 0)
+    );
+    let second = bus.try_publish(Tick(2)).unwrap();
+    assert_eq!(
+        (
+            second.enqueued,
+            second.evicted_oldest,
+            second.dropped_newest
+        ),
+        (2, 1, 1)
+    );
+    assert!(second.id > first.id);
+    assert_eq!(second.seq, first.seq + 1);
+}
+
+#[tokio::test]
+async fn a_publisher_handle_resolves_once_and_behaves_like_the_bus() {
+    let bus = bus();
+    let mut sub = bus.subscribe::<Tick>().capacity(1).stream().unwrap();
+    let ticks = bus.publisher::<Tick>().unwrap();
+    let clone = ticks.clone();
+    ticks.publish(Tick(1)).await.unwrap();
+    assert!(matches!(
+        clone.try_publish(Tick(2)),
+        Err(PublishError::Full { .. })
+    ));
+    assert_eq!(sub.recv().await.map(|e| e.0), Some(1));
+    clone
+        .publish_timeout(Tick(3), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(ticks.subscriptions().len(), 1);
+    assert_eq!(ticks.topic(), "ticks");
+}
+
+#[tokio::test]
+async fn envelopes_share_one_event_across_subscriptions() {
+    #[derive(Debug, Event)]
+    #[event(topic = "blobs")]
+    struct Blob(Vec<u8>); // not Clone: fan-out must not need it
+
+    let bus = Bus::builder().topic::<Blob>().build().unwrap();
+    let mut a = bus.subscribe::<Blob>().stream().unwrap();
+    let mut b = bus.subscribe::<Blob>().stream().unwrap();
+    bus.publish(Blob(vec![7; 1024])).await.unwrap();
+    let ea = a.recv().await.unwrap();
+    let eb = b.recv().await.unwrap();
+    assert!(
+        std::ptr::eq(ea.event(), eb.event()),
+        "one allocation, shared"
+    );
+    assert_eq!((ea.id(), ea.seq(), ea.topic()), (eb.id(), 1, "blobs"));
+    assert!(ea.published_at() <= std::time::SystemTime::now());
+    let kept = ea.shared();
+    drop((ea, eb));
+    assert_eq!(kept.0.len(), 1024);
+}

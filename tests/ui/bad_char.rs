@@ -1,0 +1,7 @@
+use tidings::Event;
+
+#[derive(Event)]
+#[event(topic = "orders.Created")]
+struct OrderCreated;
+
+fn main() {}

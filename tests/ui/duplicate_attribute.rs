@@ -1,0 +1,7 @@
+use tidings::Event;
+
+#[derive(Event)]
+#[event(topic = "orders.created", topic = "orders.updated")]
+struct OrderCreated;
+
+fn main() {}

@@ -1,0 +1,6 @@
+use tidings::Event;
+
+#[derive(Event)]
+struct Größe;
+
+fn main() {}

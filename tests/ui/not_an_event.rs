@@ -1,0 +1,7 @@
+use tidings::Bus;
+
+struct NotAnEvent;
+
+fn main() {
+    let _ = Bus::builder().topic::<NotAnEvent>();
+}

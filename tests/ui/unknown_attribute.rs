@@ -1,0 +1,7 @@
+use tidings::Event;
+
+#[derive(Event)]
+#[event(topc = "orders.created")]
+struct OrderCreated;
+
+fn main() {}
