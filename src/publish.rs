@@ -248,10 +248,14 @@ impl<E: Event> TopicState<E> {
     /// and counted.
     pub(crate) fn detach(&self, queue: &Queue<E>, discard: bool) {
         let mut inner = self.inner.lock();
-        let before = inner.subs.len();
-        inner.subs.retain(|q| q.info.id != queue.info.id);
-        if inner.subs.len() != before {
-            inner.unsubscribed += 1;
+        // After shutdown the subscription stays listed, so that the shutdown
+        // report shows it; nothing is published to it any more anyway.
+        if !inner.closed {
+            let before = inner.subs.len();
+            inner.subs.retain(|q| q.info.id != queue.info.id);
+            if inner.subs.len() != before {
+                inner.unsubscribed += 1;
+            }
         }
         // Closed under the topic lock: no publish sees the queue half gone.
         inner.discarded_on_unsubscribe += queue.close(discard);

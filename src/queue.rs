@@ -50,7 +50,7 @@ pub enum Overflow {
 
 impl fmt::Display for Overflow {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             Overflow::Block => "block",
             Overflow::DropOldest => "drop-oldest",
             Overflow::DropNewest => "drop-newest",

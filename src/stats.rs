@@ -129,7 +129,11 @@ impl fmt::Display for SubscriptionStats {
             self.capacity,
             self.failures,
             self.panics,
-        )
+        )?;
+        if let Some(err) = &self.last_error {
+            write!(f, "  last error: {err}")?;
+        }
+        Ok(())
     }
 }
 

@@ -56,7 +56,7 @@ pub enum SubscriberKind {
 
 impl fmt::Display for SubscriberKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             SubscriberKind::Stream => "stream",
             SubscriberKind::Async => "async",
             SubscriberKind::Sync => "sync",
