@@ -50,7 +50,7 @@
 //! Each event type has exactly one topic, given by `#[derive(Event)]` and
 //! checked at compile time (dot-separated segments of `[a-z0-9_-]`, see
 //! [`Topic`]). A bus carries only the topics registered on its
-//! [`BusBuilder`]; two types claiming one topic is a [`BuildError`], and
+//! [`BusBuilder`]; two types claiming one topic is a [`BuildError`](error::BuildError), and
 //! publishing or subscribing to an unregistered type is an error naming the
 //! topic, never a silent no-op.
 //!

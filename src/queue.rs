@@ -136,16 +136,33 @@ impl<E> State<E> {
     }
 }
 
-/// Wakers taken out under the lock, woken after it is released.
+/// Wakers taken out under the lock, woken after it is released. The common
+/// case, one waiter, needs no allocation.
 #[derive(Default)]
-struct Wakeups(Vec<Waker>);
+struct Wakeups {
+    one: Option<Waker>,
+    more: Vec<Waker>,
+}
 
 impl Wakeups {
+    fn push(&mut self, waker: Waker) {
+        match self.one {
+            None => self.one = Some(waker),
+            Some(_) => self.more.push(waker),
+        }
+    }
     fn take_all(&mut self, list: &mut Vec<Waker>) {
-        self.0.append(list);
+        if list.len() == 1 && self.one.is_none() {
+            self.one = list.pop();
+        } else {
+            self.more.append(list);
+        }
     }
     fn wake(self) {
-        self.0.into_iter().for_each(Waker::wake);
+        if let Some(waker) = self.one {
+            waker.wake();
+        }
+        self.more.into_iter().for_each(Waker::wake);
     }
 }
 
@@ -340,7 +357,7 @@ impl<E> Queue<E> {
         let discarded = if discard { s.clear() } else { 0 };
         s.counters.discarded += discarded;
         for w in s.consumers.iter_mut().filter_map(Option::take) {
-            wakeups.0.push(w);
+            wakeups.push(w);
         }
         wakeups.take_all(&mut s.publishers);
         if s.is_idle() {

@@ -239,7 +239,8 @@ mod tests {
             );
         }
         let long_bad = "x".repeat(MAX_TOPIC_LEN + 1);
-        let cases: [(&str, fn(&TopicError) -> bool); 9] = [
+        type IsExpected = fn(&TopicError) -> bool;
+        let cases: [(&str, IsExpected); 9] = [
             ("", |e| matches!(e, TopicError::Empty)),
             (".a", |e| {
                 matches!(e, TopicError::EmptySegment { segment: 1, .. })

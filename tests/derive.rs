@@ -46,11 +46,14 @@ fn topics_come_from_the_attribute_or_the_type_name() {
     assert_eq!(<Wrapped<u8> as Event>::TOPIC, "wrapped");
     assert_eq!(<ViaReexport as Event>::TOPIC, "via.reexport");
     assert_eq!(<EdgeChars as Event>::TOPIC, "a-b_c.0.x");
-    let _ = (
+    for change in [
         InventoryChanged::Added { sku: 1 },
         InventoryChanged::Removed { sku: 1 },
-        Wrapped(0u8).0,
-    );
+    ] {
+        let (InventoryChanged::Added { sku } | InventoryChanged::Removed { sku }) = change;
+        assert_eq!(sku, 1);
+    }
+    assert_eq!(Wrapped(3u8).0, 3);
 }
 
 #[test]

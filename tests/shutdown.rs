@@ -67,9 +67,16 @@ async fn shutdown_drains_every_queue_into_its_handler_and_stream() {
         );
         assert!(s.closed);
     }
-    let handled = handled.lock().unwrap();
-    assert_eq!(handled.iter().filter(|(k, _)| *k == "sync").count(), 200);
-    assert_eq!(handled.iter().filter(|(k, _)| *k == "async").count(), 200);
+    let count = |kind: &str| {
+        handled
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .count()
+    };
+    assert_eq!(count("sync"), 200);
+    assert_eq!(count("async"), 200);
     let streamed = reader.await.unwrap();
     assert_eq!(
         streamed,

@@ -46,7 +46,7 @@ pub(crate) fn snake_case(name: &str) -> String {
             let next = chars.get(i + 1);
             let starts_word = match prev {
                 None => false,
-                Some(p) if p == '_' => false,
+                Some('_') => false,
                 Some(p) if p.is_lowercase() || p.is_ascii_digit() => true,
                 Some(p) if p.is_uppercase() => next.is_some_and(|n| n.is_lowercase()),
                 Some(_) => false,
