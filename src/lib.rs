@@ -123,3 +123,8 @@ pub use topic::{Topic, TopicConfig};
 
 #[cfg(feature = "derive")]
 pub use tidings_macros::Event;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
