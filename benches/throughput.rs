@@ -30,6 +30,16 @@ trait Contender {
     ) -> impl Future<Output = Duration> + Send + 'static;
 }
 
+/// Every publisher yields to the runtime once per 64 events, as a publisher
+/// in a real service does between requests. Without it a publisher that never
+/// has to wait (`broadcast`, the lossy policies) would starve its readers on a
+/// 2-core machine and measure only how fast it can overwrite them.
+async fn pace(i: u64) {
+    if i % 64 == 63 {
+        tokio::task::yield_now().await;
+    }
+}
+
 struct TidingsBlock;
 impl Contender for TidingsBlock {
     const NAME: &'static str = "tidings/block";
@@ -71,6 +81,7 @@ async fn tidings_run(subs: usize, capacity: usize, events: u64, policy: Overflow
     let start = Instant::now();
     for i in 0..events {
         ticks.publish(Tick(i)).await.unwrap();
+        pace(i).await;
     }
     for r in readers {
         r.await.unwrap();
@@ -101,6 +112,7 @@ impl Contender for TokioMpsc {
             for tx in &senders {
                 tx.send(Arc::clone(&e)).await.unwrap();
             }
+            pace(i).await;
         }
         for r in readers {
             r.await.unwrap();
@@ -131,11 +143,7 @@ impl Contender for TokioBroadcast {
         let start = Instant::now();
         for i in 0..events {
             let _ = tx.send(Arc::new(Tick(i)));
-            // `send` never waits; yield now and then, as a publisher in a
-            // real service would, so readers get to run.
-            if i % 64 == 0 {
-                tokio::task::yield_now().await;
-            }
+            pace(i).await;
         }
         for r in readers {
             r.await.unwrap();

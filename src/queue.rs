@@ -136,33 +136,35 @@ impl<E> State<E> {
     }
 }
 
-/// Wakers taken out under the lock, woken after it is released. The common
-/// case, one waiter, needs no allocation.
+/// Wakers taken out under the lock, woken after it is released. Taking a
+/// list moves its buffer instead of copying it; on the hot path (nobody
+/// waiting) everything here is a no-op.
 #[derive(Default)]
-struct Wakeups {
-    one: Option<Waker>,
-    more: Vec<Waker>,
-}
+struct Wakeups(Vec<Waker>);
 
 impl Wakeups {
+    #[inline]
     fn push(&mut self, waker: Waker) {
-        match self.one {
-            None => self.one = Some(waker),
-            Some(_) => self.more.push(waker),
-        }
+        self.0.push(waker);
     }
+
+    #[inline]
     fn take_all(&mut self, list: &mut Vec<Waker>) {
-        if list.len() == 1 && self.one.is_none() {
-            self.one = list.pop();
+        if list.is_empty() {
+            return;
+        }
+        if self.0.is_empty() {
+            std::mem::swap(&mut self.0, list);
         } else {
-            self.more.append(list);
+            self.0.append(list);
         }
     }
+
+    #[inline]
     fn wake(self) {
-        if let Some(waker) = self.one {
-            waker.wake();
+        if !self.0.is_empty() {
+            self.0.into_iter().for_each(Waker::wake);
         }
-        self.more.into_iter().for_each(Waker::wake);
     }
 }
 
@@ -208,6 +210,7 @@ impl<E> Queue<E> {
     /// Publisher side: is there room for one more event? A closed queue
     /// takes nothing, so it never makes a publisher wait. With `cx`, a
     /// publisher that finds no room is woken when room appears.
+    #[inline]
     pub(crate) fn has_room(&self, cx: Option<&mut Context<'_>>) -> bool {
         let mut s = self.state.lock();
         if s.closed || s.buf.len() < self.info.capacity {
