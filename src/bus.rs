@@ -278,6 +278,22 @@ static GLOBAL: OnceLock<Bus> = OnceLock::new();
 
 /// Installs `bus` as the process-wide bus, for code that cannot be handed one.
 ///
+/// ```
+/// use tidings::{Bus, Event};
+/// # #[derive(Event)] #[event(topic = "app.started")] struct Started;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // At start-up:
+/// let bus = Bus::builder().topic::<Started>().build()?;
+/// tidings::set_global(bus)?;
+///
+/// // Anywhere else, without being handed the bus:
+/// tidings::global().publish(Started).await?;
+/// assert!(tidings::set_global(Bus::builder().build()?).is_err(), "once per process");
+/// # Ok(()) }
+/// ```
+///
 /// # Errors
 /// [`AlreadySet`], holding `bus`, if a global bus was already installed; it
 /// can be set once per process.

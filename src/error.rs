@@ -86,6 +86,24 @@ pub enum BuildError {
 /// [`into_inner`](PublishError::into_inner).
 ///
 /// `Debug` does not need `E: Debug`.
+///
+/// ```
+/// # use tidings::{Bus, Event, Overflow};
+/// # use tidings::error::PublishError;
+/// # #[derive(Event)] #[event(topic = "ticks")] struct Tick(u64);
+/// let bus = Bus::builder().topic::<Tick>().build()?;
+/// let _strict = bus.subscribe::<Tick>().name("strict").capacity(1).overflow(Overflow::Fail).stream()?;
+/// bus.try_publish(Tick(1))?;
+/// match bus.try_publish(Tick(2)) {
+///     Err(err @ PublishError::Full { .. }) => {
+///         assert_eq!(err.to_string(), "subscription `strict` on topic `ticks` is full (1 events, policy fail); nothing was enqueued");
+///         let retry_later: Tick = err.into_inner(); // nothing is lost
+///         assert_eq!(retry_later.0, 2);
+///     }
+///     other => panic!("expected Full, got {other:?}"),
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum PublishError<E> {

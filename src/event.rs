@@ -79,6 +79,21 @@ pub(crate) struct Published<E> {
 /// `Envelope<E>` dereferences to `E`, so a handler written for `&E` takes
 /// `&envelope` as it is.
 ///
+/// ```
+/// # use tidings::{Bus, Event};
+/// # #[derive(Debug, Event)] #[event(topic = "orders.created")] struct OrderCreated { id: u64 }
+/// fn total(order: &OrderCreated) -> u64 { order.id * 100 }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let bus = Bus::builder().topic::<OrderCreated>().build()?;
+/// let mut orders = bus.subscribe::<OrderCreated>().stream()?;
+/// let receipt = bus.publish(OrderCreated { id: 7 }).await?;
+/// let e = orders.recv().await.expect("subscribed");
+/// assert_eq!(total(&e), 700); // derefs to &OrderCreated
+/// assert_eq!((e.id(), e.seq(), e.topic(), e.missed()), (receipt.id, 1, "orders.created", 0));
+/// # Ok(()) }
+/// ```
+///
 /// # Missed events
 /// Under the lossy policies ([`Overflow::DropOldest`](crate::Overflow::DropOldest),
 /// [`Overflow::DropNewest`](crate::Overflow::DropNewest)) a subscription can lose

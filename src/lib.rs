@@ -128,3 +128,31 @@ pub use tidings_macros::Event;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Event)]
+    #[event(topic = "unit.ev")]
+    struct Ev;
+
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    fn send<T: Send>(_: &T) {}
+
+    /// Handles and futures cross threads and tasks: `tokio::spawn` needs it.
+    #[tokio::test]
+    async fn handles_and_futures_are_send() {
+        let bus = Bus::builder().topic::<Ev>().build().expect("valid");
+        send_sync(&bus);
+        send_sync(&bus.publisher::<Ev>().expect("registered"));
+        let sub = bus.subscribe::<Ev>().stream().expect("subscribed");
+        send_sync(&sub);
+        let handle = bus.subscribe::<Ev>().sync(|_| ()).expect("subscribed");
+        send_sync(&handle);
+        send(&bus.publish(Ev));
+        send(&bus.publish_timeout(Ev, std::time::Duration::from_secs(1)));
+        send(&bus.shutdown(std::time::Duration::from_secs(1)));
+        send(&handle.unsubscribe());
+    }
+}

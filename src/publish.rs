@@ -27,6 +27,21 @@ use crate::topic::{ErasedTopic, TopicConfig};
 use crate::Event;
 
 /// What a successful publish did.
+///
+/// ```
+/// # use tidings::{Bus, Event, Overflow};
+/// # #[derive(Event)] #[event(topic = "ticks")] struct Tick(u64);
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let bus = Bus::builder().topic::<Tick>().build()?;
+/// let _all = bus.subscribe::<Tick>().stream()?;
+/// let _latest = bus.subscribe::<Tick>().capacity(1).overflow(Overflow::DropNewest).stream()?;
+/// let first = bus.publish(Tick(1)).await?;
+/// assert_eq!((first.seq, first.enqueued, first.dropped_newest), (1, 2, 0));
+/// let second = bus.publish(Tick(2)).await?; // `_latest` is full and drops it
+/// assert_eq!((second.seq, second.enqueued, second.dropped_newest), (2, 1, 1));
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]

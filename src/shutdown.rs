@@ -27,6 +27,21 @@ pub(crate) async fn drain(queues: &[Arc<dyn ErasedQueue>], deadline: Duration) -
 
 /// What [`Bus::shutdown`](crate::Bus::shutdown) did: for every subscription,
 /// what was delivered, dropped, and cut off by the deadline.
+///
+/// ```
+/// # use std::time::Duration;
+/// # use tidings::{Bus, Event};
+/// # #[derive(Event)] #[event(topic = "jobs")] struct Job(u64);
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let bus = Bus::builder().topic::<Job>().build()?;
+/// let _idle = bus.subscribe::<Job>().name("never-read").stream()?;
+/// bus.publish(Job(1)).await?;
+/// let report = bus.shutdown(Duration::from_millis(10)).await;
+/// assert!(!report.is_clean());
+/// assert_eq!(report.cut_off(), 1, "{report}"); // listed, not lost silently
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]

@@ -6,6 +6,26 @@ use crate::queue::Overflow;
 use crate::subscribe::{SubscriberKind, SubscriptionId};
 
 /// A snapshot of every topic on the bus; made by [`Bus::stats`](crate::Bus::stats).
+///
+/// It prints as a table (`Display`); with the `serde` feature it serializes.
+///
+/// ```
+/// # use tidings::{Bus, Event, Overflow};
+/// # #[derive(Event)] #[event(topic = "ticks")] struct Tick(u64);
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let bus = Bus::builder().topic::<Tick>().build()?;
+/// let _ui = bus.subscribe::<Tick>().name("ui").capacity(2).overflow(Overflow::DropOldest).stream()?;
+/// for i in 0..5 {
+///     bus.publish(Tick(i)).await?;
+/// }
+/// let stats = bus.stats();
+/// let ui = stats.subscriptions().find(|s| s.name == "ui").expect("subscribed");
+/// assert_eq!((ui.accepted, ui.queue_depth, ui.dropped_oldest), (5, 2, 3));
+/// assert_eq!(stats.topic("ticks").map(|t| t.published), Some(5));
+/// println!("{stats}");
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
