@@ -203,6 +203,11 @@ impl<'a, E: Event> SubscribeBuilder<'a, E> {
     /// The handler returns `()` or `Result<(), Err>`; errors and panics are
     /// caught and counted, and the subscription goes on.
     ///
+    /// Each sync subscription owns its threads, named `tidings:<name>`; they
+    /// end when the subscription is dropped, unsubscribed or shut down and its
+    /// queue is drained. Publishing from inside a sync handler: use
+    /// [`Bus::try_publish`], which never waits.
+    ///
     /// ```
     /// # use tidings::{Bus, Event};
     /// # #[derive(Debug, Event)] #[event(topic = "orders.created")] struct OrderCreated { id: u64 }
@@ -354,6 +359,9 @@ pub struct Subscription<E: Event> {
 impl<E: Event> Subscription<E> {
     /// Waits for the next event; `None` once the subscription is closed and
     /// drained.
+    ///
+    /// Cancel safe: if the future is dropped before it completes (in a
+    /// `tokio::select!`, say), no event is taken from the queue.
     pub async fn recv(&mut self) -> Option<Envelope<E>> {
         poll_fn(|cx| self.poll_recv(cx)).await
     }
