@@ -90,10 +90,7 @@ impl Bus {
     pub async fn publish<E: Event>(&self, event: E) -> Result<PublishReceipt, PublishError<E>> {
         match self.topic::<E>() {
             Some(topic) => topic.publish(event).await,
-            None => Err(PublishError::UnknownTopic {
-                topic: E::TOPIC,
-                event,
-            }),
+            None => Err(unknown(event)),
         }
     }
 
@@ -105,10 +102,7 @@ impl Bus {
     pub fn try_publish<E: Event>(&self, event: E) -> Result<PublishReceipt, PublishError<E>> {
         match self.topic::<E>() {
             Some(topic) => topic.try_publish(event),
-            None => Err(PublishError::UnknownTopic {
-                topic: E::TOPIC,
-                event,
-            }),
+            None => Err(unknown(event)),
         }
     }
 
@@ -127,10 +121,7 @@ impl Bus {
     ) -> Result<PublishReceipt, PublishError<E>> {
         match self.topic::<E>() {
             Some(topic) => topic.publish_timeout(event, timeout).await,
-            None => Err(PublishError::UnknownTopic {
-                topic: E::TOPIC,
-                event,
-            }),
+            None => Err(unknown(event)),
         }
     }
 
@@ -190,6 +181,13 @@ impl Bus {
             .collect();
         let (elapsed, deadline_hit) = shutdown::drain(&queues, deadline).await;
         ShutdownReport::new(elapsed, deadline_hit, self.stats())
+    }
+}
+
+fn unknown<E: Event>(event: E) -> PublishError<E> {
+    PublishError::UnknownTopic {
+        topic: E::TOPIC,
+        event,
     }
 }
 

@@ -77,6 +77,18 @@ impl FullSub {
             policy: q.info.policy,
         }
     }
+
+    /// The refusal of a publish that could not wait for this subscription.
+    fn refuse<E: Event>(self, event: E) -> PublishError<E> {
+        PublishError::Full {
+            topic: E::TOPIC,
+            subscription: self.name,
+            id: self.id,
+            capacity: self.capacity,
+            policy: self.policy,
+            event,
+        }
+    }
 }
 
 /// A publish that did not happen (yet).
@@ -135,15 +147,7 @@ impl<E: Event> TopicState<E> {
         for q in &inner.subs {
             match q.info.policy {
                 Overflow::Fail if !q.has_room(None) => {
-                    let full = FullSub::of(q);
-                    return Err(NotNow::Refused(PublishError::Full {
-                        topic: E::TOPIC,
-                        subscription: full.name,
-                        id: full.id,
-                        capacity: full.capacity,
-                        policy: full.policy,
-                        event,
-                    }));
+                    return Err(NotNow::Refused(FullSub::of(q).refuse(event)));
                 }
                 Overflow::Block if !q.has_room(cx.as_deref_mut()) => {
                     blocked.get_or_insert_with(|| FullSub::of(q));
@@ -190,14 +194,7 @@ impl<E: Event> TopicState<E> {
         self.try_enqueue(None, event)
             .map_err(|not_now| match not_now {
                 NotNow::Refused(err) => err,
-                NotNow::Wait(event, full) => PublishError::Full {
-                    topic: E::TOPIC,
-                    subscription: full.name,
-                    id: full.id,
-                    capacity: full.capacity,
-                    policy: full.policy,
-                    event,
-                },
+                NotNow::Wait(event, full) => full.refuse(event),
             })
     }
 
