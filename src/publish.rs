@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 
 use crate::error::PublishError;
 use crate::event::{EventId, Published};
-use crate::queue::{ErasedQueue, Overflow, Push, Queue};
+use crate::queue::{ErasedQueue, Overflow, Push, Queue, Ring, RingView};
 use crate::stats::{SubscriptionStats, TopicStats};
 use crate::subscribe::SubscriptionId;
 use crate::topic::{ErasedTopic, TopicConfig};
@@ -99,8 +99,31 @@ enum NotNow<E> {
     Refused(PublishError<E>),
 }
 
+/// A subscription as its topic's publishers see it.
+pub(crate) struct SubEntry<E> {
+    pub(crate) queue: Arc<Queue<E>>,
+    /// For a subscription that reads the topic's ring: what publishers know
+    /// of it without taking its lock.
+    ring: Option<RingRoom>,
+}
+
+struct RingRoom {
+    /// Room left when last looked at; only publishes use it up, so while it
+    /// is above 0 there is room without looking again.
+    room: usize,
+}
+
+impl<E> SubEntry<E> {
+    fn view(&self, tail: u64) -> Option<RingView> {
+        self.ring.as_ref().map(|_| RingView { tail })
+    }
+}
+
 pub(crate) struct TopicInner<E> {
-    pub(crate) subs: Vec<Arc<Queue<E>>>,
+    pub(crate) subs: Vec<SubEntry<E>>,
+    /// The ring read by lossless subscriptions, while there are any.
+    ring: Option<Arc<Ring<E>>>,
+    ring_subs: usize,
     pub(crate) closed: bool,
     next_seq: u64,
     published: u64,
@@ -120,6 +143,8 @@ impl<E: Event> TopicState<E> {
             config,
             inner: Mutex::new(TopicInner {
                 subs: Vec::new(),
+                ring: None,
+                ring_subs: 0,
                 closed: false,
                 next_seq: 1,
                 published: 0,
@@ -136,23 +161,40 @@ impl<E: Event> TopicState<E> {
         mut cx: Option<&mut Context<'_>>,
         event: E,
     ) -> Result<PublishReceipt, NotNow<E>> {
-        let mut inner = self.inner.lock();
+        let mut guard = self.inner.lock();
+        let inner = &mut *guard;
         if inner.closed {
             return Err(NotNow::Refused(PublishError::Closed {
                 topic: E::TOPIC,
                 event,
             }));
         }
+        let tail = inner.next_seq;
         let mut blocked = None;
-        for q in &inner.subs {
-            match q.info.policy {
-                Overflow::Fail if !q.has_room(None) => {
+        for entry in &mut inner.subs {
+            let q = &entry.queue;
+            let policy = q.info.policy;
+            if !matches!(policy, Overflow::Block | Overflow::Fail) {
+                continue;
+            }
+            let wait = match policy {
+                Overflow::Block => cx.as_deref_mut(),
+                _ => None,
+            };
+            let has_room = match &mut entry.ring {
+                Some(r) => {
+                    if r.room == 0 {
+                        r.room = q.ring_room(tail, wait);
+                    }
+                    r.room > 0
+                }
+                None => q.has_room(wait),
+            };
+            if !has_room {
+                if policy == Overflow::Fail {
                     return Err(NotNow::Refused(FullSub::of(q).refuse(event)));
                 }
-                Overflow::Block if !q.has_room(cx.as_deref_mut()) => {
-                    blocked.get_or_insert_with(|| FullSub::of(q));
-                }
-                _ => {}
+                blocked.get_or_insert_with(|| FullSub::of(q));
             }
         }
         if let Some(full) = blocked {
@@ -176,8 +218,18 @@ impl<E: Event> TopicState<E> {
             evicted_oldest: 0,
             dropped_newest: 0,
         };
-        for q in &inner.subs {
-            match q.push(&published) {
+        if inner.ring_subs > 0 {
+            if let Some(ring) = &inner.ring {
+                ring.write(&published);
+            }
+        }
+        for entry in &mut inner.subs {
+            if let Some(r) = &mut entry.ring {
+                r.room = r.room.saturating_sub(1);
+                receipt.enqueued += 1;
+                continue;
+            }
+            match entry.queue.push(&published) {
                 Push::Enqueued => receipt.enqueued += 1,
                 Push::EvictedOldest => {
                     receipt.enqueued += 1;
@@ -256,21 +308,93 @@ impl<E: Event> TopicState<E> {
         .await
     }
 
+    /// Adds a subscription, under the topic lock. A lossless subscription
+    /// whose capacity fits reads the topic's ring; others get their own queue.
+    pub(crate) fn attach(
+        &self,
+        info: crate::queue::SubInfo,
+        consumers: usize,
+    ) -> Option<Arc<Queue<E>>> {
+        let mut guard = self.inner.lock();
+        let inner = &mut *guard;
+        if inner.closed {
+            return None;
+        }
+        let lossless = matches!(info.policy, Overflow::Block | Overflow::Fail);
+        let ring = if lossless && info.capacity <= crate::queue::MAX_RING {
+            match &inner.ring {
+                Some(ring) if ring.size() >= info.capacity => Some(Arc::clone(ring)),
+                Some(_) => None,
+                None => {
+                    let size = info.capacity.max(self.config.default_capacity());
+                    let ring = Arc::new(Ring::new(size));
+                    inner.ring = Some(Arc::clone(&ring));
+                    Some(ring)
+                }
+            }
+        } else {
+            None
+        };
+        let room = ring.as_ref().map(|_| RingRoom {
+            room: info.capacity,
+        });
+        if room.is_some() {
+            inner.ring_subs += 1;
+        }
+        let queue = Arc::new(Queue::new(
+            info,
+            consumers,
+            ring.map(|ring| (ring, inner.next_seq)),
+        ));
+        inner.subs.push(SubEntry {
+            queue: Arc::clone(&queue),
+            ring: room,
+        });
+        Some(queue)
+    }
+
     /// Removes a subscription; with `discard`, what it still holds is dropped
     /// and counted.
     pub(crate) fn detach(&self, queue: &Queue<E>, discard: bool) {
-        let mut inner = self.inner.lock();
+        let mut guard = self.inner.lock();
+        let inner = &mut *guard;
+        let tail = inner.next_seq;
+        let position = inner
+            .subs
+            .iter()
+            .position(|e| e.queue.info.id == queue.info.id);
+        let view = position.and_then(|i| inner.subs[i].view(tail));
         // After shutdown the subscription stays listed, so that the shutdown
         // report shows it; nothing is published to it any more anyway.
-        if !inner.closed {
-            let before = inner.subs.len();
-            inner.subs.retain(|q| q.info.id != queue.info.id);
-            if inner.subs.len() != before {
+        let leaving = !inner.closed && position.is_some();
+        if leaving {
+            if let Some(i) = position {
+                let entry = inner.subs.remove(i);
                 inner.unsubscribed += 1;
+                if entry.ring.is_some() {
+                    inner.ring_subs -= 1;
+                    if inner.ring_subs == 0 {
+                        // Nobody reads the ring: let go of the events it holds.
+                        inner.ring = None;
+                    }
+                }
             }
         }
-        // Closed under the topic lock: no publish sees the queue half gone.
-        inner.discarded_on_unsubscribe += queue.close(discard);
+        // Closed under the topic lock: no publish sees the queue half gone,
+        // and the ring cannot move on before a leaving reader has copied
+        // what it still has to read.
+        inner.discarded_on_unsubscribe += queue.close(discard, leaving, view);
+    }
+
+    /// One subscription's numbers, as exact as the topic's.
+    pub(crate) fn sub_stats(&self, queue: &Queue<E>) -> SubscriptionStats {
+        let inner = self.inner.lock();
+        let view = inner
+            .subs
+            .iter()
+            .find(|e| e.queue.info.id == queue.info.id)
+            .and_then(|e| e.view(inner.next_seq));
+        queue.stats(view)
     }
 }
 
@@ -282,19 +406,24 @@ impl<E: Event> ErasedTopic for TopicState<E> {
             published: inner.published,
             unsubscribed: inner.unsubscribed,
             discarded_on_unsubscribe: inner.discarded_on_unsubscribe,
-            subscriptions: inner.subs.iter().map(|q| q.stats()).collect(),
+            subscriptions: inner
+                .subs
+                .iter()
+                .map(|e| e.queue.stats(e.view(inner.next_seq)))
+                .collect(),
         }
     }
 
     fn close(&self) -> Vec<Arc<dyn ErasedQueue>> {
         let mut inner = self.inner.lock();
         inner.closed = true;
+        let tail = inner.next_seq;
         inner
             .subs
             .iter()
-            .map(|q| {
-                q.close(false);
-                Arc::clone(q) as Arc<dyn ErasedQueue>
+            .map(|e| {
+                e.queue.close(false, false, e.view(tail));
+                Arc::clone(&e.queue) as Arc<dyn ErasedQueue>
             })
             .collect()
     }

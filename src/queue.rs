@@ -1,11 +1,24 @@
 //! The bounded queue of one subscription and the overflow policies.
 //!
-//! Every queue is a `VecDeque` behind a `parking_lot` mutex, with three lists
-//! of wakers: consumers waiting for an event, publishers waiting for room
+//! A subscription reads its events from one of two places:
+//!
+//! - **the topic's ring** (lossless subscriptions, `Block` and `Fail`, whose
+//!   capacity fits the ring): the publisher writes each event once into a
+//!   slot of a ring shared by the topic, and each subscription keeps its own
+//!   cursor. The publisher never touches the subscription's lock on the hot
+//!   path: it keeps a count of the room it last saw and looks again only when
+//!   that runs out. Slots cannot be overwritten before every ring reader has
+//!   passed them, because a full lossless subscription stops (or refuses)
+//!   the publish first.
+//! - **its own `VecDeque`** (the lossy policies, which evict or skip per
+//!   subscription, and lossless subscriptions larger than the ring).
+//!
+//! Each subscription's state sits behind one `parking_lot` mutex, with lists
+//! of wakers for consumers waiting for an event, publishers waiting for room
 //! (under [`Overflow::Block`]) and shutdown waiting for the queue to drain.
-//! No atomics carry state between threads here: every decision is made under
-//! the queue's lock, and publishers of one topic additionally hold the topic's
-//! lock (see `publish.rs`), so that an event is enqueued to all of a topic's
+//! No atomics carry state between threads: every decision is made under a
+//! lock, and publishers of one topic additionally hold the topic's lock (see
+//! `publish.rs`), so that an event is enqueued to all of a topic's
 //! subscriptions, or to none, before the next event is considered.
 
 use std::collections::VecDeque;
@@ -95,6 +108,86 @@ struct Slot<E> {
     missed_before: u64,
 }
 
+/// The largest ring a topic gets; lossless subscriptions with a larger
+/// capacity keep their own queue.
+pub(crate) const MAX_RING: usize = 1 << 16;
+
+/// One slot of a ring: the last event written there.
+type RingSlot<E> = Mutex<Option<Arc<Published<E>>>>;
+
+/// The ring of a topic, shared by its lossless subscriptions: slot
+/// `seq % size` holds event `seq` until event `seq + size` replaces it.
+pub(crate) struct Ring<E> {
+    slots: Box<[RingSlot<E>]>,
+    mask: u64,
+    /// One past the last sequence number written. Read by consumers only to
+    /// sample their queue depth for the high-water mark: it orders nothing.
+    tail: AtomicU64,
+    /// Ring readers waiting for the next event.
+    waiters: Mutex<Vec<Waker>>,
+}
+
+impl<E> Ring<E> {
+    /// A ring of at least `capacity` slots (a power of two).
+    pub(crate) fn new(capacity: usize) -> Self {
+        let size = capacity.clamp(1, MAX_RING).next_power_of_two();
+        Ring {
+            slots: (0..size).map(|_| Mutex::new(None)).collect(),
+            mask: size as u64 - 1,
+            tail: AtomicU64::new(0),
+            waiters: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub(crate) fn size(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Publisher side, under the topic lock: stores the event and wakes the
+    /// readers waiting for it.
+    pub(crate) fn write(&self, published: &Arc<Published<E>>) {
+        *self.slots[(published.seq & self.mask) as usize].lock() = Some(Arc::clone(published));
+        self.tail.store(published.seq + 1, Ordering::Relaxed);
+        let waiting = std::mem::take(&mut *self.waiters.lock());
+        waiting.into_iter().for_each(Waker::wake);
+    }
+
+    /// Event `seq`, if it has been written.
+    fn read(&self, seq: u64) -> Option<Arc<Published<E>>> {
+        match &*self.slots[(seq & self.mask) as usize].lock() {
+            Some(p) if p.seq == seq => Some(Arc::clone(p)),
+            _ => None,
+        }
+    }
+
+    fn wake_all(&self) {
+        let waiting = std::mem::take(&mut *self.waiters.lock());
+        waiting.into_iter().for_each(Waker::wake);
+    }
+}
+
+/// Where a subscription's events wait.
+enum Buf<E> {
+    Own(VecDeque<Slot<E>>),
+    Ring {
+        ring: Arc<Ring<E>>,
+        /// The first sequence number this subscription accepted.
+        start: u64,
+        /// The next sequence number to read.
+        next: u64,
+        /// One past the last sequence number it accepted, once closed;
+        /// `u64::MAX` while it takes events.
+        end: u64,
+    },
+}
+
+/// What the publisher side knows of a ring subscription: the topic's next
+/// sequence number.
+#[derive(Copy, Clone, Debug)]
+pub(crate) struct RingView {
+    pub(crate) tail: u64,
+}
+
 #[derive(Default)]
 struct Counters {
     accepted: u64,
@@ -107,7 +200,7 @@ struct Counters {
 }
 
 struct State<E> {
-    buf: VecDeque<Slot<E>>,
+    buf: Buf<E>,
     closed: bool,
     /// Losses after the last queued event, not yet attached to an envelope.
     pending_missed: u64,
@@ -121,18 +214,65 @@ struct State<E> {
 }
 
 impl<E> State<E> {
+    /// Whether nothing is left to read. Exact for a closed subscription; for
+    /// an open ring subscription only the slot itself can tell.
+    fn drained(&self) -> bool {
+        match &self.buf {
+            Buf::Own(buf) => buf.is_empty(),
+            Buf::Ring { next, end, .. } => next >= end,
+        }
+    }
+
     fn is_idle(&self) -> bool {
-        self.closed && self.buf.is_empty() && self.in_flight == 0
+        self.closed && self.drained() && self.in_flight == 0
     }
 
     /// Empties the queue, moving the in-band loss counts of what it held to
-    /// `pending_missed` so that none of them goes uncounted.
+    /// `pending_missed` so that none of them goes uncounted. A ring
+    /// subscription must be closed first (its `end` set).
     fn clear(&mut self) -> u64 {
-        let n = self.buf.len() as u64;
-        for slot in self.buf.drain(..) {
-            self.pending_missed += slot.missed_before;
+        match &mut self.buf {
+            Buf::Own(buf) => {
+                let n = buf.len() as u64;
+                for slot in buf.drain(..) {
+                    self.pending_missed += slot.missed_before;
+                }
+                n
+            }
+            Buf::Ring { next, end, .. } => {
+                let n = end.saturating_sub(*next);
+                *next = (*next).max(*end);
+                n
+            }
         }
-        n
+    }
+
+    /// Takes the next event, if there is one to take now.
+    fn take(&mut self) -> Option<Slot<E>> {
+        match &mut self.buf {
+            Buf::Own(buf) => buf.pop_front(),
+            Buf::Ring {
+                ring, next, end, ..
+            } => {
+                if next >= end {
+                    return None;
+                }
+                let published = ring.read(*next)?;
+                // The depth just before this take, from a tail that may lag:
+                // a sample that never exceeds the real depth.
+                let depth = ring
+                    .tail
+                    .load(Ordering::Relaxed)
+                    .min(*end)
+                    .saturating_sub(*next);
+                self.counters.high_water = self.counters.high_water.max(depth as usize);
+                *next += 1;
+                Some(Slot {
+                    published,
+                    missed_before: 0,
+                })
+            }
+        }
     }
 }
 
@@ -186,10 +326,21 @@ pub(crate) struct Queue<E> {
 }
 
 impl<E> Queue<E> {
-    pub(crate) fn new(info: SubInfo, consumers: usize) -> Self {
+    /// A queue of its own, or, with `ring` (the topic's ring and its next
+    /// sequence number), a cursor into the topic's ring.
+    pub(crate) fn new(info: SubInfo, consumers: usize, ring: Option<(Arc<Ring<E>>, u64)>) -> Self {
+        let buf = match ring {
+            Some((ring, tail)) => Buf::Ring {
+                ring,
+                start: tail,
+                next: tail,
+                end: u64::MAX,
+            },
+            None => Buf::Own(VecDeque::with_capacity(info.capacity.min(1024))),
+        };
         Queue {
             state: Mutex::new(State {
-                buf: VecDeque::with_capacity(info.capacity.min(1024)),
+                buf,
                 closed: false,
                 pending_missed: 0,
                 in_flight: 0,
@@ -207,13 +358,17 @@ impl<E> Queue<E> {
         }
     }
 
-    /// Publisher side: is there room for one more event? A closed queue
-    /// takes nothing, so it never makes a publisher wait. With `cx`, a
+    /// Publisher side, own queue: is there room for one more event? A closed
+    /// queue takes nothing, so it never makes a publisher wait. With `cx`, a
     /// publisher that finds no room is woken when room appears.
     #[inline]
     pub(crate) fn has_room(&self, cx: Option<&mut Context<'_>>) -> bool {
         let mut s = self.state.lock();
-        if s.closed || s.buf.len() < self.info.capacity {
+        let full = match &s.buf {
+            Buf::Own(buf) => buf.len() >= self.info.capacity,
+            Buf::Ring { .. } => false,
+        };
+        if s.closed || !full {
             return true;
         }
         if let Some(cx) = cx {
@@ -222,18 +377,45 @@ impl<E> Queue<E> {
         false
     }
 
-    /// Publisher side: offers one accepted event to this subscription.
-    /// Called with the topic lock held, after `has_room` said yes for every
-    /// `Block` and `Fail` subscription; only consumers touch the queue in
-    /// between, and they only make room.
+    /// Publisher side, ring subscription, under the topic lock: how many more
+    /// events fit, with `tail` the topic's next sequence number. With `cx`, a
+    /// publisher that finds no room is woken when room appears.
+    pub(crate) fn ring_room(&self, tail: u64, cx: Option<&mut Context<'_>>) -> usize {
+        let mut s = self.state.lock();
+        let Buf::Ring { next, .. } = &s.buf else {
+            return usize::MAX;
+        };
+        if s.closed {
+            return usize::MAX;
+        }
+        let queued = (tail - *next) as usize;
+        s.counters.high_water = s.counters.high_water.max(queued);
+        let room = self.info.capacity.saturating_sub(queued);
+        if room == 0 {
+            if let Some(cx) = cx {
+                register(&mut s.publishers, cx.waker());
+            }
+        }
+        room
+    }
+
+    /// Publisher side, own queue: offers one accepted event to this
+    /// subscription. Called with the topic lock held, after `has_room` said
+    /// yes for every `Block` and `Fail` subscription; only consumers touch
+    /// the queue in between, and they only make room.
     pub(crate) fn push(&self, published: &Arc<Published<E>>) -> Push {
         let mut s = self.state.lock();
         if s.closed {
             return Push::Closed;
         }
+        let s = &mut *s;
+        let Buf::Own(buf) = &mut s.buf else {
+            // Ring subscriptions read the ring; the publisher never pushes.
+            return Push::Enqueued;
+        };
         s.counters.accepted += 1;
         let mut outcome = Push::Enqueued;
-        if s.buf.len() >= self.info.capacity {
+        if buf.len() >= self.info.capacity {
             match self.info.policy {
                 Overflow::DropNewest => {
                     s.counters.dropped_newest += 1;
@@ -241,10 +423,10 @@ impl<E> Queue<E> {
                     return Push::DroppedNewest;
                 }
                 Overflow::DropOldest => {
-                    if let Some(old) = s.buf.pop_front() {
+                    if let Some(old) = buf.pop_front() {
                         s.counters.dropped_oldest += 1;
                         let carry = old.missed_before + 1;
-                        match s.buf.front_mut() {
+                        match buf.front_mut() {
                             Some(next) => next.missed_before += carry,
                             None => s.pending_missed += carry,
                         }
@@ -258,21 +440,19 @@ impl<E> Queue<E> {
             }
         }
         let missed_before = std::mem::take(&mut s.pending_missed);
-        s.buf.push_back(Slot {
+        buf.push_back(Slot {
             published: Arc::clone(published),
             missed_before,
         });
-        s.counters.high_water = s.counters.high_water.max(s.buf.len());
-        let waker = s.consumers.iter_mut().find_map(Option::take);
-        drop(s);
-        if let Some(waker) = waker {
+        s.counters.high_water = s.counters.high_water.max(buf.len());
+        if let Some(waker) = s.consumers.iter_mut().find_map(Option::take) {
             waker.wake();
         }
         outcome
     }
 
     fn pop_locked(&self, s: &mut State<E>, wakeups: &mut Wakeups) -> Option<Envelope<E>> {
-        let slot = s.buf.pop_front()?;
+        let slot = s.take()?;
         s.counters.delivered += 1;
         if self.info.kind != SubscriberKind::Stream {
             s.in_flight += 1;
@@ -300,8 +480,23 @@ impl<E> Queue<E> {
             wakeups.wake();
             return Poll::Ready(Some(env));
         }
-        if s.closed {
+        if s.closed && s.drained() {
             return Poll::Ready(None);
+        }
+        if let Buf::Ring { ring, .. } = &s.buf {
+            // Register with the ring, then look again: a publisher writes
+            // the slot before it takes the ring's waiters, so either this
+            // look sees the event or the publisher sees this waker.
+            let ring = Arc::clone(ring);
+            let mut waiters = ring.waiters.lock();
+            if let Some(env) = self.pop_locked(&mut s, &mut wakeups) {
+                drop(waiters);
+                drop(s);
+                wakeups.wake();
+                return Poll::Ready(Some(env));
+            }
+            register(&mut waiters, cx.waker());
+            return Poll::Pending;
         }
         match &mut s.consumers[consumer] {
             Some(w) if w.will_wake(cx.waker()) => {}
@@ -320,7 +515,7 @@ impl<E> Queue<E> {
                 wakeups.wake();
                 Ok(env)
             }
-            None if s.closed => Err(TryRecvError::Closed),
+            None if s.closed && s.drained() => Err(TryRecvError::Closed),
             None => Err(TryRecvError::Empty),
         }
     }
@@ -350,15 +545,43 @@ impl<E> Queue<E> {
         wakeups.wake();
     }
 
-    /// Closes the queue: it takes no new event and its consumers end once it
-    /// is empty. With `discard`, what it still holds is dropped and counted as
-    /// discarded. Returns how many events were discarded.
-    pub(crate) fn close(&self, discard: bool) -> u64 {
+    /// Closes the queue, under the topic lock: it takes no new event and its
+    /// consumers end once it is empty. With `discard`, what it still holds is
+    /// dropped and counted as discarded; without, a ring subscription that
+    /// leaves the topic (`leaving`) copies what it has still to read out of
+    /// the ring, which will be overwritten once it no longer holds the
+    /// publisher back. `view` is the publisher side's knowledge of a ring
+    /// subscription. Returns how many events were discarded.
+    pub(crate) fn close(&self, discard: bool, leaving: bool, view: Option<RingView>) -> u64 {
         let mut wakeups = Wakeups::default();
-        let mut s = self.state.lock();
+        let mut guard = self.state.lock();
+        let s = &mut *guard;
+        if !s.closed {
+            if let (Buf::Ring { start, end, .. }, Some(view)) = (&mut s.buf, view) {
+                *end = view.tail;
+                s.counters.accepted = view.tail - *start;
+            }
+        }
         s.closed = true;
         let discarded = if discard { s.clear() } else { 0 };
         s.counters.discarded += discarded;
+        let mut ring_readers = None;
+        if let Buf::Ring {
+            ring, next, end, ..
+        } = &s.buf
+        {
+            ring_readers = Some(Arc::clone(ring));
+            if leaving {
+                let own: VecDeque<Slot<E>> = (*next..*end)
+                    .filter_map(|seq| ring.read(seq))
+                    .map(|published| Slot {
+                        published,
+                        missed_before: 0,
+                    })
+                    .collect();
+                s.buf = Buf::Own(own);
+            }
+        }
         for w in s.consumers.iter_mut().filter_map(Option::take) {
             wakeups.push(w);
         }
@@ -366,8 +589,11 @@ impl<E> Queue<E> {
         if s.is_idle() {
             wakeups.take_all(&mut s.idle);
         }
-        drop(s);
+        drop(guard);
         wakeups.wake();
+        if let Some(ring) = ring_readers {
+            ring.wake_all();
+        }
         discarded
     }
 
@@ -375,9 +601,23 @@ impl<E> Queue<E> {
         self.aborts.lock().push(handle);
     }
 
-    pub(crate) fn stats(&self) -> SubscriptionStats {
+    /// The subscription's numbers; `view` is needed for an open ring
+    /// subscription.
+    pub(crate) fn stats(&self, view: Option<RingView>) -> SubscriptionStats {
         let s = self.state.lock();
         let c = &s.counters;
+        let (accepted, queue_depth, high_water) = match (&s.buf, view) {
+            (Buf::Own(buf), _) => (c.accepted, buf.len(), c.high_water),
+            // Open: the publisher side knows how far the topic has gone.
+            (Buf::Ring { start, next, .. }, Some(view)) if !s.closed => {
+                let queued = (view.tail - next) as usize;
+                (view.tail - start, queued, c.high_water.max(queued))
+            }
+            // Closed: `close` recorded the final numbers.
+            (Buf::Ring { next, end, .. }, _) => {
+                (c.accepted, end.saturating_sub(*next) as usize, c.high_water)
+            }
+        };
         SubscriptionStats {
             id: self.info.id,
             name: self.info.name.to_string(),
@@ -386,9 +626,9 @@ impl<E> Queue<E> {
             policy: self.info.policy,
             capacity: self.info.capacity,
             closed: s.closed,
-            queue_depth: s.buf.len(),
-            high_water: c.high_water,
-            accepted: c.accepted,
+            queue_depth,
+            high_water,
+            accepted,
             delivered: c.delivered,
             dropped_oldest: c.dropped_oldest,
             dropped_newest: c.dropped_newest,
@@ -409,9 +649,8 @@ pub(crate) trait ErasedQueue: Send + Sync {
     /// Ready once the queue is closed, empty and no handler runs.
     fn poll_idle(&self, cx: &mut Context<'_>) -> Poll<()>;
     /// The deadline passed: drop what is queued (counted as cut off) and stop
-    /// async handler tasks.
+    /// async handler tasks. The queue is closed already.
     fn cut_off(&self);
-    fn stats(&self) -> SubscriptionStats;
 }
 
 impl<E: Send + Sync + 'static> ErasedQueue for Queue<E> {
@@ -434,9 +673,5 @@ impl<E: Send + Sync + 'static> ErasedQueue for Queue<E> {
         for handle in self.aborts.lock().drain(..) {
             handle.abort();
         }
-    }
-
-    fn stats(&self) -> SubscriptionStats {
-        Queue::stats(self)
     }
 }

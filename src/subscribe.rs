@@ -268,14 +268,9 @@ impl<'a, E: Event> SubscribeBuilder<'a, E> {
             policy: self.overflow.unwrap_or(state.config.default_overflow()),
             capacity,
         };
-        let queue = Arc::new(Queue::new(info, consumers));
-        {
-            let mut inner = state.inner.lock();
-            if inner.closed {
-                return Err(SubscribeError::Closed { topic });
-            }
-            inner.subs.push(Arc::clone(&queue));
-        }
+        let queue = state
+            .attach(info, consumers)
+            .ok_or(SubscribeError::Closed { topic })?;
         Ok(Attachment {
             topic: state,
             queue,
@@ -305,11 +300,16 @@ impl<E: Event> Attachment<E> {
     fn detach(&self, discard: bool) {
         self.topic.detach(&self.queue, discard);
     }
+
+    fn stats(&self) -> SubscriptionStats {
+        self.topic.sub_stats(&self.queue)
+    }
 }
 
 /// What a [`SubscriptionHandle`] needs without knowing the event type.
 trait Detach: Send + Sync {
     fn detach(&self, discard: bool);
+    fn stats(&self) -> SubscriptionStats;
     fn queue(&self) -> &dyn ErasedQueue;
     fn info(&self) -> &SubInfo;
 }
@@ -317,6 +317,9 @@ trait Detach: Send + Sync {
 impl<E: Event> Detach for Attachment<E> {
     fn detach(&self, discard: bool) {
         Attachment::detach(self, discard);
+    }
+    fn stats(&self) -> SubscriptionStats {
+        Attachment::stats(self)
     }
     fn queue(&self) -> &dyn ErasedQueue {
         &*self.queue
@@ -391,12 +394,12 @@ impl<E: Event> Subscription<E> {
     pub fn unsubscribe(mut self) -> SubscriptionStats {
         self.detached = true;
         self.attachment.detach(true);
-        self.attachment.queue.stats()
+        self.attachment.stats()
     }
 
     /// The subscription's numbers now.
     pub fn stats(&self) -> SubscriptionStats {
-        self.attachment.queue.stats()
+        self.attachment.stats()
     }
 
     /// The subscription's id.
@@ -464,12 +467,12 @@ impl SubscriptionHandle {
         self.detached = true;
         self.attachment.detach(false);
         poll_fn(|cx| self.attachment.queue().poll_idle(cx)).await;
-        self.attachment.queue().stats()
+        self.attachment.stats()
     }
 
     /// The subscription's numbers now.
     pub fn stats(&self) -> SubscriptionStats {
-        self.attachment.queue().stats()
+        self.attachment.stats()
     }
 
     /// The subscription's id.
