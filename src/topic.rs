@@ -115,6 +115,12 @@ impl TopicConfig {
 
     /// Sets the default queue capacity of the topic's subscriptions. 0 is
     /// refused by [`BusBuilder::build`](crate::BusBuilder::build).
+    ///
+    /// It also sizes the ring that the topic's lossless subscriptions
+    /// ([`Overflow::Block`], [`Overflow::Fail`]) read from: the next power of
+    /// two at or above it (at most 65,536), holding the last events published
+    /// until they are overwritten. A lossless subscription with a larger
+    /// capacity gets a queue of its own.
     pub fn capacity(mut self, capacity: usize) -> Self {
         self.capacity = capacity;
         self
