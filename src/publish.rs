@@ -220,7 +220,7 @@ impl<E: Event> TopicState<E> {
         };
         if inner.ring_subs > 0 {
             if let Some(ring) = &inner.ring {
-                ring.write(&published);
+                ring.write(&published, inner.ring_subs);
             }
         }
         for entry in &mut inner.subs {

@@ -112,13 +112,19 @@ struct Slot<E> {
 /// capacity keep their own queue.
 pub(crate) const MAX_RING: usize = 1 << 16;
 
-/// One slot of a ring: the last event written there.
-type RingSlot<E> = Mutex<Option<Arc<Published<E>>>>;
+/// One slot of a ring: the event last written there, and how many ring
+/// readers have still to take it. The last one lets go of it, so the ring
+/// keeps an event no longer than a queue of its own would.
+struct RingSlot<E> {
+    seq: u64,
+    event: Option<Arc<Published<E>>>,
+    readers: usize,
+}
 
 /// The ring of a topic, shared by its lossless subscriptions: slot
-/// `seq % size` holds event `seq` until event `seq + size` replaces it.
+/// `seq % size` holds event `seq` until its readers have taken it.
 pub(crate) struct Ring<E> {
-    slots: Box<[RingSlot<E>]>,
+    slots: Box<[Mutex<RingSlot<E>>]>,
     mask: u64,
     /// One past the last sequence number written. Read by consumers only to
     /// sample their queue depth for the high-water mark: it orders nothing.
@@ -132,7 +138,15 @@ impl<E> Ring<E> {
     pub(crate) fn new(capacity: usize) -> Self {
         let size = capacity.clamp(1, MAX_RING).next_power_of_two();
         Ring {
-            slots: (0..size).map(|_| Mutex::new(None)).collect(),
+            slots: (0..size)
+                .map(|_| {
+                    Mutex::new(RingSlot {
+                        seq: u64::MAX,
+                        event: None,
+                        readers: 0,
+                    })
+                })
+                .collect(),
             mask: size as u64 - 1,
             tail: AtomicU64::new(0),
             waiters: Mutex::new(Vec::new()),
@@ -143,21 +157,46 @@ impl<E> Ring<E> {
         self.slots.len()
     }
 
-    /// Publisher side, under the topic lock: stores the event and wakes the
-    /// readers waiting for it.
-    pub(crate) fn write(&self, published: &Arc<Published<E>>) {
-        *self.slots[(published.seq & self.mask) as usize].lock() = Some(Arc::clone(published));
+    /// Publisher side, under the topic lock: stores the event for `readers`
+    /// ring readers and wakes those waiting for it. The slot is free: its
+    /// previous event was taken by all its readers, or the publish would have
+    /// waited.
+    pub(crate) fn write(&self, published: &Arc<Published<E>>, readers: usize) {
+        let mut slot = self.slots[(published.seq & self.mask) as usize].lock();
+        debug_assert_eq!(
+            slot.readers, 0,
+            "ring slot overwritten before all its readers took it"
+        );
+        *slot = RingSlot {
+            seq: published.seq,
+            event: Some(Arc::clone(published)),
+            readers,
+        };
+        drop(slot);
         self.tail.store(published.seq + 1, Ordering::Relaxed);
         let waiting = std::mem::take(&mut *self.waiters.lock());
         waiting.into_iter().for_each(Waker::wake);
     }
 
-    /// Event `seq`, if it has been written.
+    /// Takes event `seq` for one reader, if it has been written. Each reader
+    /// takes (or `release`s) each of its events exactly once.
     fn read(&self, seq: u64) -> Option<Arc<Published<E>>> {
-        match &*self.slots[(seq & self.mask) as usize].lock() {
-            Some(p) if p.seq == seq => Some(Arc::clone(p)),
-            _ => None,
+        let mut slot = self.slots[(seq & self.mask) as usize].lock();
+        if slot.seq != seq {
+            return None;
         }
+        if slot.readers <= 1 {
+            slot.readers = 0;
+            slot.event.take()
+        } else {
+            slot.readers -= 1;
+            slot.event.clone()
+        }
+    }
+
+    /// One reader gives up event `seq` without taking it.
+    fn release(&self, seq: u64) {
+        drop(self.read(seq));
     }
 
     fn wake_all(&self) {
@@ -239,8 +278,16 @@ impl<E> State<E> {
                 }
                 n
             }
-            Buf::Ring { next, end, .. } => {
+            Buf::Ring {
+                ring, next, end, ..
+            } => {
+                if *end == u64::MAX {
+                    return 0; // still open: nothing is its own to clear
+                }
                 let n = end.saturating_sub(*next);
+                for seq in *next..*end {
+                    ring.release(seq);
+                }
                 *next = (*next).max(*end);
                 n
             }

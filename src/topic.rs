@@ -118,9 +118,8 @@ impl TopicConfig {
     ///
     /// It also sizes the ring that the topic's lossless subscriptions
     /// ([`Overflow::Block`], [`Overflow::Fail`]) read from: the next power of
-    /// two at or above it (at most 65,536), holding the last events published
-    /// until they are overwritten. A lossless subscription with a larger
-    /// capacity gets a queue of its own.
+    /// two at or above it (at most 65,536). A lossless subscription with a
+    /// larger capacity gets a queue of its own.
     pub fn capacity(mut self, capacity: usize) -> Self {
         self.capacity = capacity;
         self

@@ -306,3 +306,40 @@ async fn envelopes_share_one_event_across_subscriptions() {
     drop((ea, eb));
     assert_eq!(kept.0.len(), 1024);
 }
+
+#[tokio::test]
+async fn events_are_freed_once_every_subscription_has_them() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    static FREED: AtomicUsize = AtomicUsize::new(0);
+    #[derive(Debug, Event)]
+    #[event(topic = "counted")]
+    struct Counted(#[allow(dead_code)] Arc<()>);
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            FREED.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    let bus = Bus::builder().topic::<Counted>().build().unwrap();
+    let mut a = bus.subscribe::<Counted>().stream().unwrap(); // lossless: reads the ring
+    let mut b = bus.subscribe::<Counted>().stream().unwrap();
+    let mut lossy = bus
+        .subscribe::<Counted>()
+        .overflow(Overflow::DropNewest)
+        .stream()
+        .unwrap(); // a queue of its own
+    for _ in 0..3 {
+        bus.publish(Counted(Arc::new(()))).await.unwrap();
+    }
+    for _ in 0..3 {
+        drop(a.recv().await);
+        drop(lossy.recv().await);
+    }
+    assert_eq!(FREED.load(Ordering::SeqCst), 0, "b has not taken them yet");
+    drop(b.recv().await);
+    assert_eq!(FREED.load(Ordering::SeqCst), 1, "taken by all: freed");
+    drop(b); // leaves with two unread: they are let go of too
+    assert_eq!(FREED.load(Ordering::SeqCst), 3);
+}
