@@ -10,6 +10,7 @@ use crate::shutdown::{self, ShutdownReport};
 use crate::stats::BusStats;
 use crate::subscribe::SubscribeBuilder;
 use crate::topic::{Registry, TopicConfig};
+use crate::watch::{Health, Watch};
 use crate::Event;
 
 /// The event bus. A cheap handle: clones share one bus.
@@ -47,6 +48,7 @@ impl Bus {
     pub fn builder() -> BusBuilder {
         BusBuilder {
             registry: Registry::default(),
+            watch: Watch::default(),
             error: None,
         }
     }
@@ -147,6 +149,42 @@ impl Bus {
         }
     }
 
+    /// What the blocked-runtime watch has found: async handlers whose polls
+    /// held a runtime thread too long, sync handlers over their budget, and
+    /// subscriptions that kept publishers waiting; worst first. Serve it from
+    /// a health endpoint. See [`Watch`].
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tidings::{Bus, Event, Watch, FindingKind};
+    /// # #[derive(Event)] #[event(topic = "jobs")] struct Job;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let bus = Bus::builder()
+    ///     .topic::<Job>()
+    ///     .watch(Watch::default().slow_poll(Some(Duration::from_millis(5))))
+    ///     .build()?;
+    /// let h = bus
+    ///     .subscribe::<Job>()
+    ///     .name("oops")
+    ///     .handler(|_| async { std::thread::sleep(Duration::from_millis(100)) })?; // blocks!
+    /// bus.publish(Job).await?;
+    /// h.unsubscribe().await;
+    /// let health = bus.health();
+    /// assert!(!health.is_healthy());
+    /// assert_eq!(health.findings[0].kind, FindingKind::SlowPoll);
+    /// assert_eq!(health.findings[0].subscription, "oops");
+    /// # Ok(()) }
+    /// ```
+    pub fn health(&self) -> Health {
+        let mut findings = Vec::new();
+        for entry in self.shared.registry.entries() {
+            entry.erased.findings(&mut findings);
+        }
+        findings.sort_by_key(|f| std::cmp::Reverse(f.worst));
+        Health { findings }
+    }
+
     /// Shuts the bus down: publishes from now on fail with
     /// [`PublishError::Closed`] (the event handed back), publishers waiting
     /// for room are released with the same error, and every subscription
@@ -223,6 +261,7 @@ impl fmt::Debug for Bus {
 #[must_use = "a bus builder does nothing until .build()"]
 pub struct BusBuilder {
     registry: Registry,
+    watch: Watch,
     error: Option<BuildError>,
 }
 
@@ -242,6 +281,13 @@ impl BusBuilder {
         self
     }
 
+    /// Sets what the blocked-runtime watch looks for (see [`Watch`]; on by
+    /// default).
+    pub fn watch(mut self, watch: Watch) -> Self {
+        self.watch = watch;
+        self
+    }
+
     /// Builds the bus.
     ///
     /// # Errors
@@ -249,14 +295,16 @@ impl BusBuilder {
     /// (two types, one topic), [`BuildError::ConfigConflict`],
     /// [`BuildError::InvalidTopic`], [`BuildError::ZeroCapacity`].
     pub fn build(self) -> Result<Bus, BuildError> {
-        match self.error {
-            Some(err) => Err(err),
-            None => Ok(Bus {
-                shared: Arc::new(Shared {
-                    registry: self.registry,
-                }),
-            }),
+        if let Some(err) = self.error {
+            return Err(err);
         }
+        // The slot belongs to this builder's registry and is set only here.
+        let _ = self.registry.watch.set(Arc::new(self.watch));
+        Ok(Bus {
+            shared: Arc::new(Shared {
+                registry: self.registry,
+            }),
+        })
     }
 }
 

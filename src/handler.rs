@@ -1,16 +1,22 @@
 //! Running handlers: async handlers as tokio tasks, sync handlers on threads
-//! owned by the bus. Both catch errors and panics, count them, and go on.
+//! owned by the bus. Both catch errors and panics, count them, and go on;
+//! both are timed for the blocked-runtime watch (`watch.rs`).
 
 use std::any::Any;
 use std::error::Error;
 use std::future::{poll_fn, Future};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::{pin, Pin};
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 
 use crate::event::Envelope;
 use crate::queue::{Outcome, Queue};
+use crate::telemetry;
+use crate::watch::FindingKind;
 use crate::Event;
 
 /// What a handler may return: `()` or `Result<(), Err>` with
@@ -57,6 +63,24 @@ fn outcome<R: HandlerResult>(run: std::thread::Result<R>) -> Outcome {
     }
 }
 
+/// Times every poll of a handler's future: a poll longer than the threshold
+/// held the runtime's worker thread, and every task queued behind it waited.
+struct TimedPolls<'a, F, E> {
+    fut: F,
+    queue: &'a Queue<E>,
+    threshold: Duration,
+}
+
+impl<F: Future + Unpin, E> Future for TimedPolls<'_, F, E> {
+    type Output = F::Output;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let start = Instant::now();
+        let out = Pin::new(&mut self.fut).poll(cx);
+        self.queue.polled(start.elapsed(), self.threshold);
+        out
+    }
+}
+
 /// Starts `concurrency` tokio tasks that feed `queue` to `f`.
 pub(crate) fn spawn_async<E, F, Fut>(
     runtime: &tokio::runtime::Handle,
@@ -74,12 +98,32 @@ pub(crate) fn spawn_async<E, F, Fut>(
         let worker = Arc::clone(queue);
         let f = Arc::clone(&f);
         let task = runtime.spawn(async move {
+            let threshold = worker.watch.slow_poll_threshold();
             while let Some(env) = poll_fn(|cx| worker.poll_pop(cx, consumer)).await {
-                let run = match catch_unwind(AssertUnwindSafe(|| f(env))) {
-                    Ok(fut) => AssertUnwindSafe(fut).catch_unwind().await,
-                    Err(payload) => Err(payload),
+                let (event_id, seq) = (env.id().get(), env.seq());
+                let span = telemetry::handler_span(&worker.info, event_id, seq);
+                let start = Instant::now();
+                // The call to `f` runs inside the first poll, so a handler
+                // that blocks before returning its future is timed and its
+                // panic caught like any other.
+                let run = pin!(AssertUnwindSafe(async { f(env).await }).catch_unwind());
+                let result = match threshold {
+                    Some(threshold) => {
+                        telemetry::instrument(
+                            TimedPolls {
+                                fut: run,
+                                queue: &worker,
+                                threshold,
+                            },
+                            &span,
+                        )
+                        .await
+                    }
+                    None => telemetry::instrument(run, &span).await,
                 };
-                worker.finish(outcome(run));
+                let took = start.elapsed();
+                let run = worker.finish(event_id, outcome(result), took);
+                telemetry::record_run(&span, run, took);
             }
         });
         queue.add_abort_handle(task.abort_handle());
@@ -105,10 +149,21 @@ where
         std::thread::Builder::new()
             .name(format!("tidings:{}", queue.info.name).replace('\0', " "))
             .spawn(move || {
+                let budget = queue.watch.sync_budget_threshold();
                 while let Some(env) =
                     futures::executor::block_on(poll_fn(|cx| queue.poll_pop(cx, consumer)))
                 {
-                    queue.finish(outcome(catch_unwind(AssertUnwindSafe(|| f(env)))));
+                    let (event_id, seq) = (env.id().get(), env.seq());
+                    let span = telemetry::handler_span(&queue.info, event_id, seq);
+                    let start = Instant::now();
+                    let result =
+                        telemetry::in_span(&span, || catch_unwind(AssertUnwindSafe(|| f(env))));
+                    let took = start.elapsed();
+                    if budget.is_some_and(|budget| took > budget) {
+                        queue.finding(FindingKind::SyncOverBudget, took);
+                    }
+                    let run = queue.finish(event_id, outcome(result), took);
+                    telemetry::record_run(&span, run, took);
                 }
             })?;
     }

@@ -107,7 +107,9 @@ mod queue;
 mod shutdown;
 mod stats;
 mod subscribe;
+mod telemetry;
 pub mod topic;
+mod watch;
 
 pub use bus::{global, set_global, try_global, Bus, BusBuilder};
 pub use event::{Envelope, Event, EventId, SharedEvent};
@@ -120,6 +122,7 @@ pub use subscribe::{
     SubscribeBuilder, SubscriberKind, Subscription, SubscriptionHandle, SubscriptionId,
 };
 pub use topic::{Topic, TopicConfig};
+pub use watch::{Finding, FindingKind, Health, Watch};
 
 #[cfg(feature = "derive")]
 pub use tidings_macros::Event;

@@ -14,7 +14,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 
@@ -22,8 +22,9 @@ use crate::error::PublishError;
 use crate::event::{EventId, Published};
 use crate::queue::{ErasedQueue, Overflow, Push, Queue, Ring, RingView};
 use crate::stats::{SubscriptionStats, TopicStats};
-use crate::subscribe::SubscriptionId;
+use crate::telemetry::{self, TopicMetrics};
 use crate::topic::{ErasedTopic, TopicConfig};
+use crate::watch::{self, Finding, FindingKind, WatchSlot};
 use crate::Event;
 
 /// What a successful publish did.
@@ -61,31 +62,39 @@ pub struct PublishReceipt {
 }
 
 /// A subscription with no room, as found by a publish.
-struct FullSub {
-    id: SubscriptionId,
-    name: Arc<str>,
-    capacity: usize,
-    policy: Overflow,
+struct FullSub<E> {
+    queue: Arc<Queue<E>>,
 }
 
-impl FullSub {
-    fn of<E>(q: &Queue<E>) -> Self {
+impl<E: Event> FullSub<E> {
+    fn of(queue: &Arc<Queue<E>>) -> Self {
         FullSub {
-            id: q.info.id,
-            name: Arc::clone(&q.info.name),
-            capacity: q.info.capacity,
-            policy: q.info.policy,
+            queue: Arc::clone(queue),
         }
     }
 
     /// The refusal of a publish that could not wait for this subscription.
-    fn refuse<E: Event>(self, event: E) -> PublishError<E> {
+    fn refuse(self, event: E) -> PublishError<E> {
+        let info = &self.queue.info;
         PublishError::Full {
             topic: E::TOPIC,
-            subscription: self.name,
-            id: self.id,
-            capacity: self.capacity,
-            policy: self.policy,
+            subscription: Arc::clone(&info.name),
+            id: info.id,
+            capacity: info.capacity,
+            policy: info.policy,
+            event,
+        }
+    }
+
+    /// The refusal of a publish that waited `waited` and gave up.
+    fn timed_out(self, event: E, waited: Duration) -> PublishError<E> {
+        let info = &self.queue.info;
+        PublishError::Timeout {
+            topic: E::TOPIC,
+            subscription: Arc::clone(&info.name),
+            id: info.id,
+            capacity: info.capacity,
+            waited,
             event,
         }
     }
@@ -95,7 +104,7 @@ impl FullSub {
 enum NotNow<E> {
     /// A `Block` subscription is full; the caller may wait (its waker is
     /// registered when a context was given).
-    Wait(E, FullSub),
+    Wait(E, FullSub<E>),
     Refused(PublishError<E>),
 }
 
@@ -129,18 +138,28 @@ pub(crate) struct TopicInner<E> {
     published: u64,
     unsubscribed: u64,
     discarded_on_unsubscribe: u64,
+    /// The last subscriptions that left, for their watch findings (a
+    /// handler may still be finishing when its subscription leaves).
+    retired: std::collections::VecDeque<Arc<Queue<E>>>,
 }
+
+/// How many departed subscriptions a topic keeps for their findings.
+const RETIRED: usize = 64;
 
 /// A registered topic at run time: its subscriptions and sequence counter.
 pub(crate) struct TopicState<E> {
     pub(crate) config: TopicConfig,
     pub(crate) inner: Mutex<TopicInner<E>>,
+    watch: WatchSlot,
+    metrics: TopicMetrics,
 }
 
 impl<E: Event> TopicState<E> {
-    pub(crate) fn new(config: TopicConfig) -> Self {
+    pub(crate) fn new(config: TopicConfig, watch: WatchSlot) -> Self {
         TopicState {
             config,
+            watch,
+            metrics: TopicMetrics::new(E::TOPIC),
             inner: Mutex::new(TopicInner {
                 subs: Vec::new(),
                 ring: None,
@@ -150,6 +169,7 @@ impl<E: Event> TopicState<E> {
                 published: 0,
                 unsubscribed: 0,
                 discarded_on_unsubscribe: 0,
+                retired: std::collections::VecDeque::new(),
             }),
         }
     }
@@ -204,6 +224,7 @@ impl<E: Event> TopicState<E> {
         let seq = inner.next_seq;
         inner.next_seq += 1;
         inner.published += 1;
+        self.metrics.published();
         let id = EventId::next();
         let published = Arc::new(Published {
             event,
@@ -243,11 +264,18 @@ impl<E: Event> TopicState<E> {
     }
 
     pub(crate) fn try_publish(&self, event: E) -> Result<PublishReceipt, PublishError<E>> {
-        self.try_enqueue(None, event)
-            .map_err(|not_now| match not_now {
-                NotNow::Refused(err) => err,
-                NotNow::Wait(event, full) => full.refuse(event),
-            })
+        let span = telemetry::publish_span(E::TOPIC);
+        let result =
+            telemetry::in_span(&span, || self.try_enqueue(None, event)).map_err(|not_now| {
+                match not_now {
+                    NotNow::Refused(err) => err,
+                    NotNow::Wait(event, full) => full.refuse(event),
+                }
+            });
+        if let Ok(receipt) = &result {
+            telemetry::record_receipt(&span, receipt);
+        }
+        result
     }
 
     pub(crate) async fn publish(&self, event: E) -> Result<PublishReceipt, PublishError<E>> {
@@ -271,41 +299,62 @@ impl<E: Event> TopicState<E> {
         timeout: Option<Duration>,
     ) -> Result<PublishReceipt, PublishError<E>> {
         // The timer starts at the first wait, so a publish that never waits
-        // needs no timer (nor a runtime to drive one).
+        // needs no timer (nor a runtime to drive one), and no clock reading.
         let mut sleep: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        let mut waiting: Option<(Instant, FullSub<E>)> = None;
         let mut pending = Some(event);
-        poll_fn(|cx| {
-            let event = pending
-                .take()
-                .expect("publish future polled after it completed");
-            match self.try_enqueue(Some(cx), event) {
-                Ok(receipt) => Poll::Ready(Ok(receipt)),
-                Err(NotNow::Refused(err)) => Poll::Ready(Err(err)),
-                Err(NotNow::Wait(event, full)) => {
-                    let expired = match timeout {
-                        Some(timeout) => sleep
-                            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)))
-                            .as_mut()
-                            .poll(cx)
-                            .is_ready(),
-                        None => false,
-                    };
-                    if expired {
-                        return Poll::Ready(Err(PublishError::Timeout {
-                            topic: E::TOPIC,
-                            subscription: full.name,
-                            id: full.id,
-                            capacity: full.capacity,
-                            waited: timeout.unwrap_or_default(),
-                            event,
-                        }));
+        let span = telemetry::publish_span(E::TOPIC);
+        let result = telemetry::instrument(
+            poll_fn(|cx| {
+                let event = pending
+                    .take()
+                    .expect("publish future polled after it completed");
+                match self.try_enqueue(Some(cx), event) {
+                    Ok(receipt) => Poll::Ready(Ok(receipt)),
+                    Err(NotNow::Refused(err)) => Poll::Ready(Err(err)),
+                    Err(NotNow::Wait(event, full)) => {
+                        let expired = match timeout {
+                            Some(timeout) => sleep
+                                .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)))
+                                .as_mut()
+                                .poll(cx)
+                                .is_ready(),
+                            None => false,
+                        };
+                        if expired {
+                            return Poll::Ready(Err(
+                                full.timed_out(event, timeout.unwrap_or_default())
+                            ));
+                        }
+                        let since = waiting.take().map_or_else(Instant::now, |(t, _)| t);
+                        waiting = Some((since, full));
+                        pending = Some(event);
+                        Poll::Pending
                     }
-                    pending = Some(event);
-                    Poll::Pending
                 }
-            }
-        })
-        .await
+            }),
+            &span,
+        )
+        .await;
+        if let Some((since, full)) = waiting {
+            self.waited(since.elapsed(), &full.queue);
+        }
+        if let Ok(receipt) = &result {
+            telemetry::record_receipt(&span, receipt);
+        }
+        result
+    }
+
+    /// A publish waited `took` for room in `queue`.
+    fn waited(&self, took: Duration, queue: &Queue<E>) {
+        self.metrics.waited(took);
+        if queue
+            .watch
+            .publish_wait_threshold()
+            .is_some_and(|threshold| took > threshold)
+        {
+            queue.finding(FindingKind::PublisherBlocked, took);
+        }
     }
 
     /// Adds a subscription, under the topic lock. A lossless subscription
@@ -343,6 +392,7 @@ impl<E: Event> TopicState<E> {
         }
         let queue = Arc::new(Queue::new(
             info,
+            watch::current(&self.watch),
             consumers,
             ring.map(|ring| (ring, inner.next_seq)),
         ));
@@ -350,6 +400,7 @@ impl<E: Event> TopicState<E> {
             queue: Arc::clone(&queue),
             ring: room,
         });
+        self.metrics.subscriptions(inner.subs.len());
         Some(queue)
     }
 
@@ -371,6 +422,11 @@ impl<E: Event> TopicState<E> {
             if let Some(i) = position {
                 let entry = inner.subs.remove(i);
                 inner.unsubscribed += 1;
+                if inner.retired.len() == RETIRED {
+                    inner.retired.pop_front();
+                }
+                inner.retired.push_back(Arc::clone(&entry.queue));
+                self.metrics.subscriptions(inner.subs.len());
                 if entry.ring.is_some() {
                     inner.ring_subs -= 1;
                     if inner.ring_subs == 0 {
@@ -411,6 +467,16 @@ impl<E: Event> ErasedTopic for TopicState<E> {
                 .iter()
                 .map(|e| e.queue.stats(e.view(inner.next_seq)))
                 .collect(),
+        }
+    }
+
+    fn findings(&self, out: &mut Vec<Finding>) {
+        let inner = self.inner.lock();
+        for queue in &inner.retired {
+            queue.findings(out);
+        }
+        for entry in &inner.subs {
+            entry.queue.findings(out);
         }
     }
 

@@ -33,6 +33,8 @@ use crate::error::TryRecvError;
 use crate::event::{Envelope, Published};
 use crate::stats::SubscriptionStats;
 use crate::subscribe::{SubscriberKind, SubscriptionId};
+use crate::telemetry::{self, RunOutcome, SubMetrics};
+use crate::watch::{Finding, FindingKind, Watch, Watcher};
 
 /// What a subscription does when its queue is full and another event arrives.
 ///
@@ -262,6 +264,21 @@ impl<E> State<E> {
         }
     }
 
+    /// The queue depth after a take: exact for an own queue, sampled from
+    /// the ring's tail for a ring reader.
+    fn depth_hint(&self) -> usize {
+        match &self.buf {
+            Buf::Own(buf) => buf.len(),
+            Buf::Ring {
+                ring, next, end, ..
+            } => ring
+                .tail
+                .load(Ordering::Relaxed)
+                .min(*end)
+                .saturating_sub(*next) as usize,
+        }
+    }
+
     fn is_idle(&self) -> bool {
         self.closed && self.drained() && self.in_flight == 0
     }
@@ -364,6 +381,13 @@ fn register(list: &mut Vec<Waker>, waker: &Waker) {
 /// The queue of one subscription.
 pub(crate) struct Queue<E> {
     pub(crate) info: SubInfo,
+    pub(crate) watch: Arc<Watch>,
+    watcher: Watcher,
+    metrics: SubMetrics,
+    /// When drops were last reported, and how many since.
+    drop_report: Mutex<(Option<std::time::Instant>, u64)>,
+    /// The longest poll of an async handler, in nanoseconds (a statistic).
+    worst_poll_ns: AtomicU64,
     state: Mutex<State<E>>,
     handled: AtomicU64,
     failures: AtomicU64,
@@ -375,7 +399,12 @@ pub(crate) struct Queue<E> {
 impl<E> Queue<E> {
     /// A queue of its own, or, with `ring` (the topic's ring and its next
     /// sequence number), a cursor into the topic's ring.
-    pub(crate) fn new(info: SubInfo, consumers: usize, ring: Option<(Arc<Ring<E>>, u64)>) -> Self {
+    pub(crate) fn new(
+        info: SubInfo,
+        watch: Arc<Watch>,
+        consumers: usize,
+        ring: Option<(Arc<Ring<E>>, u64)>,
+    ) -> Self {
         let buf = match ring {
             Some((ring, tail)) => Buf::Ring {
                 ring,
@@ -396,7 +425,12 @@ impl<E> Queue<E> {
                 publishers: Vec::new(),
                 idle: Vec::new(),
             }),
+            metrics: SubMetrics::new(&info),
             info,
+            watch,
+            watcher: Watcher::default(),
+            drop_report: Mutex::new((None, 0)),
+            worst_poll_ns: AtomicU64::new(0),
             handled: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             panics: AtomicU64::new(0),
@@ -467,11 +501,13 @@ impl<E> Queue<E> {
                 Overflow::DropNewest => {
                     s.counters.dropped_newest += 1;
                     s.pending_missed += 1;
+                    self.dropped();
                     return Push::DroppedNewest;
                 }
                 Overflow::DropOldest => {
                     if let Some(old) = buf.pop_front() {
                         s.counters.dropped_oldest += 1;
+                        self.dropped();
                         let carry = old.missed_before + 1;
                         match buf.front_mut() {
                             Some(next) => next.missed_before += carry,
@@ -492,15 +528,36 @@ impl<E> Queue<E> {
             missed_before,
         });
         s.counters.high_water = s.counters.high_water.max(buf.len());
+        self.metrics.enqueued(buf.len());
         if let Some(waker) = s.consumers.iter_mut().find_map(Option::take) {
             waker.wake();
         }
         outcome
     }
 
+    /// One event lost to the overflow policy: counted by the caller,
+    /// reported here (at most once per report interval).
+    fn dropped(&self) {
+        self.metrics.dropped(self.info.policy);
+        let now = std::time::Instant::now();
+        let mut report = self.drop_report.lock();
+        report.1 += 1;
+        let due = match report.0 {
+            None => true,
+            Some(last) => now.duration_since(last) >= self.watch.report_interval(),
+        };
+        if due {
+            let n = std::mem::take(&mut report.1);
+            report.0 = Some(now);
+            drop(report);
+            telemetry::warn_drops(&self.info, n);
+        }
+    }
+
     fn pop_locked(&self, s: &mut State<E>, wakeups: &mut Wakeups) -> Option<Envelope<E>> {
         let slot = s.take()?;
         s.counters.delivered += 1;
+        self.metrics.delivered(s.depth_hint());
         if self.info.kind != SubscriberKind::Stream {
             s.in_flight += 1;
         }
@@ -567,21 +624,32 @@ impl<E> Queue<E> {
         }
     }
 
-    /// Handler side: one handler run ended.
-    pub(crate) fn finish(&self, outcome: Outcome) {
-        match outcome {
+    /// Handler side: one handler run for event `event_id` ended after `took`.
+    pub(crate) fn finish(
+        &self,
+        event_id: u64,
+        outcome: Outcome,
+        took: std::time::Duration,
+    ) -> RunOutcome {
+        let run = match outcome {
             Outcome::Ok => {
                 self.handled.fetch_add(1, Ordering::Relaxed);
+                RunOutcome::Ok
             }
             Outcome::Failed(msg) => {
                 self.failures.fetch_add(1, Ordering::Relaxed);
+                telemetry::warn_failure(&self.info, event_id, &msg);
                 *self.last_error.lock() = Some(msg);
+                RunOutcome::Failed
             }
             Outcome::Panicked(msg) => {
                 self.panics.fetch_add(1, Ordering::Relaxed);
+                telemetry::warn_panic(&self.info, event_id, &msg);
                 *self.last_error.lock() = Some(format!("panic: {msg}"));
+                RunOutcome::Panicked
             }
-        }
+        };
+        self.metrics.handled(run, took);
         let mut wakeups = Wakeups::default();
         let mut s = self.state.lock();
         s.in_flight -= 1;
@@ -590,6 +658,32 @@ impl<E> Queue<E> {
         }
         drop(s);
         wakeups.wake();
+        run
+    }
+
+    /// One poll of an async handler took `took`.
+    pub(crate) fn polled(&self, took: std::time::Duration, threshold: std::time::Duration) {
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.worst_poll_ns.fetch_max(ns, Ordering::Relaxed);
+        if took > threshold {
+            self.finding(FindingKind::SlowPoll, took);
+        }
+    }
+
+    /// One occurrence of a finding: recorded, and reported if one is due.
+    pub(crate) fn finding(&self, kind: FindingKind, took: std::time::Duration) {
+        if let Some(due) = self
+            .watcher
+            .record(kind, took, self.watch.report_interval())
+        {
+            telemetry::warn_finding(&self.info, &due);
+        }
+        self.metrics.finding(kind, self.watcher.totals(kind).1);
+    }
+
+    pub(crate) fn findings(&self, out: &mut Vec<Finding>) {
+        self.watcher
+            .findings(&self.info, self.watch.report_interval(), out);
     }
 
     /// Closes the queue, under the topic lock: it takes no new event and its
@@ -612,6 +706,7 @@ impl<E> Queue<E> {
         s.closed = true;
         let discarded = if discard { s.clear() } else { 0 };
         s.counters.discarded += discarded;
+        self.metrics.discarded(discarded);
         let mut ring_readers = None;
         if let Buf::Ring {
             ring, next, end, ..
@@ -687,6 +782,12 @@ impl<E> Queue<E> {
             failures: self.failures.load(Ordering::Relaxed),
             panics: self.panics.load(Ordering::Relaxed),
             last_error: self.last_error.lock().clone(),
+            slow_polls: self.watcher.totals(FindingKind::SlowPoll).0,
+            worst_poll: std::time::Duration::from_nanos(self.worst_poll_ns.load(Ordering::Relaxed)),
+            over_budget: self.watcher.totals(FindingKind::SyncOverBudget).0,
+            worst_run: self.watcher.totals(FindingKind::SyncOverBudget).1,
+            publishers_blocked: self.watcher.totals(FindingKind::PublisherBlocked).0,
+            worst_publisher_wait: self.watcher.totals(FindingKind::PublisherBlocked).1,
         }
     }
 }
@@ -716,6 +817,7 @@ impl<E: Send + Sync + 'static> ErasedQueue for Queue<E> {
             s.closed = true;
             let n = s.clear();
             s.counters.cut_off += n;
+            self.metrics.discarded(n);
         }
         for handle in self.aborts.lock().drain(..) {
             handle.abort();

@@ -1,6 +1,7 @@
 //! Counters and snapshots: [`BusStats`], [`TopicStats`], [`SubscriptionStats`].
 
 use std::fmt;
+use std::time::Duration;
 
 use crate::queue::Overflow;
 use crate::subscribe::{SubscriberKind, SubscriptionId};
@@ -122,6 +123,20 @@ pub struct SubscriptionStats {
     pub panics: u64,
     /// The message of the last error or panic.
     pub last_error: Option<String>,
+    /// Polls of an async handler longer than [`Watch::slow_poll`](crate::Watch::slow_poll).
+    pub slow_polls: u64,
+    /// The longest single poll of an async handler (zero for other kinds,
+    /// or with the poll watch off).
+    pub worst_poll: Duration,
+    /// Sync handler runs longer than [`Watch::sync_budget`](crate::Watch::sync_budget).
+    pub over_budget: u64,
+    /// The longest of those runs.
+    pub worst_run: Duration,
+    /// Publishes that waited longer than [`Watch::publish_wait`](crate::Watch::publish_wait)
+    /// for room in this subscription.
+    pub publishers_blocked: u64,
+    /// The longest of those waits.
+    pub worst_publisher_wait: Duration,
 }
 
 impl SubscriptionStats {
@@ -140,10 +155,11 @@ impl fmt::Display for SubscriptionStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{:<28} {:<6} {:<11} accepted {:>7}  delivered {:>7}  dropped {:>6}  discarded {:>5}  cut off {:>5}  queued {:>5}/{:<5}  failed {:>4}  panicked {:>4}",
+            "{} ({} {}, {}): accepted {}, delivered {}, dropped {}, discarded {}, cut off {}, queued {}/{} (high-water {}), failed {}, panicked {}",
             self.name,
             self.kind,
             self.policy,
+            self.topic,
             self.accepted,
             self.delivered,
             self.dropped(),
@@ -151,31 +167,95 @@ impl fmt::Display for SubscriptionStats {
             self.cut_off,
             self.queue_depth,
             self.capacity,
+            self.high_water,
             self.failures,
             self.panics,
         )?;
+        if self.worst_poll > Duration::ZERO {
+            write!(f, ", worst poll {}", ms(self.worst_poll))?;
+        }
         if let Some(err) = &self.last_error {
-            write!(f, "  last error: {err}")?;
+            write!(f, "; last error: {err}")?;
         }
         Ok(())
     }
 }
 
+fn ms(d: Duration) -> String {
+    if d < Duration::from_millis(1) {
+        format!("{}µs", d.as_micros())
+    } else {
+        format!("{:.1}ms", d.as_secs_f64() * 1e3)
+    }
+}
+
+/// A table, one row per subscription: topic, subscription, kind, policy,
+/// capacity, depth, high-water, delivered, dropped, failed, worst poll.
 impl fmt::Display for BusStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const HEAD: [&str; 11] = [
+            "topic",
+            "subscription",
+            "kind",
+            "policy",
+            "capacity",
+            "depth",
+            "high-water",
+            "delivered",
+            "dropped",
+            "failed",
+            "worst poll",
+        ];
+        let mut rows: Vec<[String; 11]> = Vec::new();
         for t in &self.topics {
-            writeln!(
-                f,
-                "topic {}: published {}, {} subscription(s), {} unsubscribed ({} events discarded)",
-                t.topic,
-                t.published,
-                t.subscriptions.len(),
-                t.unsubscribed,
-                t.discarded_on_unsubscribe
-            )?;
-            for s in &t.subscriptions {
-                writeln!(f, "  {s}")?;
+            if t.subscriptions.is_empty() {
+                let mut row: [String; 11] = Default::default();
+                row[0] = t.topic.to_owned();
+                row[1] = format!("(none; {} published)", t.published);
+                rows.push(row);
             }
+            for s in &t.subscriptions {
+                rows.push([
+                    s.topic.to_owned(),
+                    s.name.clone(),
+                    s.kind.to_string(),
+                    s.policy.to_string(),
+                    s.capacity.to_string(),
+                    s.queue_depth.to_string(),
+                    s.high_water.to_string(),
+                    s.delivered.to_string(),
+                    s.dropped().to_string(),
+                    (s.failures + s.panics).to_string(),
+                    if s.kind == crate::SubscriberKind::Async {
+                        ms(s.worst_poll)
+                    } else {
+                        "-".to_owned()
+                    },
+                ]);
+            }
+        }
+        let mut widths = HEAD.map(str::len);
+        for row in &rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let line = |f: &mut fmt::Formatter<'_>, cells: &[&str]| -> fmt::Result {
+            for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+                // Names left, numbers right.
+                if i < 4 {
+                    write!(f, "{cell:<w$}")?;
+                } else {
+                    write!(f, "{cell:>w$}")?;
+                }
+                f.write_str(if i + 1 < cells.len() { "  " } else { "\n" })?;
+            }
+            Ok(())
+        };
+        line(f, &HEAD)?;
+        for row in &rows {
+            let cells: Vec<&str> = row.iter().map(String::as_str).collect();
+            line(f, &cells)?;
         }
         Ok(())
     }

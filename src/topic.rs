@@ -154,6 +154,8 @@ impl Default for TopicConfig {
 /// What the bus needs of a topic without knowing its event type.
 pub(crate) trait ErasedTopic: Send + Sync {
     fn stats(&self) -> TopicStats;
+    /// Adds the findings of the blocked-runtime watch to `out`.
+    fn findings(&self, out: &mut Vec<crate::watch::Finding>);
     /// Stops the topic for shutdown and returns its subscriptions to drain.
     fn close(&self) -> Vec<Arc<dyn crate::queue::ErasedQueue>>;
 }
@@ -173,6 +175,8 @@ pub(crate) struct Entry {
 pub(crate) struct Registry {
     by_type: HashMap<TypeId, Entry>,
     by_name: BTreeMap<&'static str, TypeId>,
+    /// The bus's watch configuration, set when the bus is built.
+    pub(crate) watch: crate::watch::WatchSlot,
 }
 
 impl Registry {
@@ -197,7 +201,10 @@ impl Registry {
             }
             return Ok(());
         }
-        let state = Arc::new(TopicState::<E>::new(config.clone()));
+        let state = Arc::new(TopicState::<E>::new(
+            config.clone(),
+            Arc::clone(&self.watch),
+        ));
         self.by_name.insert(name, TypeId::of::<E>());
         self.by_type.insert(
             TypeId::of::<E>(),

@@ -1,0 +1,403 @@
+//! What the bus tells the outside world as it works: `tracing` spans and
+//! warnings (feature `tracing`) and `metrics` counters, gauges and histograms
+//! (feature `metrics`). With a feature off its half compiles to nothing.
+//!
+//! Metric handles are registered once, when a topic or subscription is made,
+//! so the hot path never builds a key or allocates: install the metrics
+//! recorder before building the bus. Labels are the topic, the subscription
+//! name and the policy, never anything per event, so their number stays
+//! bounded.
+
+use std::time::Duration;
+
+use crate::queue::{Overflow, SubInfo};
+use crate::watch::Due;
+
+/// How a handler run ended, for spans and metrics.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum RunOutcome {
+    Ok,
+    Failed,
+    Panicked,
+}
+
+impl RunOutcome {
+    #[cfg(feature = "tracing")]
+    fn as_str(self) -> &'static str {
+        match self {
+            RunOutcome::Ok => "ok",
+            RunOutcome::Failed => "failed",
+            RunOutcome::Panicked => "panicked",
+        }
+    }
+}
+
+/// A span, or nothing when the `tracing` feature is off.
+#[cfg(feature = "tracing")]
+pub(crate) type Span = tracing::Span;
+
+/// A span, or nothing when the `tracing` feature is off.
+#[cfg(not(feature = "tracing"))]
+#[derive(Clone, Debug)]
+pub(crate) struct Span;
+
+/// The span of one publish; the receipt is recorded into it on success.
+#[inline]
+pub(crate) fn publish_span(topic: &'static str) -> Span {
+    #[cfg(feature = "tracing")]
+    {
+        tracing::debug_span!(
+            "tidings.publish",
+            topic,
+            event_id = tracing::field::Empty,
+            seq = tracing::field::Empty,
+            enqueued = tracing::field::Empty,
+            evicted_oldest = tracing::field::Empty,
+            dropped_newest = tracing::field::Empty,
+        )
+    }
+    #[cfg(not(feature = "tracing"))]
+    {
+        let _ = topic;
+        Span
+    }
+}
+
+#[inline]
+pub(crate) fn record_receipt(span: &Span, receipt: &crate::PublishReceipt) {
+    #[cfg(feature = "tracing")]
+    if !span.is_disabled() {
+        span.record("event_id", receipt.id.get());
+        span.record("seq", receipt.seq);
+        span.record("enqueued", receipt.enqueued);
+        span.record("evicted_oldest", receipt.evicted_oldest);
+        span.record("dropped_newest", receipt.dropped_newest);
+    }
+    #[cfg(not(feature = "tracing"))]
+    let _ = (span, receipt);
+}
+
+/// The span of one handler run.
+#[inline]
+pub(crate) fn handler_span(info: &SubInfo, event_id: u64, seq: u64) -> Span {
+    #[cfg(feature = "tracing")]
+    {
+        tracing::debug_span!(
+            "tidings.handle",
+            subscription = &*info.name,
+            topic = info.topic,
+            kind = %info.kind,
+            event_id,
+            seq,
+            attempt = 1u32,
+            outcome = tracing::field::Empty,
+            duration_us = tracing::field::Empty,
+        )
+    }
+    #[cfg(not(feature = "tracing"))]
+    {
+        let _ = (info, event_id, seq);
+        Span
+    }
+}
+
+#[inline]
+pub(crate) fn record_run(span: &Span, outcome: RunOutcome, took: Duration) {
+    #[cfg(feature = "tracing")]
+    if !span.is_disabled() {
+        span.record("outcome", outcome.as_str());
+        span.record("duration_us", took.as_micros() as u64);
+    }
+    #[cfg(not(feature = "tracing"))]
+    let _ = (span, outcome, took);
+}
+
+/// Runs `f` inside `span`.
+#[inline]
+pub(crate) fn in_span<R>(span: &Span, f: impl FnOnce() -> R) -> R {
+    #[cfg(feature = "tracing")]
+    {
+        span.in_scope(f)
+    }
+    #[cfg(not(feature = "tracing"))]
+    {
+        let _ = span;
+        f()
+    }
+}
+
+pub(crate) fn warn_failure(info: &SubInfo, event_id: u64, error: &str) {
+    #[cfg(feature = "tracing")]
+    tracing::warn!(
+        subscription = &*info.name,
+        topic = info.topic,
+        event_id,
+        error,
+        "tidings: handler failed"
+    );
+    #[cfg(not(feature = "tracing"))]
+    let _ = (info, event_id, error);
+}
+
+pub(crate) fn warn_panic(info: &SubInfo, event_id: u64, message: &str) {
+    #[cfg(feature = "tracing")]
+    tracing::warn!(
+        subscription = &*info.name,
+        topic = info.topic,
+        event_id,
+        panic = message,
+        "tidings: handler panicked; the subscription goes on"
+    );
+    #[cfg(not(feature = "tracing"))]
+    let _ = (info, event_id, message);
+}
+
+pub(crate) fn warn_drops(info: &SubInfo, dropped: u64) {
+    #[cfg(feature = "tracing")]
+    tracing::warn!(
+        subscription = &*info.name,
+        topic = info.topic,
+        policy = %info.policy,
+        dropped,
+        capacity = info.capacity,
+        "tidings: subscription is full and dropping events"
+    );
+    #[cfg(not(feature = "tracing"))]
+    let _ = (info, dropped);
+}
+
+pub(crate) fn warn_finding(info: &SubInfo, due: &Due) {
+    #[cfg(feature = "tracing")]
+    tracing::warn!(
+        subscription = &*info.name,
+        topic = info.topic,
+        finding = %due.kind,
+        count = due.count,
+        worst_ms = due.worst.as_secs_f64() * 1e3,
+        advice = due.kind.advice(),
+        "tidings: {} in subscription `{}` ({:?} worst)",
+        due.kind,
+        info.name,
+        due.worst,
+    );
+    #[cfg(not(feature = "tracing"))]
+    let _ = (info, due);
+}
+
+/// A subscription's metric handles.
+pub(crate) struct SubMetrics {
+    #[cfg(feature = "metrics")]
+    m: metrics_impl::Sub,
+}
+
+impl SubMetrics {
+    pub(crate) fn new(info: &SubInfo) -> Self {
+        #[cfg(not(feature = "metrics"))]
+        let _ = info;
+        SubMetrics {
+            #[cfg(feature = "metrics")]
+            m: metrics_impl::Sub::new(info),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn delivered(&self, depth: usize) {
+        #[cfg(feature = "metrics")]
+        {
+            self.m.delivered.increment(1);
+            self.m.depth.set(depth as f64);
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = depth;
+    }
+
+    #[inline]
+    pub(crate) fn enqueued(&self, depth: usize) {
+        #[cfg(feature = "metrics")]
+        self.m.depth.set(depth as f64);
+        #[cfg(not(feature = "metrics"))]
+        let _ = depth;
+    }
+
+    #[inline]
+    pub(crate) fn dropped(&self, policy: Overflow) {
+        #[cfg(feature = "metrics")]
+        match policy {
+            Overflow::DropOldest => self.m.dropped_oldest.increment(1),
+            _ => self.m.dropped_newest.increment(1),
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = policy;
+    }
+
+    pub(crate) fn discarded(&self, n: u64) {
+        #[cfg(feature = "metrics")]
+        if n > 0 {
+            self.m.discarded.increment(n);
+            self.m.depth.set(0.0);
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = n;
+    }
+
+    #[inline]
+    pub(crate) fn handled(&self, outcome: RunOutcome, took: Duration) {
+        #[cfg(feature = "metrics")]
+        {
+            self.m.duration.record(took.as_secs_f64());
+            match outcome {
+                RunOutcome::Ok => {}
+                RunOutcome::Failed => self.m.failures.increment(1),
+                RunOutcome::Panicked => self.m.panics.increment(1),
+            }
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = (outcome, took);
+    }
+
+    pub(crate) fn finding(&self, kind: crate::watch::FindingKind, took: Duration) {
+        #[cfg(feature = "metrics")]
+        self.m.finding(kind, took);
+        #[cfg(not(feature = "metrics"))]
+        let _ = (kind, took);
+    }
+}
+
+/// A topic's metric handles.
+pub(crate) struct TopicMetrics {
+    #[cfg(feature = "metrics")]
+    m: metrics_impl::Topic,
+}
+
+impl TopicMetrics {
+    pub(crate) fn new(topic: &'static str) -> Self {
+        #[cfg(not(feature = "metrics"))]
+        let _ = topic;
+        TopicMetrics {
+            #[cfg(feature = "metrics")]
+            m: metrics_impl::Topic::new(topic),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn published(&self) {
+        #[cfg(feature = "metrics")]
+        self.m.published.increment(1);
+    }
+
+    pub(crate) fn waited(&self, took: Duration) {
+        #[cfg(feature = "metrics")]
+        self.m.publish_wait.record(took.as_secs_f64());
+        #[cfg(not(feature = "metrics"))]
+        let _ = took;
+    }
+
+    pub(crate) fn subscriptions(&self, n: usize) {
+        #[cfg(feature = "metrics")]
+        self.m.subscriptions.set(n as f64);
+        #[cfg(not(feature = "metrics"))]
+        let _ = n;
+    }
+}
+
+#[cfg(feature = "metrics")]
+mod metrics_impl {
+    use std::time::Duration;
+
+    use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+
+    use crate::queue::{Overflow, SubInfo};
+    use crate::watch::FindingKind;
+
+    pub(super) struct Sub {
+        pub(super) delivered: Counter,
+        pub(super) dropped_oldest: Counter,
+        pub(super) dropped_newest: Counter,
+        pub(super) discarded: Counter,
+        pub(super) failures: Counter,
+        pub(super) panics: Counter,
+        pub(super) depth: Gauge,
+        pub(super) duration: Histogram,
+        findings: [Counter; 3],
+        worst: [Gauge; 3],
+    }
+
+    impl Sub {
+        pub(super) fn new(info: &SubInfo) -> Self {
+            let topic = info.topic;
+            let sub = info.name.to_string();
+            let labels = || [("topic", topic.to_string()), ("subscription", sub.clone())];
+            let dropped = |policy: Overflow| {
+                let mut l = labels().to_vec();
+                l.push(("policy", policy.to_string()));
+                counter!("tidings_dropped_total", &l)
+            };
+            let finding = |kind: FindingKind| {
+                let mut l = labels().to_vec();
+                l.push(("finding", kind.metric_name().to_string()));
+                (
+                    counter!("tidings_findings_total", &l),
+                    gauge!("tidings_finding_worst_seconds", &l),
+                )
+            };
+            let [a, b, c] = [
+                finding(FindingKind::SlowPoll),
+                finding(FindingKind::SyncOverBudget),
+                finding(FindingKind::PublisherBlocked),
+            ];
+            Sub {
+                delivered: counter!("tidings_delivered_total", &labels()),
+                dropped_oldest: dropped(Overflow::DropOldest),
+                dropped_newest: dropped(Overflow::DropNewest),
+                discarded: counter!("tidings_discarded_total", &labels()),
+                failures: counter!("tidings_handler_failures_total", &labels()),
+                panics: counter!("tidings_handler_panics_total", &labels()),
+                depth: gauge!("tidings_queue_depth", &labels()),
+                duration: histogram!("tidings_handler_duration_seconds", &labels()),
+                findings: [a.0, b.0, c.0],
+                worst: [a.1, b.1, c.1],
+            }
+        }
+
+        pub(super) fn finding(&self, kind: FindingKind, took: Duration) {
+            let i = match kind {
+                FindingKind::SlowPoll => 0,
+                FindingKind::SyncOverBudget => 1,
+                FindingKind::PublisherBlocked => 2,
+            };
+            self.findings[i].increment(1);
+            self.worst[i].set(took.as_secs_f64());
+        }
+    }
+
+    pub(super) struct Topic {
+        pub(super) published: Counter,
+        pub(super) publish_wait: Histogram,
+        pub(super) subscriptions: Gauge,
+    }
+
+    impl Topic {
+        pub(super) fn new(topic: &'static str) -> Self {
+            let labels = [("topic", topic)];
+            Topic {
+                published: counter!("tidings_published_total", &labels),
+                publish_wait: histogram!("tidings_publish_wait_seconds", &labels),
+                subscriptions: gauge!("tidings_subscriptions", &labels),
+            }
+        }
+    }
+}
+
+/// Runs `fut` inside `span` (each poll enters it).
+#[inline]
+pub(crate) async fn instrument<F: std::future::Future>(fut: F, span: &Span) -> F::Output {
+    #[cfg(feature = "tracing")]
+    {
+        tracing::Instrument::instrument(fut, span.clone()).await
+    }
+    #[cfg(not(feature = "tracing"))]
+    {
+        let _ = span;
+        fut.await
+    }
+}

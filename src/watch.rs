@@ -1,0 +1,344 @@
+//! Blocked-runtime detection: async handlers whose polls take too long, sync
+//! handlers far over their budget, and publishers kept waiting by a full
+//! subscription. Each is recorded per subscription, reported at most once per
+//! interval (a `tracing` warning and a metric), shown in the stats and
+//! collected by [`Bus::health`](crate::Bus::health).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use parking_lot::Mutex;
+
+use crate::queue::SubInfo;
+use crate::subscribe::SubscriptionId;
+
+/// What the bus watches for, and how often it speaks up. Set it with
+/// [`BusBuilder::watch`](crate::BusBuilder::watch); the defaults are on.
+///
+/// ```
+/// use std::time::Duration;
+/// use tidings::{Bus, Watch};
+///
+/// let bus = Bus::builder()
+///     .watch(
+///         Watch::default()
+///             .slow_poll(Some(Duration::from_millis(5)))
+///             .sync_budget(None) // sync handlers may take as long as they like
+///             .report_every(Duration::from_secs(30)),
+///     )
+///     .build()?;
+/// assert!(bus.health().is_healthy());
+/// # Ok::<(), tidings::error::BuildError>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Watch {
+    slow_poll: Option<Duration>,
+    sync_budget: Option<Duration>,
+    publish_wait: Option<Duration>,
+    report_every: Duration,
+}
+
+impl Watch {
+    /// Watches nothing: no timing is taken on any path.
+    pub fn off() -> Self {
+        Watch {
+            slow_poll: None,
+            sync_budget: None,
+            publish_wait: None,
+            report_every: Duration::from_secs(10),
+        }
+    }
+
+    /// A single poll of an async handler longer than this blocks the
+    /// runtime's worker thread: every other task on it waits. Default 10 ms;
+    /// `None` stops timing polls.
+    pub fn slow_poll(mut self, threshold: Option<Duration>) -> Self {
+        self.slow_poll = threshold;
+        self
+    }
+
+    /// A sync handler run longer than this is reported (it cannot be
+    /// stopped, but its subscription falls behind). Default 1 s; `None`
+    /// stops timing runs.
+    pub fn sync_budget(mut self, budget: Option<Duration>) -> Self {
+        self.sync_budget = budget;
+        self
+    }
+
+    /// A publish that waited longer than this for room in a full
+    /// [`Overflow::Block`](crate::Overflow::Block) subscription is reported,
+    /// naming that subscription. Default 100 ms; `None` stops timing waits.
+    pub fn publish_wait(mut self, threshold: Option<Duration>) -> Self {
+        self.publish_wait = threshold;
+        self
+    }
+
+    /// Reports a finding at most once per subscription and kind in this
+    /// interval (the stats count every occurrence). Also how long a finding
+    /// counts as recent for [`Health::is_healthy`]. Default 10 s.
+    pub fn report_every(mut self, interval: Duration) -> Self {
+        self.report_every = interval;
+        self
+    }
+
+    pub(crate) fn slow_poll_threshold(&self) -> Option<Duration> {
+        self.slow_poll
+    }
+
+    pub(crate) fn sync_budget_threshold(&self) -> Option<Duration> {
+        self.sync_budget
+    }
+
+    pub(crate) fn publish_wait_threshold(&self) -> Option<Duration> {
+        self.publish_wait
+    }
+}
+
+impl Default for Watch {
+    fn default() -> Self {
+        Watch {
+            slow_poll: Some(Duration::from_millis(10)),
+            sync_budget: Some(Duration::from_secs(1)),
+            publish_wait: Some(Duration::from_millis(100)),
+            report_every: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What kind of trouble a [`Finding`] is.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub enum FindingKind {
+    /// An async handler held a runtime worker thread for one poll longer
+    /// than [`Watch::slow_poll`]: it does blocking or CPU-heavy work inside
+    /// `async` code.
+    SlowPoll,
+    /// A sync handler ran longer than [`Watch::sync_budget`].
+    SyncOverBudget,
+    /// A publisher waited longer than [`Watch::publish_wait`] for room in
+    /// this (full, `Block`) subscription.
+    PublisherBlocked,
+}
+
+impl FindingKind {
+    const ALL: [FindingKind; 3] = [
+        FindingKind::SlowPoll,
+        FindingKind::SyncOverBudget,
+        FindingKind::PublisherBlocked,
+    ];
+
+    fn index(self) -> usize {
+        match self {
+            FindingKind::SlowPoll => 0,
+            FindingKind::SyncOverBudget => 1,
+            FindingKind::PublisherBlocked => 2,
+        }
+    }
+
+    /// What to do about it.
+    pub fn advice(self) -> &'static str {
+        match self {
+            FindingKind::SlowPoll => {
+                "move the blocking or CPU-heavy work to a `.sync()` handler, or into `tokio::task::spawn_blocking`"
+            }
+            FindingKind::SyncOverBudget => {
+                "raise the handler's `.concurrency()`, make the work cheaper, or raise `Watch::sync_budget` if this is expected"
+            }
+            FindingKind::PublisherBlocked => {
+                "this subscription cannot keep up: raise its capacity or concurrency, or choose a lossy overflow policy"
+            }
+        }
+    }
+
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn metric_name(self) -> &'static str {
+        match self {
+            FindingKind::SlowPoll => "slow_poll",
+            FindingKind::SyncOverBudget => "sync_over_budget",
+            FindingKind::PublisherBlocked => "publisher_blocked",
+        }
+    }
+}
+
+impl fmt::Display for FindingKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            FindingKind::SlowPoll => "slow poll",
+            FindingKind::SyncOverBudget => "sync handler over budget",
+            FindingKind::PublisherBlocked => "publisher blocked",
+        })
+    }
+}
+
+/// One kind of trouble seen in one subscription.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct Finding {
+    /// What was seen.
+    pub kind: FindingKind,
+    /// The subscription's topic.
+    pub topic: &'static str,
+    /// The subscription's name.
+    pub subscription: String,
+    /// The subscription's id.
+    pub id: SubscriptionId,
+    /// How many times it was seen.
+    pub count: u64,
+    /// The worst time seen: the longest poll, run or wait.
+    pub worst: Duration,
+    /// When it was last seen.
+    pub last_seen: SystemTime,
+    /// Whether it was seen within the last report interval.
+    pub recent: bool,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} in subscription `{}` on topic `{}`: {} time(s), worst {:?}{}; {}",
+            self.kind,
+            self.subscription,
+            self.topic,
+            self.count,
+            self.worst,
+            if self.recent { "" } else { " (not recently)" },
+            self.kind.advice()
+        )
+    }
+}
+
+/// What [`Bus::health`](crate::Bus::health) found: every subscription that
+/// blocked the runtime, overran its budget or kept publishers waiting.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct Health {
+    /// Everything seen since the bus was built, worst first.
+    pub findings: Vec<Finding>,
+}
+
+impl Health {
+    /// No finding was seen within the last report interval.
+    pub fn is_healthy(&self) -> bool {
+        !self.findings.iter().any(|f| f.recent)
+    }
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.findings.is_empty() {
+            return f.write_str(
+                "healthy: nothing blocked the runtime, overran or kept publishers waiting",
+            );
+        }
+        writeln!(
+            f,
+            "{}: {} finding(s)",
+            if self.is_healthy() {
+                "healthy now"
+            } else {
+                "unhealthy"
+            },
+            self.findings.len()
+        )?;
+        for finding in &self.findings {
+            writeln!(f, "- {finding}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default, Clone, Copy)]
+struct Record {
+    count: u64,
+    worst: Duration,
+    last_seen: Option<(SystemTime, Instant)>,
+    last_reported: Option<Instant>,
+    /// Seen since the last report.
+    pending: u64,
+    pending_worst: Duration,
+}
+
+/// A report due now: how many times and how bad since the last one.
+#[cfg_attr(not(feature = "tracing"), allow(dead_code))]
+pub(crate) struct Due {
+    pub(crate) kind: FindingKind,
+    pub(crate) count: u64,
+    pub(crate) worst: Duration,
+}
+
+/// Per-subscription findings.
+#[derive(Default)]
+pub(crate) struct Watcher {
+    records: Mutex<[Record; 3]>,
+}
+
+impl Watcher {
+    /// Records one occurrence; returns a report if one is due.
+    pub(crate) fn record(&self, kind: FindingKind, took: Duration, every: Duration) -> Option<Due> {
+        let now = Instant::now();
+        let mut records = self.records.lock();
+        let r = &mut records[kind.index()];
+        r.count += 1;
+        r.worst = r.worst.max(took);
+        r.last_seen = Some((SystemTime::now(), now));
+        r.pending += 1;
+        r.pending_worst = r.pending_worst.max(took);
+        let due = match r.last_reported {
+            None => true,
+            Some(last) => now.duration_since(last) >= every,
+        };
+        if !due {
+            return None;
+        }
+        r.last_reported = Some(now);
+        let report = Due {
+            kind,
+            count: std::mem::take(&mut r.pending),
+            worst: std::mem::take(&mut r.pending_worst),
+        };
+        Some(report)
+    }
+
+    /// (count, worst) of one kind.
+    pub(crate) fn totals(&self, kind: FindingKind) -> (u64, Duration) {
+        let r = self.records.lock()[kind.index()];
+        (r.count, r.worst)
+    }
+
+    pub(crate) fn findings(&self, info: &SubInfo, every: Duration, out: &mut Vec<Finding>) {
+        let records = *self.records.lock();
+        for kind in FindingKind::ALL {
+            let r = records[kind.index()];
+            let Some((last_seen, at)) = r.last_seen else {
+                continue;
+            };
+            out.push(Finding {
+                kind,
+                topic: info.topic,
+                subscription: info.name.to_string(),
+                id: info.id,
+                count: r.count,
+                worst: r.worst,
+                last_seen,
+                recent: at.elapsed() < every,
+            });
+        }
+    }
+}
+
+/// The watch configuration shared by a bus's topics; set once the bus is built.
+pub(crate) type WatchSlot = Arc<std::sync::OnceLock<Arc<Watch>>>;
+
+pub(crate) fn current(slot: &WatchSlot) -> Arc<Watch> {
+    slot.get().cloned().unwrap_or_default()
+}
+
+impl Watch {
+    pub(crate) fn report_interval(&self) -> Duration {
+        self.report_every
+    }
+}
