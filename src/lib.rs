@@ -132,7 +132,7 @@ pub use tidings_macros::Event;
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
-#[cfg(test)]
+#[cfg(all(test, feature = "derive"))]
 mod tests {
     use super::*;
 

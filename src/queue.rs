@@ -538,7 +538,7 @@ impl<E> Queue<E> {
     /// One event lost to the overflow policy: counted by the caller,
     /// reported here (at most once per report interval).
     fn dropped(&self) {
-        self.metrics.dropped(self.info.policy);
+        self.metrics.dropped();
         let now = std::time::Instant::now();
         let mut report = self.drop_report.lock();
         report.1 += 1;

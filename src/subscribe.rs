@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::future::{poll_fn, Future};
+use std::panic::Location;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -108,8 +109,9 @@ impl<'a, E: Event> SubscribeBuilder<'a, E> {
         }
     }
 
-    /// Names the subscription in stats, errors and reports. The default is
-    /// `<topic>#<id>`.
+    /// Names the subscription in stats, errors, reports, spans and metric
+    /// labels. The default is the topic and the call site that subscribed,
+    /// e.g. `orders.created@src/billing.rs:42`.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
         self
@@ -145,8 +147,9 @@ impl<'a, E: Event> SubscribeBuilder<'a, E> {
     /// # Errors
     /// [`SubscribeError::UnknownTopic`], [`SubscribeError::ZeroCapacity`],
     /// [`SubscribeError::Closed`].
+    #[track_caller]
     pub fn stream(self) -> Result<Subscription<E>, SubscribeError> {
-        let attachment = self.attach(SubscriberKind::Stream, 1)?;
+        let attachment = self.attach(SubscriberKind::Stream, 1, Location::caller())?;
         Ok(Subscription {
             attachment,
             detached: false,
@@ -181,6 +184,7 @@ impl<'a, E: Event> SubscribeBuilder<'a, E> {
     /// # Errors
     /// As [`stream`](SubscribeBuilder::stream), and
     /// [`SubscribeError::ZeroConcurrency`], [`SubscribeError::NoRuntime`].
+    #[track_caller]
     pub fn handler<F, Fut>(self, f: F) -> Result<SubscriptionHandle, SubscribeError>
     where
         F: Fn(Envelope<E>) -> Fut + Send + Sync + 'static,
@@ -190,7 +194,7 @@ impl<'a, E: Event> SubscribeBuilder<'a, E> {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| SubscribeError::NoRuntime { topic: E::TOPIC })?;
         let concurrency = self.concurrency;
-        let attachment = self.attach(SubscriberKind::Async, concurrency)?;
+        let attachment = self.attach(SubscriberKind::Async, concurrency, Location::caller())?;
         handler::spawn_async(&runtime, &attachment.queue, concurrency, f);
         Ok(SubscriptionHandle::new(attachment))
     }
@@ -224,13 +228,14 @@ impl<'a, E: Event> SubscribeBuilder<'a, E> {
     /// # Errors
     /// As [`stream`](SubscribeBuilder::stream), and
     /// [`SubscribeError::ZeroConcurrency`], [`SubscribeError::Spawn`].
+    #[track_caller]
     pub fn sync<F, R>(self, f: F) -> Result<SubscriptionHandle, SubscribeError>
     where
         F: Fn(Envelope<E>) -> R + Send + Sync + 'static,
         R: HandlerResult,
     {
         let concurrency = self.concurrency;
-        let attachment = self.attach(SubscriberKind::Sync, concurrency)?;
+        let attachment = self.attach(SubscriberKind::Sync, concurrency, Location::caller())?;
         if let Err(source) = handler::spawn_sync(&attachment.queue, concurrency, f) {
             attachment.detach(true);
             return Err(SubscribeError::Spawn {
@@ -245,6 +250,7 @@ impl<'a, E: Event> SubscribeBuilder<'a, E> {
         self,
         kind: SubscriberKind,
         consumers: usize,
+        caller: &'static Location<'static>,
     ) -> Result<Attachment<E>, SubscribeError> {
         let topic = E::TOPIC;
         let state = self
@@ -262,7 +268,13 @@ impl<'a, E: Event> SubscribeBuilder<'a, E> {
         let id = SubscriptionId::next();
         let info = SubInfo {
             id,
-            name: self.name.unwrap_or_else(|| format!("{topic}{id}")).into(),
+            // The call site, not the id: names label metrics, and a name per
+            // call site keeps their number bounded however often a
+            // subscription is made again.
+            name: self
+                .name
+                .unwrap_or_else(|| format!("{topic}@{}:{}", caller.file(), caller.line()))
+                .into(),
             topic,
             kind,
             policy: self.overflow.unwrap_or(state.config.default_overflow()),

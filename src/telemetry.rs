@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use crate::queue::{Overflow, SubInfo};
+use crate::queue::SubInfo;
 use crate::watch::Due;
 
 /// How a handler run ended, for spans and metrics.
@@ -220,14 +220,11 @@ impl SubMetrics {
     }
 
     #[inline]
-    pub(crate) fn dropped(&self, policy: Overflow) {
+    pub(crate) fn dropped(&self) {
         #[cfg(feature = "metrics")]
-        match policy {
-            Overflow::DropOldest => self.m.dropped_oldest.increment(1),
-            _ => self.m.dropped_newest.increment(1),
+        if let Some(dropped) = &self.m.dropped {
+            dropped.increment(1);
         }
-        #[cfg(not(feature = "metrics"))]
-        let _ = policy;
     }
 
     pub(crate) fn discarded(&self, n: u64) {
@@ -255,11 +252,12 @@ impl SubMetrics {
         let _ = (outcome, took);
     }
 
-    pub(crate) fn finding(&self, kind: crate::watch::FindingKind, took: Duration) {
+    /// A finding occurred; `worst` is the worst of its kind so far.
+    pub(crate) fn finding(&self, kind: crate::watch::FindingKind, worst: Duration) {
         #[cfg(feature = "metrics")]
-        self.m.finding(kind, took);
+        self.m.finding(kind, worst);
         #[cfg(not(feature = "metrics"))]
-        let _ = (kind, took);
+        let _ = (kind, worst);
     }
 }
 
@@ -307,66 +305,80 @@ mod metrics_impl {
     use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 
     use crate::queue::{Overflow, SubInfo};
+    use crate::subscribe::SubscriberKind;
     use crate::watch::FindingKind;
 
     pub(super) struct Sub {
         pub(super) delivered: Counter,
-        pub(super) dropped_oldest: Counter,
-        pub(super) dropped_newest: Counter,
+        /// Only for the lossy policies.
+        pub(super) dropped: Option<Counter>,
         pub(super) discarded: Counter,
         pub(super) failures: Counter,
         pub(super) panics: Counter,
         pub(super) depth: Gauge,
         pub(super) duration: Histogram,
-        findings: [Counter; 3],
-        worst: [Gauge; 3],
+        /// Only for the findings this kind of subscription can have.
+        findings: [Option<(Counter, Gauge)>; 3],
     }
 
     impl Sub {
         pub(super) fn new(info: &SubInfo) -> Self {
             let topic = info.topic;
             let sub = info.name.to_string();
-            let labels = || [("topic", topic.to_string()), ("subscription", sub.clone())];
-            let dropped = |policy: Overflow| {
-                let mut l = labels().to_vec();
-                l.push(("policy", policy.to_string()));
-                counter!("tidings_dropped_total", &l)
+            let labels = || vec![("topic", topic.to_string()), ("subscription", sub.clone())];
+            let with = |key: &'static str, value: String| {
+                let mut l = labels();
+                l.push((key, value));
+                l
             };
-            let finding = |kind: FindingKind| {
-                let mut l = labels().to_vec();
-                l.push(("finding", kind.metric_name().to_string()));
-                (
-                    counter!("tidings_findings_total", &l),
-                    gauge!("tidings_finding_worst_seconds", &l),
-                )
+            let dropped =
+                matches!(info.policy, Overflow::DropOldest | Overflow::DropNewest).then(|| {
+                    counter!(
+                        "tidings_dropped_total",
+                        &with("policy", info.policy.to_string())
+                    )
+                });
+            let finding = |kind: FindingKind, applies: bool| {
+                applies.then(|| {
+                    let l = with("finding", kind.metric_name().to_string());
+                    (
+                        counter!("tidings_findings_total", &l),
+                        gauge!("tidings_finding_worst_seconds", &l),
+                    )
+                })
             };
-            let [a, b, c] = [
-                finding(FindingKind::SlowPoll),
-                finding(FindingKind::SyncOverBudget),
-                finding(FindingKind::PublisherBlocked),
-            ];
             Sub {
                 delivered: counter!("tidings_delivered_total", &labels()),
-                dropped_oldest: dropped(Overflow::DropOldest),
-                dropped_newest: dropped(Overflow::DropNewest),
+                dropped,
                 discarded: counter!("tidings_discarded_total", &labels()),
                 failures: counter!("tidings_handler_failures_total", &labels()),
                 panics: counter!("tidings_handler_panics_total", &labels()),
                 depth: gauge!("tidings_queue_depth", &labels()),
                 duration: histogram!("tidings_handler_duration_seconds", &labels()),
-                findings: [a.0, b.0, c.0],
-                worst: [a.1, b.1, c.1],
+                findings: [
+                    finding(FindingKind::SlowPoll, info.kind == SubscriberKind::Async),
+                    finding(
+                        FindingKind::SyncOverBudget,
+                        info.kind == SubscriberKind::Sync,
+                    ),
+                    finding(
+                        FindingKind::PublisherBlocked,
+                        info.policy == Overflow::Block,
+                    ),
+                ],
             }
         }
 
-        pub(super) fn finding(&self, kind: FindingKind, took: Duration) {
+        pub(super) fn finding(&self, kind: FindingKind, worst: Duration) {
             let i = match kind {
                 FindingKind::SlowPoll => 0,
                 FindingKind::SyncOverBudget => 1,
                 FindingKind::PublisherBlocked => 2,
             };
-            self.findings[i].increment(1);
-            self.worst[i].set(took.as_secs_f64());
+            if let Some((count, worst_gauge)) = &self.findings[i] {
+                count.increment(1);
+                worst_gauge.set(worst.as_secs_f64());
+            }
         }
     }
 
