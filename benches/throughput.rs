@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use tidings::{Bus, Event, Overflow};
+use tidings::{Bus, Event, Overflow, Watch};
 
 #[derive(Debug, Event)]
 #[event(topic = "bench.tick")]
@@ -87,6 +87,59 @@ async fn tidings_run(subs: usize, capacity: usize, events: u64, policy: Overflow
         r.await.unwrap();
     }
     start.elapsed()
+}
+
+/// An async handler subscription, with the blocked-runtime watch on (the
+/// default: every poll timed) or off: the price of the watch.
+struct TidingsHandler<const WATCH: bool>;
+impl<const WATCH: bool> Contender for TidingsHandler<WATCH> {
+    const NAME: &'static str = if WATCH {
+        "tidings/async handler, watch on"
+    } else {
+        "tidings/async handler, watch off"
+    };
+    async fn run(subs: usize, capacity: usize, events: u64) -> Duration {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let watch = if WATCH {
+            Watch::default()
+        } else {
+            Watch::off()
+        };
+        let bus = Bus::builder().topic::<Tick>().watch(watch).build().unwrap();
+        let done = Arc::new(tokio::sync::Notify::new());
+        let handles: Vec<_> = (0..subs)
+            .map(|_| {
+                let seen = Arc::new(AtomicU64::new(0));
+                let done = Arc::clone(&done);
+                bus.subscribe::<Tick>()
+                    .capacity(capacity)
+                    .handler(move |_| {
+                        if seen.fetch_add(1, Ordering::Relaxed) + 1 == events {
+                            done.notify_one();
+                        }
+                        async {}
+                    })
+                    .unwrap()
+            })
+            .collect();
+        let ticks = bus.publisher::<Tick>().unwrap();
+        let start = Instant::now();
+        let all_done = async {
+            for _ in 0..subs {
+                done.notified().await;
+            }
+        };
+        let publish = async {
+            for i in 0..events {
+                ticks.publish(Tick(i)).await.unwrap();
+                pace(i).await;
+            }
+        };
+        tokio::join!(all_done, publish);
+        let took = start.elapsed();
+        drop(handles);
+        took
+    }
 }
 
 struct TokioMpsc;
@@ -201,9 +254,16 @@ fn config() -> Criterion {
         .measurement_time(Duration::from_secs(3))
 }
 
+/// What the blocked-runtime watch costs an async handler: two clock
+/// readings per poll.
+fn watch_overhead(c: &mut Criterion) {
+    measure::<TidingsHandler<false>>(c, "s6_watch", 1, 1024);
+    measure::<TidingsHandler<true>>(c, "s6_watch", 1, 1024);
+}
+
 criterion_group! {
     name = benches;
     config = config();
-    targets = one_to_one, fan_out
+    targets = one_to_one, fan_out, watch_overhead
 }
 criterion_main!(benches);

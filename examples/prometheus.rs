@@ -12,7 +12,7 @@ use std::error::Error;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tidings::{Bus, Event, Overflow, SubscriptionHandle, Subscription};
+use tidings::{Bus, Event, Overflow, Subscription, SubscriptionHandle};
 
 #[derive(Debug, Event)]
 #[event(topic = "orders.created")]
@@ -97,7 +97,9 @@ async fn main() -> Result<(), Box<dyn Error>> {
         match flag.as_str() {
             "--port" => port = value.parse()?,
             "--seconds" => seconds = value.parse()?,
-            other => return Err(format!("unknown flag {other}; flags: --port N, --seconds N").into()),
+            other => {
+                return Err(format!("unknown flag {other}; flags: --port N, --seconds N").into())
+            }
         }
     }
     let addr = SocketAddr::from(([127, 0, 0, 1], port));

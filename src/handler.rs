@@ -65,19 +65,24 @@ fn outcome<R: HandlerResult>(run: std::thread::Result<R>) -> Outcome {
 
 /// Times every poll of a handler's future: a poll longer than the threshold
 /// held the runtime's worker thread, and every task queued behind it waited.
+/// The same two clock readings per poll also give the run's duration, from
+/// the start of the first poll to the end of the last.
 struct TimedPolls<'a, F, E> {
     fut: F,
     queue: &'a Queue<E>,
     threshold: Duration,
+    first: Option<Instant>,
 }
 
 impl<F: Future + Unpin, E> Future for TimedPolls<'_, F, E> {
-    type Output = F::Output;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+    type Output = (F::Output, Duration);
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let start = Instant::now();
+        let first = *self.first.get_or_insert(start);
         let out = Pin::new(&mut self.fut).poll(cx);
-        self.queue.polled(start.elapsed(), self.threshold);
-        out
+        let end = Instant::now();
+        self.queue.polled(end - start, self.threshold);
+        out.map(|out| (out, end - first))
     }
 }
 
@@ -102,26 +107,29 @@ pub(crate) fn spawn_async<E, F, Fut>(
             while let Some(env) = poll_fn(|cx| worker.poll_pop(cx, consumer)).await {
                 let (event_id, seq) = (env.id().get(), env.seq());
                 let span = telemetry::handler_span(&worker.info, event_id, seq);
-                let start = Instant::now();
                 // The call to `f` runs inside the first poll, so a handler
                 // that blocks before returning its future is timed and its
                 // panic caught like any other.
                 let run = pin!(AssertUnwindSafe(async { f(env).await }).catch_unwind());
-                let result = match threshold {
+                let (result, took) = match threshold {
                     Some(threshold) => {
-                        telemetry::instrument(
-                            TimedPolls {
-                                fut: run,
-                                queue: &worker,
-                                threshold,
-                            },
-                            &span,
-                        )
-                        .await
+                        let timed = TimedPolls {
+                            fut: run,
+                            queue: &worker,
+                            threshold,
+                            first: None,
+                        };
+                        telemetry::instrument(timed, &span).await
                     }
-                    None => telemetry::instrument(run, &span).await,
+                    // No watch: read the clock only if someone wants the
+                    // duration.
+                    None if telemetry::wants_duration(&span) => {
+                        let start = Instant::now();
+                        let result = telemetry::instrument(run, &span).await;
+                        (result, start.elapsed())
+                    }
+                    None => (telemetry::instrument(run, &span).await, Duration::ZERO),
                 };
-                let took = start.elapsed();
                 let run = worker.finish(event_id, outcome(result), took);
                 telemetry::record_run(&span, run, took);
             }
@@ -155,10 +163,11 @@ where
                 {
                     let (event_id, seq) = (env.id().get(), env.seq());
                     let span = telemetry::handler_span(&queue.info, event_id, seq);
-                    let start = Instant::now();
+                    let start =
+                        (budget.is_some() || telemetry::wants_duration(&span)).then(Instant::now);
                     let result =
                         telemetry::in_span(&span, || catch_unwind(AssertUnwindSafe(|| f(env))));
-                    let took = start.elapsed();
+                    let took = start.map_or(Duration::ZERO, |start| start.elapsed());
                     if budget.is_some_and(|budget| took > budget) {
                         queue.finding(FindingKind::SyncOverBudget, took);
                     }

@@ -112,6 +112,20 @@ pub(crate) fn record_run(span: &Span, outcome: RunOutcome, took: Duration) {
     let _ = (span, outcome, took);
 }
 
+/// Whether anything will use a handler run's duration: the metrics, or an
+/// enabled span. Without either, no clock is read for it.
+#[inline]
+pub(crate) fn wants_duration(span: &Span) -> bool {
+    #[cfg(feature = "tracing")]
+    let traced = !span.is_disabled();
+    #[cfg(not(feature = "tracing"))]
+    let traced = {
+        let _ = span;
+        false
+    };
+    traced || cfg!(feature = "metrics")
+}
+
 /// Runs `f` inside `span`.
 #[inline]
 pub(crate) fn in_span<R>(span: &Span, f: impl FnOnce() -> R) -> R {

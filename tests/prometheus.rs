@@ -51,7 +51,11 @@ fn counters(scrape: &Scrape, name: &str) -> HashMap<String, f64> {
         .filter(|s| s.metric == name)
         .filter_map(|s| match s.value {
             Value::Counter(v) | Value::Untyped(v) => Some((
-                s.labels.get("subscription").or(s.labels.get("topic")).unwrap_or("").to_owned(),
+                s.labels
+                    .get("subscription")
+                    .or(s.labels.get("topic"))
+                    .unwrap_or("")
+                    .to_owned(),
                 v,
             )),
             _ => None,
@@ -95,7 +99,11 @@ async fn the_prometheus_endpoint_agrees_with_the_stats() {
     assert_eq!(dropped["dashboard"], 484.0, "500 ticks, 16 kept");
 
     // Gauges and summaries are exported too.
-    for name in ["tidings_queue_depth", "tidings_subscriptions", "tidings_handler_duration_seconds"] {
+    for name in [
+        "tidings_queue_depth",
+        "tidings_subscriptions",
+        "tidings_handler_duration_seconds",
+    ] {
         assert!(
             scrape.samples.iter().any(|s| s.metric == name),
             "{name} missing from:\n{body}"
