@@ -86,9 +86,35 @@
 //! [`SubscriptionHandle`] unsubscribes and discards its queue (counted);
 //! [`SubscriptionHandle::unsubscribe`] drains it first.
 //!
+//! ## Observability
+//! - **Stats**: [`Bus::stats`] is a snapshot per topic and subscription that
+//!   prints as a table; every event is in exactly one of its counts.
+//! - **Blocked-runtime watch** (on by default, see [`Watch`]): every poll of
+//!   an async handler is timed; one that holds the runtime's thread longer
+//!   than the threshold is a [`Finding`] naming the subscription, as are sync
+//!   handlers over budget and publishers kept waiting by a full subscription.
+//!   [`Bus::health`] collects them for a health endpoint.
+//! - **`tracing`** (feature, default): a `tidings.publish` span per publish
+//!   (topic, event id, seq, receipt) and a `tidings.handle` span per handler
+//!   run (subscription, topic, event id, attempt, outcome, duration); warnings
+//!   for handler failures, panics, drops (at most once per interval) and
+//!   findings. No allocation when no subscriber is enabled.
+//! - **`metrics`** (feature): `tidings_published_total`,
+//!   `tidings_delivered_total`, `tidings_dropped_total`,
+//!   `tidings_discarded_total`, `tidings_handler_failures_total`,
+//!   `tidings_handler_panics_total`, `tidings_findings_total`, gauges
+//!   `tidings_queue_depth`, `tidings_subscriptions`,
+//!   `tidings_finding_worst_seconds`, histograms
+//!   `tidings_handler_duration_seconds`, `tidings_publish_wait_seconds`;
+//!   labelled by topic and subscription name only. Install the recorder
+//!   before building the bus.
+//!
 //! ## Crate feature flags
 //! - `derive` (default): `#[derive(Event)]`.
-//! - `serde`: `Serialize` for [`BusStats`], [`ShutdownReport`] and their parts.
+//! - `tracing` (default): spans and warnings through the `tracing` facade.
+//! - `metrics`: counters, gauges and histograms through the `metrics` facade.
+//! - `serde`: `Serialize` for [`BusStats`], [`ShutdownReport`], [`Health`]
+//!   and their parts.
 
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
