@@ -1,209 +1,34 @@
-//! Throughput of tidings beside the tokio channels it is built to compete
-//! with, in the same run: 1→1 against `tokio::sync::mpsc`, and 1→N fan-out
-//! against N × `mpsc` (lossless) and `tokio::sync::broadcast` (lossy).
-//! Throughput is in deliveries per second (events × subscribers).
+//! tidings beside its peers, in the same run. Throughput is deliveries per
+//! second (events × readers, `Throughput::Elements`).
 //!
-//! `cargo bench --bench throughput` runs the full matrix; add `-- --quick`
-//! for a run of a few seconds per case.
+//! - S1 1→1: tidings, tokio mpsc, flume, jaeb; capacity 64 and 1024.
+//! - S2 1→N fan-out, N = 4, 16, 64: tidings Block (lossless) and DropOldest,
+//!   tokio broadcast (lossy), async-broadcast (lossless), N × tokio mpsc,
+//!   jaeb.
+//! - S3 M→N: 2 and 4 publishers to 1 and 8 readers.
+//! - S4 isolation: latency of 15 fast readers with and without a slow one
+//!   (reported by `examples/bench_report.rs`, which measures percentiles).
+//! - S5 payload: 8 B and 1 KiB events, 1→16 (fan-out must not copy).
+//! - S6 the blocked-runtime watch: an async handler with the watch on and off.
+//!
+//! `cargo bench --bench throughput` runs it all; `-- --quick` makes it a few
+//! minutes on 2 cores; `-- --test` runs each case once (CI smoke).
 
-use std::future::Future;
+#[path = "common/mod.rs"]
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{
+    AsyncBroadcast, Contender, Flume, Jaeb, Shape, TidingsBlock, TidingsDropOldest, TokioBroadcast,
+    TokioMpsc,
+};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use tidings::{Bus, Event, Overflow, Watch};
+use tidings::{Bus, Event, Watch};
 
-#[derive(Debug, Event)]
-#[event(topic = "bench.tick")]
-struct Tick(u64);
-
+/// Events per publisher per run.
 const EVENTS: u64 = 20_000;
-
-/// One way of moving `events` events from one publisher to `subs` readers.
-/// Returns the time from the first publish to the last delivery.
-trait Contender {
-    const NAME: &'static str;
-    fn run(
-        subs: usize,
-        capacity: usize,
-        events: u64,
-    ) -> impl Future<Output = Duration> + Send + 'static;
-}
-
-/// Every publisher yields to the runtime once per 64 events, as a publisher
-/// in a real service does between requests. Without it a publisher that never
-/// has to wait (`broadcast`, the lossy policies) would starve its readers on a
-/// 2-core machine and measure only how fast it can overwrite them.
-async fn pace(i: u64) {
-    if i % 64 == 63 {
-        tokio::task::yield_now().await;
-    }
-}
-
-struct TidingsBlock;
-impl Contender for TidingsBlock {
-    const NAME: &'static str = "tidings/block";
-    async fn run(subs: usize, capacity: usize, events: u64) -> Duration {
-        tidings_run(subs, capacity, events, Overflow::Block).await
-    }
-}
-
-struct TidingsDropOldest;
-impl Contender for TidingsDropOldest {
-    const NAME: &'static str = "tidings/drop-oldest (lossy)";
-    async fn run(subs: usize, capacity: usize, events: u64) -> Duration {
-        tidings_run(subs, capacity, events, Overflow::DropOldest).await
-    }
-}
-
-async fn tidings_run(subs: usize, capacity: usize, events: u64, policy: Overflow) -> Duration {
-    let bus = Bus::builder().topic::<Tick>().build().unwrap();
-    let readers: Vec<_> = (0..subs)
-        .map(|_| {
-            let mut sub = bus
-                .subscribe::<Tick>()
-                .capacity(capacity)
-                .overflow(policy)
-                .stream()
-                .unwrap();
-            tokio::spawn(async move {
-                // Read until the last event: under DropOldest some are skipped,
-                // and `missed` says how many.
-                while let Some(e) = sub.recv().await {
-                    if e.0 == events - 1 {
-                        break;
-                    }
-                }
-            })
-        })
-        .collect();
-    let ticks = bus.publisher::<Tick>().unwrap();
-    let start = Instant::now();
-    for i in 0..events {
-        ticks.publish(Tick(i)).await.unwrap();
-        pace(i).await;
-    }
-    for r in readers {
-        r.await.unwrap();
-    }
-    start.elapsed()
-}
-
-/// An async handler subscription, with the blocked-runtime watch on (the
-/// default: every poll timed) or off: the price of the watch.
-struct TidingsHandler<const WATCH: bool>;
-impl<const WATCH: bool> Contender for TidingsHandler<WATCH> {
-    const NAME: &'static str = if WATCH {
-        "tidings/async handler, watch on"
-    } else {
-        "tidings/async handler, watch off"
-    };
-    async fn run(subs: usize, capacity: usize, events: u64) -> Duration {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        let watch = if WATCH {
-            Watch::default()
-        } else {
-            Watch::off()
-        };
-        let bus = Bus::builder().topic::<Tick>().watch(watch).build().unwrap();
-        let done = Arc::new(tokio::sync::Notify::new());
-        let handles: Vec<_> = (0..subs)
-            .map(|_| {
-                let seen = Arc::new(AtomicU64::new(0));
-                let done = Arc::clone(&done);
-                bus.subscribe::<Tick>()
-                    .capacity(capacity)
-                    .handler(move |_| {
-                        if seen.fetch_add(1, Ordering::Relaxed) + 1 == events {
-                            done.notify_one();
-                        }
-                        async {}
-                    })
-                    .unwrap()
-            })
-            .collect();
-        let ticks = bus.publisher::<Tick>().unwrap();
-        let start = Instant::now();
-        let all_done = async {
-            for _ in 0..subs {
-                done.notified().await;
-            }
-        };
-        let publish = async {
-            for i in 0..events {
-                ticks.publish(Tick(i)).await.unwrap();
-                pace(i).await;
-            }
-        };
-        tokio::join!(all_done, publish);
-        let took = start.elapsed();
-        drop(handles);
-        took
-    }
-}
-
-struct TokioMpsc;
-impl Contender for TokioMpsc {
-    const NAME: &'static str = "tokio::mpsc (one per reader)";
-    async fn run(subs: usize, capacity: usize, events: u64) -> Duration {
-        let mut senders = Vec::new();
-        let mut readers = Vec::new();
-        for _ in 0..subs {
-            let (tx, mut rx) = tokio::sync::mpsc::channel::<Arc<Tick>>(capacity);
-            senders.push(tx);
-            readers.push(tokio::spawn(async move {
-                while let Some(e) = rx.recv().await {
-                    if e.0 == events - 1 {
-                        break;
-                    }
-                }
-            }));
-        }
-        let start = Instant::now();
-        for i in 0..events {
-            let e = Arc::new(Tick(i));
-            for tx in &senders {
-                tx.send(Arc::clone(&e)).await.unwrap();
-            }
-            pace(i).await;
-        }
-        for r in readers {
-            r.await.unwrap();
-        }
-        start.elapsed()
-    }
-}
-
-struct TokioBroadcast;
-impl Contender for TokioBroadcast {
-    const NAME: &'static str = "tokio::broadcast (lossy)";
-    async fn run(subs: usize, capacity: usize, events: u64) -> Duration {
-        let (tx, _) = tokio::sync::broadcast::channel::<Arc<Tick>>(capacity);
-        let readers: Vec<_> = (0..subs)
-            .map(|_| {
-                let mut rx = tx.subscribe();
-                tokio::spawn(async move {
-                    loop {
-                        match rx.recv().await {
-                            Ok(e) if e.0 == events - 1 => break,
-                            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                            Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-                        }
-                    }
-                })
-            })
-            .collect();
-        let start = Instant::now();
-        for i in 0..events {
-            let _ = tx.send(Arc::new(Tick(i)));
-            pace(i).await;
-        }
-        for r in readers {
-            r.await.unwrap();
-        }
-        start.elapsed()
-    }
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -212,16 +37,21 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-fn measure<C: Contender>(c: &mut Criterion, group: &str, subs: usize, capacity: usize) {
+fn measure<C: Contender, const N: usize>(
+    c: &mut Criterion,
+    group: &str,
+    shape: Shape,
+    param: String,
+) {
     let rt = runtime();
     let mut g = c.benchmark_group(group);
-    g.throughput(Throughput::Elements(EVENTS * subs as u64));
-    g.bench_function(BenchmarkId::new(C::NAME, format!("cap{capacity}")), |b| {
+    g.throughput(Throughput::Elements(shape.deliveries()));
+    g.bench_function(BenchmarkId::new(C::NAME, param), |b| {
         b.iter_custom(|iters| {
             rt.block_on(async {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    total += tokio::spawn(C::run(subs, capacity, EVENTS)).await.unwrap();
+                    total += tokio::spawn(C::run::<N>(shape)).await.expect("run");
                 }
                 total
             })
@@ -230,21 +60,121 @@ fn measure<C: Contender>(c: &mut Criterion, group: &str, subs: usize, capacity: 
     g.finish();
 }
 
-fn one_to_one(c: &mut Criterion) {
-    for capacity in [64, 1024] {
-        measure::<TidingsBlock>(c, "s1_1to1", 1, capacity);
-        measure::<TokioMpsc>(c, "s1_1to1", 1, capacity);
+fn shape(publishers: usize, subscribers: usize, capacity: usize) -> Shape {
+    Shape {
+        publishers,
+        subscribers,
+        capacity,
+        per_publisher: EVENTS / publishers as u64,
     }
 }
 
-fn fan_out(c: &mut Criterion) {
-    for subs in [4, 16] {
-        let group = format!("s2_1to{subs}");
-        measure::<TidingsBlock>(c, &group, subs, 1024);
-        measure::<TidingsDropOldest>(c, &group, subs, 1024);
-        measure::<TokioMpsc>(c, &group, subs, 1024);
-        measure::<TokioBroadcast>(c, &group, subs, 1024);
+fn s1_one_to_one(c: &mut Criterion) {
+    for capacity in [64, 1024] {
+        let s = shape(1, 1, capacity);
+        let p = format!("cap{capacity}");
+        measure::<TidingsBlock, 8>(c, "s1_1to1", s, p.clone());
+        measure::<TokioMpsc, 8>(c, "s1_1to1", s, p.clone());
+        measure::<Flume, 8>(c, "s1_1to1", s, p.clone());
+        measure::<Jaeb, 8>(c, "s1_1to1", s, p);
     }
+}
+
+fn s2_fan_out(c: &mut Criterion) {
+    for n in [4, 16, 64] {
+        let s = shape(1, n, 1024);
+        let group = format!("s2_1to{n}");
+        let p = "cap1024".to_owned();
+        measure::<TidingsBlock, 8>(c, &group, s, p.clone());
+        measure::<TidingsDropOldest, 8>(c, &group, s, p.clone());
+        measure::<TokioBroadcast, 8>(c, &group, s, p.clone());
+        measure::<AsyncBroadcast, 8>(c, &group, s, p.clone());
+        measure::<TokioMpsc, 8>(c, &group, s, p.clone());
+        measure::<Jaeb, 8>(c, &group, s, p);
+    }
+}
+
+fn s3_many_to_many(c: &mut Criterion) {
+    for m in [2, 4] {
+        for n in [1, 8] {
+            let s = shape(m, n, 1024);
+            let p = format!("{m}to{n}");
+            measure::<TidingsBlock, 8>(c, "s3_m_to_n", s, p.clone());
+            measure::<AsyncBroadcast, 8>(c, "s3_m_to_n", s, p.clone());
+            measure::<TokioMpsc, 8>(c, "s3_m_to_n", s, p);
+        }
+    }
+}
+
+fn s5_payload(c: &mut Criterion) {
+    let s = shape(1, 16, 1024);
+    measure::<TidingsBlock, 8>(c, "s5_payload", s, "8B".to_owned());
+    measure::<TidingsBlock, 1024>(c, "s5_payload", s, "1KiB".to_owned());
+    measure::<TokioBroadcast, 8>(c, "s5_payload", s, "8B".to_owned());
+    measure::<TokioBroadcast, 1024>(c, "s5_payload", s, "1KiB".to_owned());
+}
+
+#[derive(Debug, Event)]
+#[event(topic = "bench.tick")]
+struct Tick;
+
+/// An async handler subscription, with the blocked-runtime watch on (the
+/// default: every poll timed) or off: the price of the watch.
+async fn handler_run(watch: bool, events: u64) -> Duration {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let watch = if watch {
+        Watch::default()
+    } else {
+        Watch::off()
+    };
+    let bus = Bus::builder()
+        .topic::<Tick>()
+        .watch(watch)
+        .build()
+        .expect("bus");
+    let done = Arc::new(tokio::sync::Notify::new());
+    let seen = Arc::new(AtomicU64::new(0));
+    let signal = Arc::clone(&done);
+    let _h = bus
+        .subscribe::<Tick>()
+        .handler(move |_| {
+            if seen.fetch_add(1, Ordering::Relaxed) + 1 == events {
+                signal.notify_one();
+            }
+            async {}
+        })
+        .expect("subscribe");
+    let ticks = bus.publisher::<Tick>().expect("registered");
+    let start = Instant::now();
+    for i in 0..events {
+        ticks.publish(Tick).await.expect("publish");
+        common::pace(i).await;
+    }
+    done.notified().await;
+    start.elapsed()
+}
+
+fn s6_watch(c: &mut Criterion) {
+    let rt = runtime();
+    let mut g = c.benchmark_group("s6_watch");
+    g.throughput(Throughput::Elements(EVENTS));
+    for (name, on) in [
+        ("async handler, watch off", false),
+        ("async handler, watch on", true),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        total += tokio::spawn(handler_run(on, EVENTS)).await.expect("run");
+                    }
+                    total
+                })
+            })
+        });
+    }
+    g.finish();
 }
 
 fn config() -> Criterion {
@@ -254,16 +184,9 @@ fn config() -> Criterion {
         .measurement_time(Duration::from_secs(3))
 }
 
-/// What the blocked-runtime watch costs an async handler: two clock
-/// readings per poll.
-fn watch_overhead(c: &mut Criterion) {
-    measure::<TidingsHandler<false>>(c, "s6_watch", 1, 1024);
-    measure::<TidingsHandler<true>>(c, "s6_watch", 1, 1024);
-}
-
 criterion_group! {
     name = benches;
     config = config();
-    targets = one_to_one, fan_out, watch_overhead
+    targets = s1_one_to_one, s2_fan_out, s3_many_to_many, s5_payload, s6_watch
 }
 criterion_main!(benches);

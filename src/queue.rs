@@ -557,7 +557,7 @@ impl<E> Queue<E> {
     fn pop_locked(&self, s: &mut State<E>, wakeups: &mut Wakeups) -> Option<Envelope<E>> {
         let slot = s.take()?;
         s.counters.delivered += 1;
-        self.metrics.delivered(s.depth_hint());
+        self.metrics.delivered(|| s.depth_hint());
         if self.info.kind != SubscriberKind::Stream {
             s.in_flight += 1;
         }

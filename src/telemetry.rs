@@ -126,18 +126,15 @@ pub(crate) fn wants_duration(span: &Span) -> bool {
     traced || cfg!(feature = "metrics")
 }
 
-/// Runs `f` inside `span`.
+/// Runs `f` inside `span`; a disabled span costs nothing.
 #[inline]
 pub(crate) fn in_span<R>(span: &Span, f: impl FnOnce() -> R) -> R {
     #[cfg(feature = "tracing")]
-    {
-        span.in_scope(f)
+    if !span.is_disabled() {
+        return span.in_scope(f);
     }
-    #[cfg(not(feature = "tracing"))]
-    {
-        let _ = span;
-        f()
-    }
+    let _ = span;
+    f()
 }
 
 pub(crate) fn warn_failure(info: &SubInfo, event_id: u64, error: &str) {
@@ -214,12 +211,13 @@ impl SubMetrics {
         }
     }
 
+    /// One event handed out; `depth` is asked for only when metrics are on.
     #[inline]
-    pub(crate) fn delivered(&self, depth: usize) {
+    pub(crate) fn delivered(&self, depth: impl FnOnce() -> usize) {
         #[cfg(feature = "metrics")]
         {
             self.m.delivered.increment(1);
-            self.m.depth.set(depth as f64);
+            self.m.depth.set(depth() as f64);
         }
         #[cfg(not(feature = "metrics"))]
         let _ = depth;
@@ -414,16 +412,14 @@ mod metrics_impl {
     }
 }
 
-/// Runs `fut` inside `span` (each poll enters it).
+/// Runs `fut` inside `span` (each poll enters it); a disabled span costs
+/// nothing.
 #[inline]
 pub(crate) async fn instrument<F: std::future::Future>(fut: F, span: &Span) -> F::Output {
     #[cfg(feature = "tracing")]
-    {
-        tracing::Instrument::instrument(fut, span.clone()).await
+    if !span.is_disabled() {
+        return tracing::Instrument::instrument(fut, span.clone()).await;
     }
-    #[cfg(not(feature = "tracing"))]
-    {
-        let _ = span;
-        fut.await
-    }
+    let _ = span;
+    fut.await
 }

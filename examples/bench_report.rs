@@ -1,0 +1,178 @@
+//! One command, one comparison: S1 (1→1), S2 (1→16 fan-out) and S4
+//! (isolation from a slow subscriber) over tidings and its peers, each run
+//! five times (median), printed as a markdown table and drawn as an SVG bar
+//! chart in `target/bench_report.svg`.
+//!
+//! `cargo run --release --example bench_report`
+//!
+//! The criterion benches (`cargo bench --bench throughput`) run the full
+//! matrix with statistics; this is the quick side-by-side view.
+
+#[path = "../benches/common/mod.rs"]
+mod common;
+
+use std::time::Duration;
+
+use common::{
+    AsyncBroadcast, Contender, Flume, Jaeb, Shape, TidingsBlock, TidingsDropOldest, TokioBroadcast,
+    TokioMpsc,
+};
+use plotters::prelude::*;
+
+const RUNS: usize = 5;
+const EVENTS: u64 = 20_000;
+
+struct Row {
+    scenario: &'static str,
+    name: &'static str,
+    lossless: bool,
+    /// Deliveries per second.
+    rate: f64,
+}
+
+fn measure<C: Contender>(
+    rt: &tokio::runtime::Runtime,
+    scenario: &'static str,
+    shape: Shape,
+) -> Row {
+    let mut rates: Vec<f64> = (0..RUNS)
+        .map(|_| {
+            let took = rt.block_on(async { tokio::spawn(C::run::<8>(shape)).await.expect("run") });
+            shape.deliveries() as f64 / took.as_secs_f64()
+        })
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    eprintln!("  {scenario} {}: {:.2} M/s", C::NAME, rates[RUNS / 2] / 1e6);
+    Row {
+        scenario,
+        name: C::NAME,
+        lossless: C::LOSSLESS,
+        rate: rates[RUNS / 2],
+    }
+}
+
+fn chart(rows: &[Row], path: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let root = SVGBackend::new(path, (1100, 520)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let panels = root.split_evenly((1, 2));
+    for (panel, scenario) in panels.iter().zip(["S1 1→1", "S2 1→16"]) {
+        let data: Vec<&Row> = rows.iter().filter(|r| r.scenario == scenario).collect();
+        let max = data.iter().map(|r| r.rate / 1e6).fold(0.0, f64::max) * 1.15;
+        let mut c = ChartBuilder::on(panel)
+            .caption(
+                format!("{scenario}: M deliveries/s (median of {RUNS})"),
+                ("sans-serif", 18),
+            )
+            .margin(12)
+            .x_label_area_size(110)
+            .y_label_area_size(45)
+            .build_cartesian_2d((0..data.len()).into_segmented(), 0.0..max)?;
+        let labels: Vec<String> = data
+            .iter()
+            .map(|r| format!("{}{}", r.name, if r.lossless { "" } else { " (lossy)" }))
+            .collect();
+        c.configure_mesh()
+            .disable_x_mesh()
+            .x_labels(data.len())
+            .x_label_style(
+                ("sans-serif", 11)
+                    .into_font()
+                    .transform(FontTransform::Rotate90),
+            )
+            .x_label_formatter(&|v| match v {
+                SegmentValue::CenterOf(i) => labels.get(*i).cloned().unwrap_or_default(),
+                _ => String::new(),
+            })
+            .draw()?;
+        c.draw_series(data.iter().enumerate().map(|(i, r)| {
+            let color = if r.name.starts_with("tidings") {
+                BLUE
+            } else {
+                RGBColor(150, 150, 150)
+            };
+            Rectangle::new(
+                [
+                    (SegmentValue::Exact(i), 0.0),
+                    (SegmentValue::Exact(i + 1), r.rate / 1e6),
+                ],
+                color.filled(),
+            )
+        }))?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let one = Shape {
+        publishers: 1,
+        subscribers: 1,
+        capacity: 1024,
+        per_publisher: EVENTS,
+    };
+    let fan = Shape {
+        subscribers: 16,
+        ..one
+    };
+    eprintln!("measuring ({RUNS} runs each)…");
+    let rows = vec![
+        measure::<TidingsBlock>(&rt, "S1 1→1", one),
+        measure::<TokioMpsc>(&rt, "S1 1→1", one),
+        measure::<Flume>(&rt, "S1 1→1", one),
+        measure::<Jaeb>(&rt, "S1 1→1", one),
+        measure::<TidingsBlock>(&rt, "S2 1→16", fan),
+        measure::<TidingsDropOldest>(&rt, "S2 1→16", fan),
+        measure::<TokioBroadcast>(&rt, "S2 1→16", fan),
+        measure::<AsyncBroadcast>(&rt, "S2 1→16", fan),
+        measure::<TokioMpsc>(&rt, "S2 1→16", fan),
+        measure::<Jaeb>(&rt, "S2 1→16", fan),
+    ];
+    let quiet = rt.block_on(common::isolation(2_000, Duration::from_micros(200), None));
+    let noisy = rt.block_on(common::isolation(
+        2_000,
+        Duration::from_micros(200),
+        Some(Duration::from_millis(1)),
+    ));
+
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "tidings {} — {cores} cores, multi-thread runtime\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    println!("| scenario | implementation | deliveries/s | vs tidings (Block) | lossless | p99 |");
+    println!("|---|---|---:|---:|---|---:|");
+    for r in &rows {
+        let base = rows
+            .iter()
+            .find(|b| b.scenario == r.scenario && b.name == TidingsBlock::NAME)
+            .map_or(r.rate, |b| b.rate);
+        println!(
+            "| {} | {} | {:.2} M | {:.2}× | {} | |",
+            r.scenario,
+            r.name,
+            r.rate / 1e6,
+            r.rate / base,
+            if r.lossless { "yes" } else { "no" }
+        );
+    }
+    for (label, iso) in [
+        ("15 fast readers alone", quiet),
+        ("15 fast + 1 slow (1 ms CPU/event)", noisy),
+    ] {
+        println!(
+            "| S4 isolation | tidings: {label} | fast p50 {} µs | | yes (fast) | fast p99 {} µs, publish p99 {} µs |",
+            iso.fast_p50_us, iso.fast_p99_us, iso.publish_p99_us
+        );
+    }
+    println!(
+        "\nS4: the fast readers' p99 with the slow one is {:.2}× their p99 without it.",
+        noisy.fast_p99_us as f64 / quiet.fast_p99_us.max(1) as f64
+    );
+    std::fs::create_dir_all("target")?;
+    chart(&rows, "target/bench_report.svg")?;
+    println!("chart: target/bench_report.svg");
+    Ok(())
+}
