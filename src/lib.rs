@@ -113,6 +113,7 @@
 //! - `derive` (default): `#[derive(Event)]`.
 //! - `tracing` (default): spans and warnings through the `tracing` facade.
 //! - `metrics`: counters, gauges and histograms through the `metrics` facade.
+//! - `tune`: [`tune`](crate::tune), the capacity tuner (`examples/tune.rs`).
 //! - `serde`: `Serialize` for [`BusStats`], [`ShutdownReport`], [`Health`]
 //!   and their parts.
 
@@ -135,6 +136,8 @@ mod stats;
 mod subscribe;
 mod telemetry;
 pub mod topic;
+#[cfg(feature = "tune")]
+pub mod tune;
 mod watch;
 
 pub use bus::{global, set_global, try_global, Bus, BusBuilder};

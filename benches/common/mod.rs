@@ -434,7 +434,9 @@ pub async fn isolation(events: u64, interval: Duration, slow_cost: Option<Durati
                 .stream()
                 .expect("subscribe");
             tokio::spawn(async move {
-                let mut h = hdrhistogram::Histogram::<u64>::new(3).expect("histogram");
+                let mut h =
+                    hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3)
+                        .expect("histogram");
                 for _ in 0..events {
                     let Some(e) = sub.recv().await else { break };
                     h.saturating_record(e.sent.elapsed().as_micros() as u64);
@@ -443,7 +445,8 @@ pub async fn isolation(events: u64, interval: Duration, slow_cost: Option<Durati
             })
         })
         .collect();
-    let mut publish = hdrhistogram::Histogram::<u64>::new(3).expect("histogram");
+    let mut publish = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3)
+        .expect("histogram");
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     for _ in 0..events {
@@ -452,7 +455,8 @@ pub async fn isolation(events: u64, interval: Duration, slow_cost: Option<Durati
         bus.publish(Timed { sent: start }).await.expect("publish");
         publish.saturating_record(start.elapsed().as_micros() as u64);
     }
-    let mut fast = hdrhistogram::Histogram::<u64>::new(3).expect("histogram");
+    let mut fast = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3)
+        .expect("histogram");
     for r in readers {
         fast.add(r.await.expect("reader")).expect("same bounds");
     }
