@@ -113,7 +113,7 @@
 //! - `derive` (default): `#[derive(Event)]`.
 //! - `tracing` (default): spans and warnings through the `tracing` facade.
 //! - `metrics`: counters, gauges and histograms through the `metrics` facade.
-//! - `tune`: [`tune`](crate::tune), the capacity tuner (`examples/tune.rs`).
+//! - `tune`: [`tune`], the capacity tuner (`examples/tune.rs`).
 //! - `serde`: `Serialize` for [`BusStats`], [`ShutdownReport`], [`Health`]
 //!   and their parts.
 
