@@ -173,61 +173,75 @@ impl<const POLICY: u8> Contender for Tidings<POLICY> {
     }
 }
 
-/// One bounded `tokio::sync::mpsc` channel per reader: a hand-built lossless
-/// fan-out (and, with one reader, the plain channel).
-pub struct TokioMpsc;
-impl Contender for TokioMpsc {
+/// A bounded channel kind, for the hand-built "one channel per reader"
+/// fan-out.
+pub trait Channel: Send + Sync + 'static {
+    const NAME: &'static str;
+    type Tx<T: Send + Sync + 'static>: Send + Sync + 'static;
+    type Rx<T: Send + Sync + 'static>: Send + 'static;
+    fn bounded<T: Send + Sync + 'static>(capacity: usize) -> (Self::Tx<T>, Self::Rx<T>);
+    fn send<T: Send + Sync + 'static>(
+        tx: &Self::Tx<T>,
+        value: T,
+    ) -> impl Future<Output = ()> + Send;
+    fn recv<T: Send + Sync + 'static>(
+        rx: &mut Self::Rx<T>,
+    ) -> impl Future<Output = Option<T>> + Send;
+}
+
+/// `tokio::sync::mpsc`.
+pub struct Mpsc;
+impl Channel for Mpsc {
     const NAME: &'static str = "tokio mpsc (one per reader)";
-    const LOSSLESS: bool = true;
-    fn run<const N: usize>(shape: Shape) -> impl Future<Output = Duration> + Send + 'static {
-        async move {
-            let mut senders = Vec::new();
-            let mut readers = Vec::new();
-            for _ in 0..shape.subscribers {
-                let (tx, mut rx) = tokio::sync::mpsc::channel::<Arc<Ev<N>>>(shape.capacity);
-                senders.push(tx);
-                readers.push(tokio::spawn(async move {
-                    let mut finals = Finals::new(shape);
-                    while let Some(e) = rx.recv().await {
-                        if finals.saw(e.n) {
-                            break;
-                        }
-                    }
-                }));
-            }
-            let senders = Arc::new(senders);
-            let start = Instant::now();
-            publish_all(shape, move |p, i| {
-                let senders = Arc::clone(&senders);
-                async move {
-                    let e = Arc::new(Ev::<N>::new(p, i));
-                    for tx in senders.iter() {
-                        tx.send(Arc::clone(&e)).await.expect("send");
-                    }
-                }
-            })
-            .await;
-            join_readers(readers).await;
-            start.elapsed()
-        }
+    type Tx<T: Send + Sync + 'static> = tokio::sync::mpsc::Sender<T>;
+    type Rx<T: Send + Sync + 'static> = tokio::sync::mpsc::Receiver<T>;
+    fn bounded<T: Send + Sync + 'static>(capacity: usize) -> (Self::Tx<T>, Self::Rx<T>) {
+        tokio::sync::mpsc::channel(capacity)
+    }
+    async fn send<T: Send + Sync + 'static>(tx: &Self::Tx<T>, value: T) {
+        tx.send(value).await.expect("send");
+    }
+    async fn recv<T: Send + Sync + 'static>(rx: &mut Self::Rx<T>) -> Option<T> {
+        rx.recv().await
     }
 }
 
-/// One bounded `flume` channel per reader.
-pub struct Flume;
-impl Contender for Flume {
+/// `flume`.
+pub struct FlumeChannel;
+impl Channel for FlumeChannel {
     const NAME: &'static str = "flume (one per reader)";
+    type Tx<T: Send + Sync + 'static> = flume::Sender<T>;
+    type Rx<T: Send + Sync + 'static> = flume::Receiver<T>;
+    fn bounded<T: Send + Sync + 'static>(capacity: usize) -> (Self::Tx<T>, Self::Rx<T>) {
+        flume::bounded(capacity)
+    }
+    async fn send<T: Send + Sync + 'static>(tx: &Self::Tx<T>, value: T) {
+        tx.send_async(value).await.expect("send");
+    }
+    async fn recv<T: Send + Sync + 'static>(rx: &mut Self::Rx<T>) -> Option<T> {
+        rx.recv_async().await.ok()
+    }
+}
+
+/// One bounded channel per reader, every event sent to each: a hand-built
+/// lossless fan-out (and, with one reader, the plain channel).
+pub struct OnePerReader<C>(std::marker::PhantomData<C>);
+pub type TokioMpsc = OnePerReader<Mpsc>;
+pub type Flume = OnePerReader<FlumeChannel>;
+
+impl<C: Channel> Contender for OnePerReader<C> {
+    const NAME: &'static str = C::NAME;
     const LOSSLESS: bool = true;
     fn run<const N: usize>(shape: Shape) -> impl Future<Output = Duration> + Send + 'static {
         async move {
             let mut senders = Vec::new();
             let mut readers = Vec::new();
             for _ in 0..shape.subscribers {
-                let (tx, rx) = flume::bounded::<Arc<Ev<N>>>(shape.capacity);
+                let (tx, mut rx) = C::bounded::<Arc<Ev<N>>>(shape.capacity);
                 senders.push(tx);
                 readers.push(tokio::spawn(async move {
                     let mut finals = Finals::new(shape);
-                    while let Ok(e) = rx.recv_async().await {
+                    while let Some(e) = C::recv(&mut rx).await {
                         if finals.saw(e.n) {
                             break;
                         }
@@ -241,7 +255,7 @@ impl Contender for Flume {
                 async move {
                     let e = Arc::new(Ev::<N>::new(p, i));
                     for tx in senders.iter() {
-                        tx.send_async(Arc::clone(&e)).await.expect("send");
+                        C::send(tx, Arc::clone(&e)).await;
                     }
                 }
             })
