@@ -176,8 +176,7 @@ impl<E> Ring<E> {
         };
         drop(slot);
         self.tail.store(published.seq + 1, Ordering::Relaxed);
-        let waiting = std::mem::take(&mut *self.waiters.lock());
-        waiting.into_iter().for_each(Waker::wake);
+        self.wake_all();
     }
 
     /// Takes event `seq` for one reader, if it has been written. Each reader
@@ -199,6 +198,15 @@ impl<E> Ring<E> {
     /// One reader gives up event `seq` without taking it.
     fn release(&self, seq: u64) {
         drop(self.read(seq));
+    }
+
+    /// Events queued for a reader at `next` (closed at `end`), sampled from
+    /// a tail that may lag: never more than the real depth.
+    fn depth(&self, next: u64, end: u64) -> usize {
+        self.tail
+            .load(Ordering::Relaxed)
+            .min(end)
+            .saturating_sub(next) as usize
     }
 
     fn wake_all(&self) {
@@ -271,11 +279,7 @@ impl<E> State<E> {
             Buf::Own(buf) => buf.len(),
             Buf::Ring {
                 ring, next, end, ..
-            } => ring
-                .tail
-                .load(Ordering::Relaxed)
-                .min(*end)
-                .saturating_sub(*next) as usize,
+            } => ring.depth(*next, *end),
         }
     }
 
@@ -322,14 +326,9 @@ impl<E> State<E> {
                     return None;
                 }
                 let published = ring.read(*next)?;
-                // The depth just before this take, from a tail that may lag:
-                // a sample that never exceeds the real depth.
-                let depth = ring
-                    .tail
-                    .load(Ordering::Relaxed)
-                    .min(*end)
-                    .saturating_sub(*next);
-                self.counters.high_water = self.counters.high_water.max(depth as usize);
+                // The depth just before this take, sampled.
+                let depth = ring.depth(*next, *end);
+                self.counters.high_water = self.counters.high_water.max(depth);
                 *next += 1;
                 Some(Slot {
                     published,
@@ -746,6 +745,10 @@ impl<E> Queue<E> {
     /// The subscription's numbers; `view` is needed for an open ring
     /// subscription.
     pub(crate) fn stats(&self, view: Option<RingView>) -> SubscriptionStats {
+        let (slow_polls, _) = self.watcher.totals(FindingKind::SlowPoll);
+        let (over_budget, worst_run) = self.watcher.totals(FindingKind::SyncOverBudget);
+        let (publishers_blocked, worst_publisher_wait) =
+            self.watcher.totals(FindingKind::PublisherBlocked);
         let s = self.state.lock();
         let c = &s.counters;
         let (accepted, queue_depth, high_water) = match (&s.buf, view) {
@@ -782,12 +785,12 @@ impl<E> Queue<E> {
             failures: self.failures.load(Ordering::Relaxed),
             panics: self.panics.load(Ordering::Relaxed),
             last_error: self.last_error.lock().clone(),
-            slow_polls: self.watcher.totals(FindingKind::SlowPoll).0,
+            slow_polls,
             worst_poll: std::time::Duration::from_nanos(self.worst_poll_ns.load(Ordering::Relaxed)),
-            over_budget: self.watcher.totals(FindingKind::SyncOverBudget).0,
-            worst_run: self.watcher.totals(FindingKind::SyncOverBudget).1,
-            publishers_blocked: self.watcher.totals(FindingKind::PublisherBlocked).0,
-            worst_publisher_wait: self.watcher.totals(FindingKind::PublisherBlocked).1,
+            over_budget,
+            worst_run,
+            publishers_blocked,
+            worst_publisher_wait,
         }
     }
 }
