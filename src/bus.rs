@@ -4,10 +4,17 @@ use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use crate::dedup::PublishOptions;
+use crate::erased::DynEvent;
+#[cfg(feature = "serde")]
+use crate::error::DecodeError;
 use crate::error::{AlreadySet, BuildError, PublishError, UnknownTopic};
 use crate::publish::{PublishReceipt, Publisher, TopicState};
+use crate::replay::Replayed;
+use crate::retry::{DeadLetter, DEAD_LETTER_TOPIC};
 use crate::shutdown::{self, ShutdownReport};
 use crate::stats::BusStats;
+use crate::subscribe::PatternBuilder;
 use crate::subscribe::SubscribeBuilder;
 use crate::topic::{Registry, TopicConfig};
 use crate::watch::{Health, Watch};
@@ -49,6 +56,7 @@ impl Bus {
         BusBuilder {
             registry: Registry::default(),
             watch: Watch::default(),
+            dead_letters: TopicConfig::default(),
             error: None,
         }
     }
@@ -125,6 +133,163 @@ impl Bus {
             Some(topic) => topic.publish_timeout(event, timeout).await,
             None => Err(unknown(event)),
         }
+    }
+
+    /// Publishes `event` with [`PublishOptions`]: an idempotency key (a
+    /// second publish of a key within the topic's window is not delivered
+    /// again; its receipt says [`duplicate`](PublishReceipt::duplicate)),
+    /// a timeout.
+    ///
+    /// # Errors
+    /// As [`publish`](Bus::publish), and [`PublishError::Timeout`] with a
+    /// timeout.
+    pub async fn publish_with<E: Event>(
+        &self,
+        event: E,
+        options: PublishOptions,
+    ) -> Result<PublishReceipt, PublishError<E>> {
+        match self.topic::<E>() {
+            Some(topic) => topic.publish_with(event, options).await,
+            None => Err(unknown(event)),
+        }
+    }
+
+    /// Publishes `event` with an idempotency key without ever waiting (the
+    /// options' timeout does not apply).
+    ///
+    /// # Errors
+    /// As [`try_publish`](Bus::try_publish).
+    pub fn try_publish_with<E: Event>(
+        &self,
+        event: E,
+        options: PublishOptions,
+    ) -> Result<PublishReceipt, PublishError<E>> {
+        match self.topic::<E>() {
+            Some(topic) => topic.try_publish_keyed(event, options.key.as_ref()),
+            None => Err(unknown(event)),
+        }
+    }
+
+    /// Publishes a type-erased event (from
+    /// [`deserialize_event`](Bus::deserialize_event), say) to its topic.
+    ///
+    /// # Errors
+    /// As [`publish_with`](Bus::publish_with); the event comes back as a
+    /// [`DynEvent`].
+    pub async fn publish_dyn(
+        &self,
+        event: DynEvent,
+        options: PublishOptions,
+    ) -> Result<PublishReceipt, PublishError<DynEvent>> {
+        match self.shared.registry.by_name(event.topic()) {
+            Some(entry) => entry.erased.publish_dyn(event, options).await,
+            None => Err(PublishError::UnknownTopic {
+                topic: event.topic(),
+                event,
+            }),
+        }
+    }
+
+    /// Makes an event of the topic named `topic` from any serde format,
+    /// through the allow-list: only a registered topic whose type is marked
+    /// `#[event(serde)]` decodes.
+    ///
+    /// ```
+    /// # use tidings::{Bus, Event};
+    /// #[derive(Debug, Event, serde::Serialize, serde::Deserialize)]
+    /// #[event(topic = "orders.created", serde)]
+    /// struct OrderCreated { id: u64 }
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let bus = Bus::builder().topic::<OrderCreated>().build()?;
+    /// let mut json = serde_json::Deserializer::from_str(r#"{"id": 7}"#);
+    /// let event = bus.deserialize_event("orders.created", &mut json)?;
+    /// assert_eq!(event.downcast::<OrderCreated>().map(|o| o.id).ok(), Some(7));
+    /// assert!(bus.deserialize_event("orders.shipped", &mut serde_json::Deserializer::from_str("{}")).is_err());
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`DecodeError`] naming the topic: not registered, not serializable,
+    /// or a payload that does not fit its type.
+    #[cfg(feature = "serde")]
+    pub fn deserialize_event<'de, D: serde::Deserializer<'de>>(
+        &self,
+        topic: &str,
+        deserializer: D,
+    ) -> Result<DynEvent, DecodeError> {
+        let entry =
+            self.shared
+                .registry
+                .by_name(topic)
+                .ok_or_else(|| DecodeError::UnknownTopic {
+                    topic: topic.to_owned(),
+                })?;
+        let codec = entry.erased.codec().ok_or(DecodeError::NoCodec {
+            topic: entry.name,
+            type_name: entry.type_name,
+        })?;
+        let mut erased = <dyn erased_serde::Deserializer<'_>>::erase(deserializer);
+        let event = (codec.deserialize)(&mut erased).map_err(|err| DecodeError::Payload {
+            topic: entry.name,
+            type_name: entry.type_name,
+            message: err.to_string(),
+        })?;
+        Ok(DynEvent {
+            topic: entry.name,
+            type_name: entry.type_name,
+            event,
+        })
+    }
+
+    /// Subscribes to the dead letters of every subscription on this bus
+    /// (the topic [`DEAD_LETTER_TOPIC`]); finish with `.stream()`,
+    /// `.handler()` or `.sync()`. Dead letters that reach no subscription
+    /// (and are not retained) are counted per subscription as
+    /// `dead_letters_unheard` and logged once per subscription.
+    pub fn dead_letters(&self) -> SubscribeBuilder<'_, DeadLetter> {
+        self.subscribe::<DeadLetter>()
+    }
+
+    /// Subscribes to every registered topic that `pattern` matches
+    /// (NATS style: `*` one segment, a final `>` the rest; see [`Pattern`](crate::Pattern)),
+    /// receiving type-erased [`AnyEvent`](crate::AnyEvent)s. The pattern is
+    /// checked against the allow-list when subscribing: one that matches
+    /// nothing is an error, never a subscription that silently receives
+    /// nothing.
+    pub fn subscribe_pattern(&self, pattern: impl Into<String>) -> PatternBuilder<'_> {
+        PatternBuilder::new(self, pattern.into())
+    }
+
+    /// The retained events of `E`'s topic with sequence numbers in `seqs`,
+    /// and which of them are no longer retained: how a lossy subscription
+    /// that saw [`Envelope::missed`](crate::Envelope::missed) recovers the
+    /// events it lost, while they are still retained.
+    ///
+    /// ```
+    /// # use tidings::{Bus, Event, Overflow, TopicConfig};
+    /// # #[derive(Debug, Event)] #[event(topic = "ticks")] struct Tick(u64);
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let bus = Bus::builder().topic_with::<Tick>(TopicConfig::default().retain(3)).build()?;
+    /// let mut ui = bus.subscribe::<Tick>().capacity(1).overflow(Overflow::DropOldest).stream()?;
+    /// for i in 1..=5 { bus.publish(Tick(i)).await?; }
+    /// let e = ui.recv().await.expect("open");
+    /// assert_eq!((e.seq(), e.missed()), (5, 4)); // lost seq 1..5
+    /// let back = bus.replay::<Tick>(e.seq() - e.missed()..e.seq())?;
+    /// assert_eq!(back.events.iter().map(|e| e.0).collect::<Vec<_>>(), [3, 4]);
+    /// assert_eq!(back.unrecoverable, 1..3); // told exactly what is gone
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`UnknownTopic`] if `E`'s topic is not registered.
+    pub fn replay<E: Event>(
+        &self,
+        seqs: impl std::ops::RangeBounds<u64>,
+    ) -> Result<Replayed<E>, UnknownTopic> {
+        self.topic::<E>()
+            .map(|topic| topic.replay(seqs))
+            .ok_or(UnknownTopic { topic: E::TOPIC })
     }
 
     /// Whether `E`'s topic is on this bus's allow-list.
@@ -211,14 +376,18 @@ impl Bus {
     /// # Panics
     /// Outside a tokio runtime with the time driver enabled.
     pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
-        let queues: Vec<_> = self
+        // Dead letters last: handlers draining their queues may still give
+        // events up, and those dead letters must find their topic open.
+        let (letters, topics): (Vec<_>, Vec<_>) = self
             .shared
             .registry
             .entries()
-            .flat_map(|e| e.erased.close())
-            .collect();
-        let (elapsed, deadline_hit) = shutdown::drain(&queues, deadline).await;
-        ShutdownReport::new(elapsed, deadline_hit, self.stats())
+            .partition(|e| e.name == DEAD_LETTER_TOPIC);
+        let queues: Vec<_> = topics.iter().flat_map(|e| e.erased.close()).collect();
+        let (first, first_hit) = shutdown::drain(&queues, deadline).await;
+        let queues: Vec<_> = letters.iter().flat_map(|e| e.erased.close()).collect();
+        let (second, second_hit) = shutdown::drain(&queues, deadline.saturating_sub(first)).await;
+        ShutdownReport::new(first + second, first_hit || second_hit, self.stats())
     }
 }
 
@@ -252,7 +421,7 @@ impl fmt::Debug for Bus {
 ///     .topic::<OrderCreated>()
 ///     .topic_with::<AuditLine>(TopicConfig::default().capacity(4096))
 ///     .build()?;
-/// assert_eq!(bus.topics(), ["audit.line", "orders.created"]);
+/// assert_eq!(bus.topics(), ["audit.line", "orders.created", "tidings.dead_letters"]);
 ///
 /// let err = Bus::builder().topic::<OrderCreated>().topic::<Impostor>().build().unwrap_err();
 /// assert!(err.to_string().contains("claimed by two types"));
@@ -262,6 +431,7 @@ impl fmt::Debug for Bus {
 pub struct BusBuilder {
     registry: Registry,
     watch: Watch,
+    dead_letters: TopicConfig,
     error: Option<BuildError>,
 }
 
@@ -281,6 +451,24 @@ impl BusBuilder {
         self
     }
 
+    /// Configures the dead-letter topic ([`DEAD_LETTER_TOPIC`]), which every
+    /// bus registers: its subscriptions' default capacity and overflow
+    /// policy, and how many dead letters it retains for late readers.
+    ///
+    /// ```
+    /// # use tidings::{Bus, StartAt, TopicConfig};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let bus = Bus::builder()
+    ///     .dead_letters(TopicConfig::default().retain(100))
+    ///     .build()?;
+    /// let _all = bus.dead_letters().from(StartAt::Earliest).stream()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn dead_letters(mut self, config: TopicConfig) -> Self {
+        self.dead_letters = config;
+        self
+    }
+
     /// Sets what the blocked-runtime watch looks for (see [`Watch`]; on by
     /// default).
     pub fn watch(mut self, watch: Watch) -> Self {
@@ -294,10 +482,12 @@ impl BusBuilder {
     /// The first problem met while registering: [`BuildError::TopicConflict`]
     /// (two types, one topic), [`BuildError::ConfigConflict`],
     /// [`BuildError::InvalidTopic`], [`BuildError::ZeroCapacity`].
-    pub fn build(self) -> Result<Bus, BuildError> {
+    pub fn build(mut self) -> Result<Bus, BuildError> {
         if let Some(err) = self.error {
             return Err(err);
         }
+        self.registry
+            .register::<DeadLetter>(self.dead_letters.clone())?;
         // The slot belongs to this builder's registry and is set only here.
         let _ = self.registry.watch.set(Arc::new(self.watch));
         Ok(Bus {

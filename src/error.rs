@@ -171,6 +171,51 @@ impl<E> PublishError<E> {
         }
     }
 
+    /// The same error with the event passed through `f` (to hand back a
+    /// type-erased event, say).
+    pub fn map_event<F>(self, f: impl FnOnce(E) -> F) -> PublishError<F> {
+        match self {
+            PublishError::UnknownTopic { topic, event } => PublishError::UnknownTopic {
+                topic,
+                event: f(event),
+            },
+            PublishError::Closed { topic, event } => PublishError::Closed {
+                topic,
+                event: f(event),
+            },
+            PublishError::Full {
+                topic,
+                subscription,
+                id,
+                capacity,
+                policy,
+                event,
+            } => PublishError::Full {
+                topic,
+                subscription,
+                id,
+                capacity,
+                policy,
+                event: f(event),
+            },
+            PublishError::Timeout {
+                topic,
+                subscription,
+                id,
+                capacity,
+                waited,
+                event,
+            } => PublishError::Timeout {
+                topic,
+                subscription,
+                id,
+                capacity,
+                waited,
+                event: f(event),
+            },
+        }
+    }
+
     /// A reference to the event that was not published.
     pub fn event(&self) -> &E {
         match self {
@@ -252,6 +297,61 @@ pub enum SubscribeError {
         /// The topic.
         topic: &'static str,
     },
+    /// A wildcard pattern matches no topic on the allow-list: the
+    /// subscription would never receive anything.
+    #[error(
+        "pattern `{pattern}` matches no topic registered on this bus (registered: {registered})"
+    )]
+    NoMatch {
+        /// The pattern.
+        pattern: String,
+        /// The registered topics, comma-separated.
+        registered: String,
+    },
+    /// A wildcard pattern is not well formed.
+    #[error(transparent)]
+    Pattern(#[from] PatternError),
+    /// The subscription asked to start before the live end
+    /// ([`StartAt`](crate::StartAt)) on a topic that retains nothing.
+    #[error("topic `{topic}` retains no events, so a subscription cannot start at {start}; configure TopicConfig::retain")]
+    NotRetained {
+        /// The topic.
+        topic: &'static str,
+        /// Where the subscription asked to start.
+        start: crate::StartAt,
+    },
+    /// The subscription asked to start at a sequence number the topic has
+    /// not reached.
+    #[error("subscription to topic `{topic}` asked to start at seq {requested}, but the next event will be seq {next}")]
+    SeqAhead {
+        /// The topic.
+        topic: &'static str,
+        /// The sequence number asked for.
+        requested: u64,
+        /// The sequence number the next event will get.
+        next: u64,
+    },
+    /// A retry policy allows no attempt at all.
+    #[error("subscription to topic `{topic}` has a retry policy of 0 attempts; the handler must run at least once")]
+    ZeroAttempts {
+        /// The topic.
+        topic: &'static str,
+    },
+    /// A circuit breaker that opens after 0 failures would never close.
+    #[error("subscription to topic `{topic}` has a circuit breaker that opens after 0 failures")]
+    ZeroBreakerThreshold {
+        /// The topic.
+        topic: &'static str,
+    },
+    /// Retries, timeouts and circuit breakers apply to handlers; a stream
+    /// subscription has none.
+    #[error("subscription to topic `{topic}` is a stream: {what} needs a handler (.handler() or .sync())")]
+    NotAHandler {
+        /// The topic.
+        topic: &'static str,
+        /// The setting that needs a handler.
+        what: &'static str,
+    },
     /// `capacity(0)`: a queue needs room for at least one event.
     #[error("subscription to topic `{topic}` asked for capacity 0; a queue needs room for at least one event")]
     ZeroCapacity {
@@ -318,4 +418,56 @@ impl fmt::Debug for AlreadySet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("AlreadySet(..)")
     }
+}
+
+/// A malformed topic pattern (see [`Pattern`](crate::Pattern)).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PatternError {
+    /// A segment breaks the topic grammar.
+    #[error("pattern `{pattern}` is invalid: {source}")]
+    Grammar {
+        /// The pattern.
+        pattern: String,
+        /// What is wrong, as for a topic.
+        source: TopicError,
+    },
+    /// `>` stands for the rest of a topic, so it can only be the last segment.
+    #[error("pattern `{pattern}` has `>` before its last segment; `>` matches the rest of a topic and must come last")]
+    TailNotLast {
+        /// The pattern.
+        pattern: String,
+    },
+}
+
+/// Why bytes could not be turned into an event
+/// ([`Bus::deserialize_event`](crate::Bus::deserialize_event)).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The topic is not on this bus's allow-list.
+    #[error("topic `{topic}` is not registered on this bus")]
+    UnknownTopic {
+        /// The topic as received.
+        topic: String,
+    },
+    /// The topic's event type has no codec (it is not marked
+    /// `#[event(serde)]`).
+    #[error("topic `{topic}` (type `{type_name}`) is not deserializable: derive Serialize and Deserialize and add #[event(serde)]")]
+    NoCodec {
+        /// The topic.
+        topic: &'static str,
+        /// Its event type.
+        type_name: &'static str,
+    },
+    /// The payload does not deserialize as the topic's type.
+    #[error("payload for topic `{topic}` does not deserialize as `{type_name}`: {message}")]
+    Payload {
+        /// The topic.
+        topic: &'static str,
+        /// Its event type.
+        type_name: &'static str,
+        /// The format's error message.
+        message: String,
+    },
 }

@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::erased::{AnyEvent, ErasedPublished};
+
 /// A type that can travel on a [`Bus`](crate::Bus): it has exactly one topic.
 ///
 /// Implement it with `#[derive(Event)]`; the derive checks the topic at
@@ -34,6 +36,14 @@ pub trait Event: Send + Sync + 'static {
     /// The topic of this type, e.g. `orders.created`. See [`Topic`](crate::Topic)
     /// for the grammar.
     const TOPIC: &'static str;
+
+    /// How the type is serialized and deserialized by topic name; `None`
+    /// unless the derive says `#[event(serde)]`. Not meant to be written by
+    /// hand.
+    #[doc(hidden)]
+    fn __codec() -> Option<crate::erased::Codec> {
+        None
+    }
 }
 
 /// A process-wide unique identifier of one published event.
@@ -71,6 +81,8 @@ pub(crate) struct Published<E> {
     pub(crate) id: EventId,
     pub(crate) seq: u64,
     pub(crate) at: SystemTime,
+    /// The idempotency key it was published with, if any.
+    pub(crate) key: Option<Arc<str>>,
 }
 
 /// What a subscriber receives: the event (shared, never cloned) and its
@@ -104,6 +116,26 @@ pub(crate) struct Published<E> {
 pub struct Envelope<E> {
     pub(crate) inner: Arc<Published<E>>,
     pub(crate) missed: u64,
+    pub(crate) attempt: u32,
+}
+
+impl<E> Envelope<E> {
+    pub(crate) fn new(inner: Arc<Published<E>>, missed: u64) -> Self {
+        Envelope {
+            inner,
+            missed,
+            attempt: 1,
+        }
+    }
+
+    /// The same envelope for handler attempt `attempt`.
+    pub(crate) fn for_attempt(&self, attempt: u32) -> Self {
+        Envelope {
+            inner: Arc::clone(&self.inner),
+            missed: self.missed,
+            attempt,
+        }
+    }
 }
 
 impl<E: Event> Envelope<E> {
@@ -133,6 +165,28 @@ impl<E: Event> Envelope<E> {
         E::TOPIC
     }
 
+    /// The idempotency key the event was published with
+    /// ([`PublishOptions::idempotency_key`](crate::PublishOptions::idempotency_key)),
+    /// if any.
+    pub fn idempotency_key(&self) -> Option<&str> {
+        self.inner.key.as_deref()
+    }
+
+    /// Which handler attempt this is: 1 for the first run, 2 for the first
+    /// retry under a [`RetryPolicy`](crate::RetryPolicy), and so on. Always 1
+    /// for a stream subscription.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The same event, type-erased (for code that handles many topics).
+    pub fn erase(&self) -> AnyEvent {
+        AnyEvent::new(
+            Arc::clone(&self.inner) as Arc<dyn ErasedPublished>,
+            self.missed,
+        )
+    }
+
     /// How many events this subscription lost (to its overflow policy) since
     /// the envelope it received before this one. Always 0 under
     /// [`Overflow::Block`](crate::Overflow::Block) and
@@ -150,10 +204,7 @@ impl<E: Event> Envelope<E> {
 
 impl<E> Clone for Envelope<E> {
     fn clone(&self) -> Self {
-        Envelope {
-            inner: Arc::clone(&self.inner),
-            missed: self.missed,
-        }
+        self.for_attempt(self.attempt)
     }
 }
 
@@ -170,6 +221,7 @@ impl<E: fmt::Debug> fmt::Debug for Envelope<E> {
             .field("id", &self.inner.id)
             .field("seq", &self.inner.seq)
             .field("missed", &self.missed)
+            .field("attempt", &self.attempt)
             .field("event", &self.inner.event)
             .finish()
     }

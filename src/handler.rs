@@ -1,6 +1,8 @@
 //! Running handlers: async handlers as tokio tasks, sync handlers on threads
 //! owned by the bus. Both catch errors and panics, count them, and go on;
-//! both are timed for the blocked-runtime watch (`watch.rs`).
+//! both are timed for the blocked-runtime watch (`watch.rs`). Both run the
+//! same loop: wait for the circuit breaker, take an event, attempt it,
+//! retry it after the policy's delay or give it up as a dead letter.
 
 use std::any::Any;
 use std::error::Error;
@@ -14,7 +16,10 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 
 use crate::event::Envelope;
-use crate::queue::{Outcome, Queue};
+use crate::publish::{PublishReceipt, TopicState};
+use crate::queue::{Final, Outcome, Queue};
+use crate::retry::{Breaker, DeadLetter, Permit};
+use crate::subscribe::Runner;
 use crate::telemetry;
 use crate::watch::FindingKind;
 use crate::Event;
@@ -86,11 +91,108 @@ impl<F: Future + Unpin, E> Future for TimedPolls<'_, F, E> {
     }
 }
 
+/// What to do after an attempt.
+enum Next {
+    Done(Final),
+    /// Try again after this delay.
+    Retry(Duration),
+}
+
+/// Books an attempt's outcome: breaker, counters, and what comes next.
+/// A dead letter is returned to publish when the attempts are used up.
+fn after_attempt<E: Event>(
+    queue: &Queue<E>,
+    runner: &Runner,
+    env: &Envelope<E>,
+    probe: bool,
+    outcome: Outcome,
+    took: Duration,
+    span: &telemetry::Span,
+) -> (Next, Option<DeadLetter>) {
+    let ok = matches!(outcome, Outcome::Ok);
+    if let Some(breaker) = &runner.reliability.breaker {
+        queue.breaker_changed(breaker.record(probe, ok));
+    }
+    let attempt = env.attempt();
+    let (run, error) = queue.attempted(env.id().get(), outcome, took);
+    telemetry::record_run(span, run, took);
+    let Some(error) = error else {
+        return (Next::Done(Final::Handled), None);
+    };
+    let policy = &runner.reliability.retry;
+    if attempt < policy.attempts() {
+        queue.retrying();
+        let seed =
+            env.id().get() ^ (u64::from(attempt) << 48) ^ queue.info.id.get().rotate_left(24);
+        return (Next::Retry(policy.wait_after(attempt, seed)), None);
+    }
+    let letter = DeadLetter {
+        topic: E::TOPIC,
+        event_id: env.id(),
+        seq: env.seq(),
+        subscription: queue.info.name.to_string(),
+        subscription_id: queue.info.id,
+        attempts: attempt,
+        error,
+        event: env.erase(),
+    };
+    (Next::Done(Final::DeadLettered), Some(letter))
+}
+
+/// Books the result of publishing a dead letter: one nobody received is
+/// counted (and logged once per subscription).
+fn dead_letter_sent<E>(
+    queue: &Queue<E>,
+    topic: Option<&TopicState<DeadLetter>>,
+    event_id: u64,
+    error: &str,
+    receipt: Option<PublishReceipt>,
+) {
+    let retained = topic.is_some_and(|t| t.config.retained() > 0);
+    let heard = receipt.is_some_and(|r| r.enqueued > 0 || retained);
+    if !heard {
+        queue.unheard(event_id, error);
+    }
+}
+
+/// Waits (async) until the breaker lets an attempt run; `true` if it is the
+/// probe.
+async fn breaker_async<E>(queue: &Queue<E>, breaker: &Breaker) -> bool {
+    loop {
+        let (permit, change) = poll_fn(|cx| breaker.poll_permit(cx)).await;
+        queue.breaker_changed(change);
+        match permit {
+            Permit::Go => return false,
+            Permit::Probe => return true,
+            Permit::WaitUntil(until) => tokio::time::sleep_until(until.into()).await,
+            Permit::WaitProbe => {}
+        }
+    }
+}
+
+/// Waits (blocking the thread) until the breaker lets an attempt run;
+/// `true` if it is the probe.
+fn breaker_blocking<E>(queue: &Queue<E>, breaker: &Breaker) -> bool {
+    loop {
+        let (permit, change) = futures::executor::block_on(poll_fn(|cx| breaker.poll_permit(cx)));
+        queue.breaker_changed(change);
+        match permit {
+            Permit::Go => return false,
+            Permit::Probe => return true,
+            Permit::WaitUntil(until) => {
+                std::thread::sleep(until.saturating_duration_since(Instant::now()));
+            }
+            Permit::WaitProbe => {}
+        }
+    }
+}
+
 /// Starts `concurrency` tokio tasks that feed `queue` to `f`.
 pub(crate) fn spawn_async<E, F, Fut>(
     runtime: &tokio::runtime::Handle,
     queue: &Arc<Queue<E>>,
     concurrency: usize,
+    runner: Runner,
     f: F,
 ) where
     E: Event,
@@ -99,39 +201,101 @@ pub(crate) fn spawn_async<E, F, Fut>(
     Fut::Output: HandlerResult,
 {
     let f = Arc::new(f);
+    let runner = Arc::new(runner);
     for consumer in 0..concurrency {
         let worker = Arc::clone(queue);
         let f = Arc::clone(&f);
+        let runner = Arc::clone(&runner);
         let task = runtime.spawn(async move {
             let threshold = worker.watch.slow_poll_threshold();
-            while let Some(env) = poll_fn(|cx| worker.poll_pop(cx, consumer)).await {
-                let (event_id, seq) = (env.id().get(), env.seq());
-                let span = telemetry::handler_span(&worker.info, event_id, seq);
-                // The call to `f` runs inside the first poll, so a handler
-                // that blocks before returning its future is timed and its
-                // panic caught like any other.
-                let run = pin!(AssertUnwindSafe(async { f(env).await }).catch_unwind());
-                let (result, took) = match threshold {
-                    Some(threshold) => {
-                        let timed = TimedPolls {
-                            fut: run,
-                            queue: &worker,
-                            threshold,
-                            first: None,
-                        };
-                        telemetry::instrument(timed, &span).await
-                    }
-                    // No watch: read the clock only if someone wants the
-                    // duration.
-                    None if telemetry::wants_duration(&span) => {
-                        let start = Instant::now();
-                        let result = telemetry::instrument(run, &span).await;
-                        (result, start.elapsed())
-                    }
-                    None => (telemetry::instrument(run, &span).await, Duration::ZERO),
+            let limit = runner.reliability.timeout;
+            let breaker = runner.reliability.breaker.as_deref();
+            loop {
+                let mut probe = match breaker {
+                    Some(b) => breaker_async(&worker, b).await,
+                    None => false,
                 };
-                let run = worker.finish(event_id, outcome(result), took);
-                telemetry::record_run(&span, run, took);
+                let Some(env) = poll_fn(|cx| worker.poll_pop(cx, consumer)).await else {
+                    if probe {
+                        breaker.inspect(|b| b.release_probe());
+                    }
+                    break;
+                };
+                let mut env = env;
+                loop {
+                    let span = telemetry::handler_span(
+                        &worker.info,
+                        env.id().get(),
+                        env.seq(),
+                        env.attempt(),
+                    );
+                    let arg = env.clone();
+                    // The call to `f` runs inside the first poll, so a
+                    // handler that blocks before returning its future is
+                    // timed and its panic caught like any other.
+                    let run = AssertUnwindSafe(async { f(arg).await }).catch_unwind();
+                    let limited = pin!(async {
+                        match limit {
+                            Some(limit) => {
+                                tokio::time::timeout(limit, run).await.map_err(|_| limit)
+                            }
+                            None => Ok(run.await),
+                        }
+                    });
+                    let (result, took) = match threshold {
+                        Some(threshold) => {
+                            let timed = TimedPolls {
+                                fut: limited,
+                                queue: &worker,
+                                threshold,
+                                first: None,
+                            };
+                            telemetry::instrument(timed, &span).await
+                        }
+                        // No watch: read the clock only if someone wants the
+                        // duration.
+                        None if telemetry::wants_duration(&span) => {
+                            let start = Instant::now();
+                            let result = telemetry::instrument(limited, &span).await;
+                            (result, start.elapsed())
+                        }
+                        None => (telemetry::instrument(limited, &span).await, Duration::ZERO),
+                    };
+                    let outcome = match result {
+                        Ok(run) => outcome(run),
+                        Err(limit) => Outcome::TimedOut(limit),
+                    };
+                    let (next, letter) =
+                        after_attempt(&worker, &runner, &env, probe, outcome, took, &span);
+                    if let Some(letter) = letter {
+                        let (event_id, error) = (letter.event_id.get(), letter.error.clone());
+                        let sent = match &runner.dead_letters {
+                            Some(topic) => topic.publish(letter).await.ok(),
+                            None => None,
+                        };
+                        dead_letter_sent(
+                            &worker,
+                            runner.dead_letters.as_deref(),
+                            event_id,
+                            &error,
+                            sent,
+                        );
+                    }
+                    match next {
+                        Next::Done(how) => {
+                            worker.done(how);
+                            break;
+                        }
+                        Next::Retry(delay) => {
+                            tokio::time::sleep(delay).await;
+                            probe = match breaker {
+                                Some(b) => breaker_async(&worker, b).await,
+                                None => false,
+                            };
+                            env = env.for_attempt(env.attempt() + 1);
+                        }
+                    }
+                }
             }
         });
         queue.add_abort_handle(task.abort_handle());
@@ -143,6 +307,7 @@ pub(crate) fn spawn_async<E, F, Fut>(
 pub(crate) fn spawn_sync<E, F, R>(
     queue: &Arc<Queue<E>>,
     concurrency: usize,
+    runner: Runner,
     f: F,
 ) -> std::io::Result<()>
 where
@@ -151,28 +316,81 @@ where
     R: HandlerResult,
 {
     let f = Arc::new(f);
+    let runner = Arc::new(runner);
     for consumer in 0..concurrency {
         let queue = Arc::clone(queue);
         let f = Arc::clone(&f);
+        let runner = Arc::clone(&runner);
         std::thread::Builder::new()
             .name(format!("tidings:{}", queue.info.name).replace('\0', " "))
             .spawn(move || {
                 let budget = queue.watch.sync_budget_threshold();
-                while let Some(env) =
-                    futures::executor::block_on(poll_fn(|cx| queue.poll_pop(cx, consumer)))
-                {
-                    let (event_id, seq) = (env.id().get(), env.seq());
-                    let span = telemetry::handler_span(&queue.info, event_id, seq);
-                    let start =
-                        (budget.is_some() || telemetry::wants_duration(&span)).then(Instant::now);
-                    let result =
-                        telemetry::in_span(&span, || catch_unwind(AssertUnwindSafe(|| f(env))));
-                    let took = start.map_or(Duration::ZERO, |start| start.elapsed());
-                    if budget.is_some_and(|budget| took > budget) {
-                        queue.finding(FindingKind::SyncOverBudget, took);
+                let limit = runner.reliability.timeout;
+                let breaker = runner.reliability.breaker.as_deref();
+                loop {
+                    let mut probe = breaker.is_some_and(|b| breaker_blocking(&queue, b));
+                    let Some(mut env) =
+                        futures::executor::block_on(poll_fn(|cx| queue.poll_pop(cx, consumer)))
+                    else {
+                        if probe {
+                            breaker.inspect(|b| b.release_probe());
+                        }
+                        break;
+                    };
+                    loop {
+                        let span = telemetry::handler_span(
+                            &queue.info,
+                            env.id().get(),
+                            env.seq(),
+                            env.attempt(),
+                        );
+                        let timed =
+                            budget.is_some() || limit.is_some() || telemetry::wants_duration(&span);
+                        let start = timed.then(Instant::now);
+                        let arg = env.clone();
+                        let result =
+                            telemetry::in_span(&span, || catch_unwind(AssertUnwindSafe(|| f(arg))));
+                        let took = start.map_or(Duration::ZERO, |start| start.elapsed());
+                        if budget.is_some_and(|budget| took > budget) {
+                            queue.finding(FindingKind::SyncOverBudget, took);
+                        }
+                        if limit.is_some_and(|limit| took > limit) {
+                            queue.overran(env.id().get(), took);
+                        }
+                        let (next, letter) = after_attempt(
+                            &queue,
+                            &runner,
+                            &env,
+                            probe,
+                            outcome(result),
+                            took,
+                            &span,
+                        );
+                        if let Some(letter) = letter {
+                            let (event_id, error) = (letter.event_id.get(), letter.error.clone());
+                            let sent = runner.dead_letters.as_deref().and_then(|topic| {
+                                futures::executor::block_on(topic.publish(letter)).ok()
+                            });
+                            dead_letter_sent(
+                                &queue,
+                                runner.dead_letters.as_deref(),
+                                event_id,
+                                &error,
+                                sent,
+                            );
+                        }
+                        match next {
+                            Next::Done(how) => {
+                                queue.done(how);
+                                break;
+                            }
+                            Next::Retry(delay) => {
+                                std::thread::sleep(delay);
+                                probe = breaker.is_some_and(|b| breaker_blocking(&queue, b));
+                                env = env.for_attempt(env.attempt() + 1);
+                            }
+                        }
                     }
-                    let run = queue.finish(event_id, outcome(result), took);
-                    telemetry::record_run(&span, run, took);
                 }
             })?;
     }

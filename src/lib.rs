@@ -126,11 +126,15 @@
 extern crate self as tidings;
 
 mod bus;
+mod dedup;
+mod erased;
 pub mod error;
 mod event;
 mod handler;
 mod publish;
 mod queue;
+mod replay;
+mod retry;
 mod shutdown;
 mod stats;
 mod subscribe;
@@ -141,14 +145,19 @@ pub mod tune;
 mod watch;
 
 pub use bus::{global, set_global, try_global, Bus, BusBuilder};
+pub use dedup::{DedupWindow, Duplicate, PublishOptions};
+pub use erased::{AnyEvent, Codec, DynEvent, Pattern};
 pub use event::{Envelope, Event, EventId, SharedEvent};
 pub use handler::HandlerResult;
 pub use publish::{PublishReceipt, Publisher};
 pub use queue::Overflow;
+pub use replay::{Replayed, Start, StartAt};
+pub use retry::{BreakerState, CircuitBreaker, DeadLetter, RetryPolicy, DEAD_LETTER_TOPIC};
 pub use shutdown::ShutdownReport;
 pub use stats::{BusStats, SubscriptionStats, TopicStats};
 pub use subscribe::{
-    SubscribeBuilder, SubscriberKind, Subscription, SubscriptionHandle, SubscriptionId,
+    PatternBuilder, PatternSubscription, SubscribeBuilder, SubscriberKind, Subscription,
+    SubscriptionHandle, SubscriptionId,
 };
 pub use topic::{Topic, TopicConfig};
 pub use watch::{Finding, FindingKind, Health, Watch};

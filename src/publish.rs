@@ -8,9 +8,11 @@
 //! before the enqueue. A publisher that has to wait leaves nothing behind:
 //! dropping its future enqueues nothing.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::poll_fn;
 use std::future::Future;
+use std::ops::RangeBounds;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -18,10 +20,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 
-use crate::error::PublishError;
+use crate::dedup::{Dedup, Duplicate, PublishOptions};
+use crate::erased::{Codec, DynEvent};
+use crate::error::{PublishError, SubscribeError};
 use crate::event::{EventId, Published};
-use crate::queue::{ErasedQueue, Overflow, Push, Queue, Ring, RingView};
+use crate::queue::{ErasedQueue, Overflow, Push, Queue, QueueSetup, Ring, RingView};
+use crate::replay::{self, Replayed, StartAt};
+use crate::retry::Breaker;
 use crate::stats::{SubscriptionStats, TopicStats};
+use crate::subscribe::{AnyOptions, AnyStream};
 use crate::telemetry::{self, TopicMetrics};
 use crate::topic::{ErasedTopic, TopicConfig};
 use crate::watch::{self, Finding, FindingKind, WatchSlot};
@@ -59,6 +66,17 @@ pub struct PublishReceipt {
     /// Subscriptions that discarded this event because they were full
     /// ([`Overflow::DropNewest`]).
     pub dropped_newest: usize,
+    /// Set when the publish carried an idempotency key the topic had already
+    /// accepted within its [`DedupWindow`](crate::DedupWindow): the event was
+    /// not delivered again, and `id` and `seq` are the original's.
+    pub duplicate: Option<Duplicate>,
+}
+
+impl PublishReceipt {
+    /// Whether the publish was a duplicate and delivered nothing.
+    pub fn is_duplicate(&self) -> bool {
+        self.duplicate.is_some()
+    }
 }
 
 /// A subscription with no room, as found by a publish.
@@ -130,6 +148,10 @@ impl<E> SubEntry<E> {
 
 pub(crate) struct TopicInner<E> {
     pub(crate) subs: Vec<SubEntry<E>>,
+    /// The last accepted events, when the topic retains any.
+    retained: VecDeque<Arc<Published<E>>>,
+    /// Idempotency keys seen within the topic's window.
+    dedup: Dedup,
     /// The ring read by lossless subscriptions, while there are any.
     ring: Option<Arc<Ring<E>>>,
     ring_subs: usize,
@@ -157,11 +179,13 @@ pub(crate) struct TopicState<E> {
 impl<E: Event> TopicState<E> {
     pub(crate) fn new(config: TopicConfig, watch: WatchSlot) -> Self {
         TopicState {
-            config,
+            config: config.clone(),
             watch,
             metrics: TopicMetrics::new(E::TOPIC),
             inner: Mutex::new(TopicInner {
                 subs: Vec::new(),
+                retained: VecDeque::new(),
+                dedup: Dedup::new(config.dedup_window()),
                 ring: None,
                 ring_subs: 0,
                 closed: false,
@@ -180,6 +204,7 @@ impl<E: Event> TopicState<E> {
         &self,
         mut cx: Option<&mut Context<'_>>,
         event: E,
+        key: Option<&Arc<str>>,
     ) -> Result<PublishReceipt, NotNow<E>> {
         let mut guard = self.inner.lock();
         let inner = &mut *guard;
@@ -188,6 +213,20 @@ impl<E: Event> TopicState<E> {
                 topic: E::TOPIC,
                 event,
             }));
+        }
+        // Keyed publishes read the clock once, for the window.
+        let now = key.map(|_| Instant::now());
+        if let (Some(key), Some(now)) = (key, now) {
+            if let Some(original) = inner.dedup.check(key, now) {
+                return Ok(PublishReceipt {
+                    id: original.original,
+                    seq: original.original_seq,
+                    enqueued: 0,
+                    evicted_oldest: 0,
+                    dropped_newest: 0,
+                    duplicate: Some(original),
+                });
+            }
         }
         let tail = inner.next_seq;
         let mut blocked = None;
@@ -231,13 +270,29 @@ impl<E: Event> TopicState<E> {
             id,
             seq,
             at: SystemTime::now(),
+            key: key.cloned(),
         });
+        if let (Some(key), Some(now)) = (key, now) {
+            let original = Duplicate {
+                original: id,
+                original_seq: seq,
+            };
+            inner.dedup.record(Arc::clone(key), original, now);
+        }
+        let retain = self.config.retained();
+        if retain > 0 {
+            if inner.retained.len() == retain {
+                inner.retained.pop_front();
+            }
+            inner.retained.push_back(Arc::clone(&published));
+        }
         let mut receipt = PublishReceipt {
             id,
             seq,
             enqueued: 0,
             evicted_oldest: 0,
             dropped_newest: 0,
+            duplicate: None,
         };
         if inner.ring_subs > 0 {
             if let Some(ring) = &inner.ring {
@@ -264,9 +319,17 @@ impl<E: Event> TopicState<E> {
     }
 
     pub(crate) fn try_publish(&self, event: E) -> Result<PublishReceipt, PublishError<E>> {
+        self.try_publish_keyed(event, None)
+    }
+
+    pub(crate) fn try_publish_keyed(
+        &self,
+        event: E,
+        key: Option<&Arc<str>>,
+    ) -> Result<PublishReceipt, PublishError<E>> {
         let span = telemetry::publish_span(E::TOPIC);
         let result =
-            telemetry::in_span(&span, || self.try_enqueue(None, event)).map_err(|not_now| {
+            telemetry::in_span(&span, || self.try_enqueue(None, event, key)).map_err(|not_now| {
                 match not_now {
                     NotNow::Refused(err) => err,
                     NotNow::Wait(event, full) => full.refuse(event),
@@ -279,7 +342,7 @@ impl<E: Event> TopicState<E> {
     }
 
     pub(crate) async fn publish(&self, event: E) -> Result<PublishReceipt, PublishError<E>> {
-        self.publish_until(event, None).await
+        self.publish_until(event, None, None).await
     }
 
     pub(crate) async fn publish_timeout(
@@ -287,7 +350,16 @@ impl<E: Event> TopicState<E> {
         event: E,
         timeout: Duration,
     ) -> Result<PublishReceipt, PublishError<E>> {
-        self.publish_until(event, Some(timeout)).await
+        self.publish_until(event, Some(timeout), None).await
+    }
+
+    pub(crate) async fn publish_with(
+        &self,
+        event: E,
+        options: PublishOptions,
+    ) -> Result<PublishReceipt, PublishError<E>> {
+        self.publish_until(event, options.timeout, options.key.as_ref())
+            .await
     }
 
     /// Publishes, waiting for room under `Block` at most `timeout` (forever
@@ -297,6 +369,7 @@ impl<E: Event> TopicState<E> {
         &self,
         event: E,
         timeout: Option<Duration>,
+        key: Option<&Arc<str>>,
     ) -> Result<PublishReceipt, PublishError<E>> {
         // The timer starts at the first wait, so a publish that never waits
         // needs no timer (nor a runtime to drive one), and no clock reading.
@@ -309,7 +382,7 @@ impl<E: Event> TopicState<E> {
                 let event = pending
                     .take()
                     .expect("publish future polled after it completed");
-                match self.try_enqueue(Some(cx), event) {
+                match self.try_enqueue(Some(cx), event, key) {
                     Ok(receipt) => Poll::Ready(Ok(receipt)),
                     Err(NotNow::Refused(err)) => Poll::Ready(Err(err)),
                     Err(NotNow::Wait(event, full)) => {
@@ -363,12 +436,18 @@ impl<E: Event> TopicState<E> {
         &self,
         info: crate::queue::SubInfo,
         consumers: usize,
-    ) -> Option<Arc<Queue<E>>> {
+        breaker: Option<Arc<Breaker>>,
+        at: StartAt,
+    ) -> Result<Arc<Queue<E>>, SubscribeError> {
         let mut guard = self.inner.lock();
         let inner = &mut *guard;
         if inner.closed {
-            return None;
+            return Err(SubscribeError::Closed { topic: E::TOPIC });
         }
+        // Under the lock every publish takes: the retained events copied
+        // here and the live ones from `next_seq` on meet without a gap.
+        let (replay, start) =
+            replay::plan(at, &inner.retained, self.config.retained(), inner.next_seq)?;
         let lossless = matches!(info.policy, Overflow::Block | Overflow::Fail);
         let ring = if lossless && info.capacity <= crate::queue::MAX_RING {
             match &inner.ring {
@@ -390,10 +469,16 @@ impl<E: Event> TopicState<E> {
         if room.is_some() {
             inner.ring_subs += 1;
         }
+        let setup = QueueSetup {
+            consumers,
+            breaker,
+            replay,
+            start,
+        };
         let queue = Arc::new(Queue::new(
             info,
             watch::current(&self.watch),
-            consumers,
+            setup,
             ring.map(|ring| (ring, inner.next_seq)),
         ));
         inner.subs.push(SubEntry {
@@ -401,7 +486,13 @@ impl<E: Event> TopicState<E> {
             ring: room,
         });
         self.metrics.subscriptions(inner.subs.len());
-        Some(queue)
+        Ok(queue)
+    }
+
+    /// Retained events with sequence numbers in `range`.
+    pub(crate) fn replay(&self, range: impl RangeBounds<u64>) -> Replayed<E> {
+        let inner = self.inner.lock();
+        replay::fetch(&inner.retained, inner.next_seq, range)
     }
 
     /// Removes a subscription; with `discard`, what it still holds is dropped
@@ -480,6 +571,39 @@ impl<E: Event> ErasedTopic for TopicState<E> {
         }
     }
 
+    fn codec(&self) -> Option<Codec> {
+        E::__codec()
+    }
+
+    fn subscribe_any(
+        &self,
+        bus: &crate::Bus,
+        options: &AnyOptions,
+    ) -> Result<AnyStream, SubscribeError> {
+        use futures::StreamExt;
+        let sub = options.apply(bus.subscribe::<E>())?;
+        Ok(Box::pin(sub.map(|e| e.erase())))
+    }
+
+    fn publish_dyn(
+        &self,
+        event: DynEvent,
+        options: PublishOptions,
+    ) -> futures::future::BoxFuture<'_, Result<PublishReceipt, PublishError<DynEvent>>> {
+        Box::pin(async move {
+            match event.downcast::<E>() {
+                Ok(event) => self
+                    .publish_with(event, options)
+                    .await
+                    .map_err(|err| err.map_event(DynEvent::new)),
+                Err(event) => Err(PublishError::UnknownTopic {
+                    topic: event.topic,
+                    event,
+                }),
+            }
+        })
+    }
+
     fn close(&self) -> Vec<Arc<dyn ErasedQueue>> {
         let mut inner = self.inner.lock();
         inner.closed = true;
@@ -554,6 +678,33 @@ impl<E: Event> Publisher<E> {
         timeout: Duration,
     ) -> Result<PublishReceipt, PublishError<E>> {
         self.topic.publish_timeout(event, timeout).await
+    }
+
+    /// Publishes `event` with [`PublishOptions`]: an idempotency key, a
+    /// timeout.
+    ///
+    /// # Errors
+    /// As [`publish`](Publisher::publish), and [`PublishError::Timeout`] with
+    /// a timeout.
+    pub async fn publish_with(
+        &self,
+        event: E,
+        options: PublishOptions,
+    ) -> Result<PublishReceipt, PublishError<E>> {
+        self.topic.publish_with(event, options).await
+    }
+
+    /// Publishes `event` with an idempotency key, without ever waiting (the
+    /// options' timeout does not apply).
+    ///
+    /// # Errors
+    /// As [`try_publish`](Publisher::try_publish).
+    pub fn try_publish_with(
+        &self,
+        event: E,
+        options: PublishOptions,
+    ) -> Result<PublishReceipt, PublishError<E>> {
+        self.topic.try_publish_keyed(event, options.key.as_ref())
     }
 
     /// The topic this handle publishes to.

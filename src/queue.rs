@@ -31,6 +31,7 @@ use parking_lot::Mutex;
 
 use crate::error::TryRecvError;
 use crate::event::{Envelope, Published};
+use crate::retry::Breaker;
 use crate::stats::SubscriptionStats;
 use crate::subscribe::{SubscriberKind, SubscriptionId};
 use crate::telemetry::{self, RunOutcome, SubMetrics};
@@ -91,6 +92,26 @@ pub(crate) enum Outcome {
     Ok,
     Failed(String),
     Panicked(String),
+    /// An async handler did not finish within the subscription's timeout
+    /// and was cancelled.
+    TimedOut(std::time::Duration),
+}
+
+/// How an event's handling ended, after all its attempts.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Final {
+    Handled,
+    DeadLettered,
+}
+
+/// How a queue is set up, beyond its fixed facts.
+pub(crate) struct QueueSetup<E> {
+    /// Runners taking from it (stream: 1, handlers: their concurrency).
+    pub(crate) consumers: usize,
+    pub(crate) breaker: Option<Arc<Breaker>>,
+    /// Retained events it asked for, delivered before live ones.
+    pub(crate) replay: VecDeque<Arc<Published<E>>>,
+    pub(crate) start: crate::replay::Start,
 }
 
 /// The fixed facts of a subscription.
@@ -246,9 +267,14 @@ struct Counters {
     discarded: u64,
     cut_off: u64,
     high_water: usize,
+    /// Retained events queued for it when it subscribed (counted in
+    /// `accepted`).
+    replayed: u64,
 }
 
 struct State<E> {
+    /// Retained events it asked for, read before `buf`.
+    replay: VecDeque<Arc<Published<E>>>,
     buf: Buf<E>,
     closed: bool,
     /// Losses after the last queued event, not yet attached to an envelope.
@@ -266,6 +292,9 @@ impl<E> State<E> {
     /// Whether nothing is left to read. Exact for a closed subscription; for
     /// an open ring subscription only the slot itself can tell.
     fn drained(&self) -> bool {
+        if !self.replay.is_empty() {
+            return false;
+        }
         match &self.buf {
             Buf::Own(buf) => buf.is_empty(),
             Buf::Ring { next, end, .. } => next >= end,
@@ -275,12 +304,13 @@ impl<E> State<E> {
     /// The queue depth after a take: exact for an own queue, sampled from
     /// the ring's tail for a ring reader.
     fn depth_hint(&self) -> usize {
-        match &self.buf {
-            Buf::Own(buf) => buf.len(),
-            Buf::Ring {
-                ring, next, end, ..
-            } => ring.depth(*next, *end),
-        }
+        self.replay.len()
+            + match &self.buf {
+                Buf::Own(buf) => buf.len(),
+                Buf::Ring {
+                    ring, next, end, ..
+                } => ring.depth(*next, *end),
+            }
     }
 
     fn is_idle(&self) -> bool {
@@ -291,32 +321,41 @@ impl<E> State<E> {
     /// `pending_missed` so that none of them goes uncounted. A ring
     /// subscription must be closed first (its `end` set).
     fn clear(&mut self) -> u64 {
-        match &mut self.buf {
-            Buf::Own(buf) => {
-                let n = buf.len() as u64;
-                for slot in buf.drain(..) {
-                    self.pending_missed += slot.missed_before;
+        let replay = self.replay.len() as u64;
+        self.replay.clear();
+        replay
+            + match &mut self.buf {
+                Buf::Own(buf) => {
+                    let n = buf.len() as u64;
+                    for slot in buf.drain(..) {
+                        self.pending_missed += slot.missed_before;
+                    }
+                    n
                 }
-                n
+                Buf::Ring {
+                    ring, next, end, ..
+                } => {
+                    if *end == u64::MAX {
+                        return replay; // still open: nothing in the ring is its own to clear
+                    }
+                    let n = end.saturating_sub(*next);
+                    for seq in *next..*end {
+                        ring.release(seq);
+                    }
+                    *next = (*next).max(*end);
+                    n
+                }
             }
-            Buf::Ring {
-                ring, next, end, ..
-            } => {
-                if *end == u64::MAX {
-                    return 0; // still open: nothing is its own to clear
-                }
-                let n = end.saturating_sub(*next);
-                for seq in *next..*end {
-                    ring.release(seq);
-                }
-                *next = (*next).max(*end);
-                n
-            }
-        }
     }
 
     /// Takes the next event, if there is one to take now.
     fn take(&mut self) -> Option<Slot<E>> {
+        if let Some(published) = self.replay.pop_front() {
+            return Some(Slot {
+                published,
+                missed_before: 0,
+            });
+        }
         match &mut self.buf {
             Buf::Own(buf) => buf.pop_front(),
             Buf::Ring {
@@ -391,6 +430,14 @@ pub(crate) struct Queue<E> {
     handled: AtomicU64,
     failures: AtomicU64,
     panics: AtomicU64,
+    timeouts: AtomicU64,
+    retried: AtomicU64,
+    dead_lettered: AtomicU64,
+    dead_letters_unheard: AtomicU64,
+    unheard_warned: std::sync::atomic::AtomicBool,
+    pub(crate) breaker: Option<Arc<Breaker>>,
+    /// Where a subscription that asked for retained events started.
+    pub(crate) start: crate::replay::Start,
     last_error: Mutex<Option<String>>,
     aborts: Mutex<Vec<tokio::task::AbortHandle>>,
 }
@@ -401,9 +448,15 @@ impl<E> Queue<E> {
     pub(crate) fn new(
         info: SubInfo,
         watch: Arc<Watch>,
-        consumers: usize,
+        setup: QueueSetup<E>,
         ring: Option<(Arc<Ring<E>>, u64)>,
     ) -> Self {
+        let QueueSetup {
+            consumers,
+            breaker,
+            replay,
+            start,
+        } = setup;
         let buf = match ring {
             Some((ring, tail)) => Buf::Ring {
                 ring,
@@ -413,13 +466,22 @@ impl<E> Queue<E> {
             },
             None => Buf::Own(VecDeque::with_capacity(info.capacity.min(1024))),
         };
+        let replayed = replay.len() as u64;
+        let own = matches!(buf, Buf::Own(_));
         Queue {
             state: Mutex::new(State {
+                replay,
                 buf,
                 closed: false,
                 pending_missed: 0,
                 in_flight: 0,
-                counters: Counters::default(),
+                counters: Counters {
+                    replayed,
+                    // An own queue counts what it accepts as it goes; a ring
+                    // reader's count is worked out from the ring, plus this.
+                    accepted: if own { replayed } else { 0 },
+                    ..Counters::default()
+                },
                 consumers: vec![None; consumers],
                 publishers: Vec::new(),
                 idle: Vec::new(),
@@ -433,6 +495,13 @@ impl<E> Queue<E> {
             handled: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             panics: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+            dead_letters_unheard: AtomicU64::new(0),
+            unheard_warned: std::sync::atomic::AtomicBool::new(false),
+            breaker,
+            start,
             last_error: Mutex::new(None),
             aborts: Mutex::new(Vec::new()),
         }
@@ -564,10 +633,7 @@ impl<E> Queue<E> {
         if s.is_idle() {
             wakeups.take_all(&mut s.idle);
         }
-        Some(Envelope {
-            inner: slot.published,
-            missed: slot.missed_before,
-        })
+        Some(Envelope::new(slot.published, slot.missed_before))
     }
 
     /// Consumer side: the next event, `None` once closed and drained.
@@ -623,32 +689,80 @@ impl<E> Queue<E> {
         }
     }
 
-    /// Handler side: one handler run for event `event_id` ended after `took`.
-    pub(crate) fn finish(
+    /// Handler side: one attempt at event `event_id` ended after `took`.
+    /// Returns the outcome for the run's span, and the error of a failed
+    /// attempt.
+    pub(crate) fn attempted(
         &self,
         event_id: u64,
         outcome: Outcome,
         took: std::time::Duration,
-    ) -> RunOutcome {
-        let run = match outcome {
-            Outcome::Ok => {
-                self.handled.fetch_add(1, Ordering::Relaxed);
-                RunOutcome::Ok
-            }
+    ) -> (RunOutcome, Option<String>) {
+        let (run, error) = match outcome {
+            Outcome::Ok => (RunOutcome::Ok, None),
             Outcome::Failed(msg) => {
                 self.failures.fetch_add(1, Ordering::Relaxed);
                 telemetry::warn_failure(&self.info, event_id, &msg);
-                *self.last_error.lock() = Some(msg);
-                RunOutcome::Failed
+                (RunOutcome::Failed, Some(msg))
             }
             Outcome::Panicked(msg) => {
                 self.panics.fetch_add(1, Ordering::Relaxed);
                 telemetry::warn_panic(&self.info, event_id, &msg);
-                *self.last_error.lock() = Some(format!("panic: {msg}"));
-                RunOutcome::Panicked
+                (RunOutcome::Panicked, Some(format!("panic: {msg}")))
+            }
+            Outcome::TimedOut(limit) => {
+                self.timeouts.fetch_add(1, Ordering::Relaxed);
+                telemetry::warn_timeout(&self.info, event_id, took, true);
+                (
+                    RunOutcome::TimedOut,
+                    Some(format!("timed out after {limit:?}")),
+                )
             }
         };
+        if let Some(error) = &error {
+            *self.last_error.lock() = Some(error.clone());
+        }
         self.metrics.handled(run, took);
+        (run, error)
+    }
+
+    /// Handler side: a sync handler ran past its timeout (it could not be
+    /// cancelled; its result stands).
+    pub(crate) fn overran(&self, event_id: u64, took: std::time::Duration) {
+        self.timeouts.fetch_add(1, Ordering::Relaxed);
+        telemetry::warn_timeout(&self.info, event_id, took, false);
+    }
+
+    /// Handler side: a failed event will be tried again.
+    pub(crate) fn retrying(&self) {
+        self.retried.fetch_add(1, Ordering::Relaxed);
+        self.metrics.retried();
+    }
+
+    /// Handler side: a dead letter reached no subscription.
+    pub(crate) fn unheard(&self, event_id: u64, error: &str) {
+        self.dead_letters_unheard.fetch_add(1, Ordering::Relaxed);
+        if !self.unheard_warned.swap(true, Ordering::Relaxed) {
+            telemetry::warn_unheard_dead_letter(&self.info, event_id, error);
+        }
+    }
+
+    /// Handler side: the circuit breaker changed state.
+    pub(crate) fn breaker_changed(&self, change: Option<crate::retry::Change>) {
+        if let Some(change) = change {
+            telemetry::breaker_changed(&self.info, change.to, change.consecutive);
+        }
+    }
+
+    /// Handler side: an event's handling is over, after all its attempts.
+    pub(crate) fn done(&self, how: Final) {
+        match how {
+            Final::Handled => self.handled.fetch_add(1, Ordering::Relaxed),
+            Final::DeadLettered => {
+                self.metrics.dead_lettered();
+                self.dead_lettered.fetch_add(1, Ordering::Relaxed)
+            }
+        };
         let mut wakeups = Wakeups::default();
         let mut s = self.state.lock();
         s.in_flight -= 1;
@@ -657,7 +771,6 @@ impl<E> Queue<E> {
         }
         drop(s);
         wakeups.wake();
-        run
     }
 
     /// One poll of an async handler took `took`.
@@ -699,7 +812,7 @@ impl<E> Queue<E> {
         if !s.closed {
             if let (Buf::Ring { start, end, .. }, Some(view)) = (&mut s.buf, view) {
                 *end = view.tail;
-                s.counters.accepted = view.tail - *start;
+                s.counters.accepted = view.tail - *start + s.counters.replayed;
             }
         }
         s.closed = true;
@@ -756,12 +869,24 @@ impl<E> Queue<E> {
             // Open: the publisher side knows how far the topic has gone.
             (Buf::Ring { start, next, .. }, Some(view)) if !s.closed => {
                 let queued = (view.tail - next) as usize;
-                (view.tail - start, queued, c.high_water.max(queued))
+                (
+                    view.tail - start + c.replayed,
+                    queued,
+                    c.high_water.max(queued),
+                )
             }
             // Closed: `close` recorded the final numbers.
             (Buf::Ring { next, end, .. }, _) => {
                 (c.accepted, end.saturating_sub(*next) as usize, c.high_water)
             }
+        };
+        let queue_depth = queue_depth + s.replay.len();
+        let (breaker, breaker_opened) = match &self.breaker {
+            Some(b) => {
+                let (state, opened) = b.snapshot();
+                (Some(state), opened)
+            }
+            None => (None, 0),
         };
         SubscriptionStats {
             id: self.info.id,
@@ -784,6 +909,13 @@ impl<E> Queue<E> {
             handled: self.handled.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
             panics: self.panics.load(Ordering::Relaxed),
+            timeouts: self.timeouts.load(Ordering::Relaxed),
+            retried: self.retried.load(Ordering::Relaxed),
+            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+            dead_letters_unheard: self.dead_letters_unheard.load(Ordering::Relaxed),
+            breaker,
+            breaker_opened,
+            replayed: c.replayed,
             last_error: self.last_error.lock().clone(),
             slow_polls,
             worst_poll: std::time::Duration::from_nanos(self.worst_poll_ns.load(Ordering::Relaxed)),

@@ -115,13 +115,33 @@ pub struct SubscriptionStats {
     pub missed_unreported: u64,
     /// Handler runs in progress.
     pub in_flight: usize,
-    /// Handler runs that succeeded.
+    /// Events its handler handled successfully (on any attempt).
     pub handled: u64,
-    /// Handler runs that returned an error.
+    /// Handler attempts that returned an error.
     pub failures: u64,
-    /// Handler runs that panicked.
+    /// Handler attempts that panicked.
     pub panics: u64,
-    /// The message of the last error or panic.
+    /// Handler attempts that overran the subscription's
+    /// [timeout](crate::SubscribeBuilder::timeout): cancelled (async) or
+    /// reported (sync).
+    pub timeouts: u64,
+    /// Attempts beyond the first: re-runs under its [`RetryPolicy`](crate::RetryPolicy).
+    pub retried: u64,
+    /// Events given up after their last failed attempt, published as
+    /// [`DeadLetter`](crate::DeadLetter)s. For a handler subscription,
+    /// `delivered == handled + dead_lettered + in_flight`.
+    pub dead_lettered: u64,
+    /// Of those, dead letters that reached no subscription (and were not
+    /// retained).
+    pub dead_letters_unheard: u64,
+    /// Its circuit breaker's state, if it has one.
+    pub breaker: Option<crate::BreakerState>,
+    /// How often its circuit breaker has opened.
+    pub breaker_opened: u64,
+    /// Retained events it was given when it subscribed
+    /// ([`StartAt`](crate::StartAt)); included in `accepted`.
+    pub replayed: u64,
+    /// The message of the last failed attempt.
     pub last_error: Option<String>,
     /// Polls of an async handler longer than [`Watch::slow_poll`](crate::Watch::slow_poll).
     pub slow_polls: u64,

@@ -8,14 +8,21 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
+use futures::stream::SelectAll;
 use futures::Stream;
 
+use crate::erased::{AnyEvent, Pattern};
 use crate::error::{SubscribeError, TryRecvError};
 use crate::event::Envelope;
 use crate::handler::{self, HandlerResult};
 use crate::publish::TopicState;
 use crate::queue::{ErasedQueue, Overflow, Queue, SubInfo};
+use crate::replay::{Start, StartAt};
+use crate::retry::{
+    Breaker, CircuitBreaker, DeadLetter, Reliability, RetryPolicy, DEAD_LETTER_TOPIC,
+};
 use crate::stats::SubscriptionStats;
 use crate::{Bus, Event};
 
@@ -94,6 +101,10 @@ pub struct SubscribeBuilder<'a, E> {
     capacity: Option<usize>,
     overflow: Option<Overflow>,
     concurrency: usize,
+    start: StartAt,
+    retry: RetryPolicy,
+    timeout: Option<Duration>,
+    breaker: Option<CircuitBreaker>,
     _event: std::marker::PhantomData<fn() -> E>,
 }
 
@@ -105,6 +116,10 @@ impl<'a, E: Event> SubscribeBuilder<'a, E> {
             capacity: None,
             overflow: None,
             concurrency: 1,
+            start: StartAt::Latest,
+            retry: RetryPolicy::none(),
+            timeout: None,
+            breaker: None,
             _event: std::marker::PhantomData,
         }
     }
@@ -142,14 +157,93 @@ impl<'a, E: Event> SubscribeBuilder<'a, E> {
         self
     }
 
+    /// Where to start reading the topic (default [`StartAt::Latest`]: live
+    /// events only). Starting earlier needs a topic that retains events
+    /// ([`TopicConfig::retain`](crate::TopicConfig::retain)); the retained
+    /// events come first, then live ones, with no gap and no duplicate at the
+    /// hand-over. What was asked for but is no longer retained is reported
+    /// in [`Subscription::start`].
+    ///
+    /// ```
+    /// # use tidings::{Bus, Event, StartAt, TopicConfig};
+    /// # #[derive(Debug, Event)] #[event(topic = "prices.eurusd")] struct Price(u64);
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let bus = Bus::builder()
+    ///     .topic_with::<Price>(TopicConfig::default().retain(1)) // a last-value topic
+    ///     .build()?;
+    /// bus.publish(Price(108)).await?;
+    /// bus.publish(Price(109)).await?;
+    /// let mut late = bus.subscribe::<Price>().from(StartAt::Last(1)).stream()?;
+    /// assert_eq!(late.recv().await.map(|p| p.0), Some(109)); // the current value
+    /// # Ok(()) }
+    /// ```
+    pub fn from(mut self, start: StartAt) -> Self {
+        self.start = start;
+        self
+    }
+
+    /// Tries a failed handler run again under `policy` (default
+    /// [`RetryPolicy::none`]). An error, a panic or a
+    /// [timeout](SubscribeBuilder::timeout) is a failed attempt; when the
+    /// attempts are used up the event becomes a [`DeadLetter`](crate::DeadLetter).
+    /// The runner keeps the event while it waits to retry: with concurrency 1
+    /// the next event waits (order holds); other subscriptions never do.
+    /// Handlers only: a stream is refused with
+    /// [`SubscribeError::NotAHandler`].
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Limits each handler attempt to `limit`. An async handler still running
+    /// then is cancelled (dropped at its next `.await`) and the attempt
+    /// counts as failed (retried or dead-lettered). A sync handler cannot be
+    /// cancelled: an overrun is counted in `timeouts` and logged, and its
+    /// result stands. Handlers only.
+    pub fn timeout(mut self, limit: Duration) -> Self {
+        self.timeout = Some(limit);
+        self
+    }
+
+    /// Stops calling the handler while its dependency looks down: see
+    /// [`CircuitBreaker`]. Handlers only.
+    pub fn circuit_breaker(mut self, breaker: CircuitBreaker) -> Self {
+        self.breaker = Some(breaker);
+        self
+    }
+
     /// Subscribes as a [`Subscription`]: a `Stream` the application reads.
     ///
     /// # Errors
     /// [`SubscribeError::UnknownTopic`], [`SubscribeError::ZeroCapacity`],
-    /// [`SubscribeError::Closed`].
+    /// [`SubscribeError::Closed`], and for [`from`](SubscribeBuilder::from)
+    /// [`SubscribeError::NotRetained`] and [`SubscribeError::SeqAhead`].
     #[track_caller]
     pub fn stream(self) -> Result<Subscription<E>, SubscribeError> {
-        let attachment = self.attach(SubscriberKind::Stream, 1, Location::caller())?;
+        self.stream_at(Location::caller())
+    }
+
+    pub(crate) fn stream_at(
+        self,
+        caller: &'static Location<'static>,
+    ) -> Result<Subscription<E>, SubscribeError> {
+        let what = if self.retry != RetryPolicy::none() {
+            Some("a retry policy")
+        } else if self.timeout.is_some() {
+            Some("a timeout")
+        } else if self.breaker.is_some() {
+            Some("a circuit breaker")
+        } else {
+            None
+        };
+        if let Some(what) = what {
+            return Err(SubscribeError::NotAHandler {
+                topic: E::TOPIC,
+                what,
+            });
+        }
+        let (attachment, _) = self.attach(SubscriberKind::Stream, 1, caller)?;
         Ok(Subscription {
             attachment,
             detached: false,
@@ -194,8 +288,9 @@ impl<'a, E: Event> SubscribeBuilder<'a, E> {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| SubscribeError::NoRuntime { topic: E::TOPIC })?;
         let concurrency = self.concurrency;
-        let attachment = self.attach(SubscriberKind::Async, concurrency, Location::caller())?;
-        handler::spawn_async(&runtime, &attachment.queue, concurrency, f);
+        let (attachment, runner) =
+            self.attach(SubscriberKind::Async, concurrency, Location::caller())?;
+        handler::spawn_async(&runtime, &attachment.queue, concurrency, runner, f);
         Ok(SubscriptionHandle::new(attachment))
     }
 
@@ -235,8 +330,9 @@ impl<'a, E: Event> SubscribeBuilder<'a, E> {
         R: HandlerResult,
     {
         let concurrency = self.concurrency;
-        let attachment = self.attach(SubscriberKind::Sync, concurrency, Location::caller())?;
-        if let Err(source) = handler::spawn_sync(&attachment.queue, concurrency, f) {
+        let (attachment, runner) =
+            self.attach(SubscriberKind::Sync, concurrency, Location::caller())?;
+        if let Err(source) = handler::spawn_sync(&attachment.queue, concurrency, runner, f) {
             attachment.detach(true);
             return Err(SubscribeError::Spawn {
                 topic: E::TOPIC,
@@ -251,8 +347,14 @@ impl<'a, E: Event> SubscribeBuilder<'a, E> {
         kind: SubscriberKind,
         consumers: usize,
         caller: &'static Location<'static>,
-    ) -> Result<Attachment<E>, SubscribeError> {
+    ) -> Result<(Attachment<E>, Runner), SubscribeError> {
         let topic = E::TOPIC;
+        if self.retry.attempts() == 0 {
+            return Err(SubscribeError::ZeroAttempts { topic });
+        }
+        if self.breaker.is_some_and(|b| b.threshold() == 0) {
+            return Err(SubscribeError::ZeroBreakerThreshold { topic });
+        }
         let state = self
             .bus
             .registry()
@@ -280,13 +382,28 @@ impl<'a, E: Event> SubscribeBuilder<'a, E> {
             policy: self.overflow.unwrap_or(state.config.default_overflow()),
             capacity,
         };
-        let queue = state
-            .attach(info, consumers)
-            .ok_or(SubscribeError::Closed { topic })?;
-        Ok(Attachment {
-            topic: state,
-            queue,
-        })
+        let breaker = self.breaker.map(|b| Arc::new(Breaker::new(b)));
+        let queue = state.attach(info, consumers, breaker.clone(), self.start)?;
+        let runner = Runner {
+            reliability: Reliability {
+                retry: self.retry,
+                timeout: self.timeout,
+                breaker,
+            },
+            // Dead letters of dead letters would loop: they are counted.
+            dead_letters: if topic == DEAD_LETTER_TOPIC {
+                None
+            } else {
+                self.bus.registry().state_arc::<DeadLetter>()
+            },
+        };
+        Ok((
+            Attachment {
+                topic: state,
+                queue,
+            },
+            runner,
+        ))
     }
 }
 
@@ -298,6 +415,10 @@ impl<E: Event> fmt::Debug for SubscribeBuilder<'_, E> {
             .field("capacity", &self.capacity)
             .field("overflow", &self.overflow)
             .field("concurrency", &self.concurrency)
+            .field("start", &self.start)
+            .field("retry", &self.retry)
+            .field("timeout", &self.timeout)
+            .field("breaker", &self.breaker)
             .finish()
     }
 }
@@ -324,6 +445,7 @@ trait Detach: Send + Sync {
     fn stats(&self) -> SubscriptionStats;
     fn queue(&self) -> &dyn ErasedQueue;
     fn info(&self) -> &SubInfo;
+    fn start(&self) -> &Start;
 }
 
 impl<E: Event> Detach for Attachment<E> {
@@ -338,6 +460,9 @@ impl<E: Event> Detach for Attachment<E> {
     }
     fn info(&self) -> &SubInfo {
         &self.queue.info
+    }
+    fn start(&self) -> &Start {
+        &self.queue.start
     }
 }
 
@@ -423,6 +548,12 @@ impl<E: Event> Subscription<E> {
     pub fn name(&self) -> &str {
         &self.attachment.queue.info.name
     }
+
+    /// Where it started ([`SubscribeBuilder::from`]): how many retained
+    /// events it was given and which ones it asked for are gone.
+    pub fn start(&self) -> &Start {
+        &self.attachment.queue.start
+    }
 }
 
 impl<E: Event> Stream for Subscription<E> {
@@ -496,6 +627,11 @@ impl SubscriptionHandle {
     pub fn name(&self) -> &str {
         &self.attachment.info().name
     }
+
+    /// Where it started ([`SubscribeBuilder::from`]).
+    pub fn start(&self) -> &Start {
+        self.attachment.start()
+    }
 }
 
 impl Drop for SubscriptionHandle {
@@ -514,6 +650,181 @@ impl fmt::Debug for SubscriptionHandle {
             .field("name", &info.name)
             .field("topic", &info.topic)
             .field("kind", &info.kind)
+            .finish()
+    }
+}
+
+/// How a handler subscription's runners retry, time out and dead-letter.
+pub(crate) struct Runner {
+    pub(crate) reliability: Reliability,
+    /// Where its dead letters go (`None` for the dead-letter topic itself).
+    pub(crate) dead_letters: Option<Arc<TopicState<DeadLetter>>>,
+}
+
+/// One topic's part of a wildcard subscription.
+pub(crate) type AnyStream = Pin<Box<dyn Stream<Item = AnyEvent> + Send>>;
+
+/// The settings a wildcard subscription applies to each matching topic.
+pub(crate) struct AnyOptions {
+    name: String,
+    capacity: Option<usize>,
+    overflow: Option<Overflow>,
+    caller: &'static Location<'static>,
+}
+
+impl AnyOptions {
+    pub(crate) fn apply<E: Event>(
+        &self,
+        builder: SubscribeBuilder<'_, E>,
+    ) -> Result<Subscription<E>, SubscribeError> {
+        let mut builder = builder.name(self.name.clone());
+        if let Some(capacity) = self.capacity {
+            builder = builder.capacity(capacity);
+        }
+        if let Some(overflow) = self.overflow {
+            builder = builder.overflow(overflow);
+        }
+        builder.stream_at(self.caller)
+    }
+}
+
+/// Sets up a wildcard subscription; made by [`Bus::subscribe_pattern`].
+/// Finish it with [`stream`](PatternBuilder::stream).
+#[must_use = "a pattern builder does nothing until finished with .stream()"]
+#[derive(Debug)]
+pub struct PatternBuilder<'a> {
+    bus: &'a Bus,
+    pattern: String,
+    name: Option<String>,
+    capacity: Option<usize>,
+    overflow: Option<Overflow>,
+}
+
+impl<'a> PatternBuilder<'a> {
+    pub(crate) fn new(bus: &'a Bus, pattern: String) -> Self {
+        PatternBuilder {
+            bus,
+            pattern,
+            name: None,
+            capacity: None,
+            overflow: None,
+        }
+    }
+
+    /// Names the subscription (each matching topic's part carries the
+    /// name). Default: the pattern and the call site.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// The queue capacity of each matching topic's part (default: each
+    /// topic's own).
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.capacity = Some(capacity);
+        self
+    }
+
+    /// The overflow policy of each matching topic's part (default: each
+    /// topic's own).
+    pub fn overflow(mut self, overflow: Overflow) -> Self {
+        self.overflow = Some(overflow);
+        self
+    }
+
+    /// Subscribes to every registered topic the pattern matches, checked now
+    /// against the allow-list.
+    ///
+    /// # Errors
+    /// [`SubscribeError::Pattern`] for a malformed pattern,
+    /// [`SubscribeError::NoMatch`] when it matches no registered topic, and
+    /// what [`SubscribeBuilder::stream`] can return for any matching topic.
+    #[track_caller]
+    pub fn stream(self) -> Result<PatternSubscription, SubscribeError> {
+        let caller = Location::caller();
+        let pattern = Pattern::parse(&self.pattern)?;
+        let registry = self.bus.registry();
+        let matching: Vec<_> = registry
+            .entries()
+            .filter(|e| pattern.matches(e.name))
+            .collect();
+        if matching.is_empty() {
+            return Err(SubscribeError::NoMatch {
+                pattern: self.pattern,
+                registered: registry
+                    .entries()
+                    .map(|e| e.name)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        let options = AnyOptions {
+            name: self
+                .name
+                .unwrap_or_else(|| format!("{}@{}:{}", self.pattern, caller.file(), caller.line())),
+            capacity: self.capacity,
+            overflow: self.overflow,
+            caller,
+        };
+        let mut parts = SelectAll::new();
+        let mut topics = Vec::with_capacity(matching.len());
+        for entry in matching {
+            // On an error, the parts made so far are dropped: unsubscribed.
+            parts.push(entry.erased.subscribe_any(self.bus, &options)?);
+            topics.push(entry.name);
+        }
+        Ok(PatternSubscription {
+            pattern,
+            topics,
+            parts,
+        })
+    }
+}
+
+/// A wildcard subscription: type-erased events ([`AnyEvent`]) from every
+/// registered topic its pattern matched when it subscribed. Each topic's
+/// events keep their order; across topics, they interleave.
+///
+/// It is one [`Subscription`] per matching topic under the hood, with the
+/// same guarantees and stats (each listed under the subscription's name).
+/// Dropping it unsubscribes from all of them.
+#[must_use = "dropping the subscription unsubscribes"]
+pub struct PatternSubscription {
+    pattern: Pattern,
+    topics: Vec<&'static str>,
+    parts: SelectAll<AnyStream>,
+}
+
+impl PatternSubscription {
+    /// Waits for the next event of any matching topic; `None` once every
+    /// part is closed and drained.
+    pub async fn recv(&mut self) -> Option<AnyEvent> {
+        futures::StreamExt::next(&mut self.parts).await
+    }
+
+    /// The pattern.
+    pub fn pattern(&self) -> &Pattern {
+        &self.pattern
+    }
+
+    /// The topics it matched, in name order.
+    pub fn topics(&self) -> &[&'static str] {
+        &self.topics
+    }
+}
+
+impl Stream for PatternSubscription {
+    type Item = AnyEvent;
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<AnyEvent>> {
+        Pin::new(&mut self.get_mut().parts).poll_next(cx)
+    }
+}
+
+impl fmt::Debug for PatternSubscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PatternSubscription")
+            .field("pattern", &self.pattern)
+            .field("topics", &self.topics)
             .finish()
     }
 }

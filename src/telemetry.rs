@@ -19,6 +19,7 @@ pub(crate) enum RunOutcome {
     Ok,
     Failed,
     Panicked,
+    TimedOut,
 }
 
 impl RunOutcome {
@@ -28,6 +29,7 @@ impl RunOutcome {
             RunOutcome::Ok => "ok",
             RunOutcome::Failed => "failed",
             RunOutcome::Panicked => "panicked",
+            RunOutcome::TimedOut => "timed_out",
         }
     }
 }
@@ -79,7 +81,7 @@ pub(crate) fn record_receipt(span: &Span, receipt: &crate::PublishReceipt) {
 
 /// The span of one handler run.
 #[inline]
-pub(crate) fn handler_span(info: &SubInfo, event_id: u64, seq: u64) -> Span {
+pub(crate) fn handler_span(info: &SubInfo, event_id: u64, seq: u64, attempt: u32) -> Span {
     #[cfg(feature = "tracing")]
     {
         tracing::debug_span!(
@@ -89,14 +91,14 @@ pub(crate) fn handler_span(info: &SubInfo, event_id: u64, seq: u64) -> Span {
             kind = %info.kind,
             event_id,
             seq,
-            attempt = 1u32,
+            attempt,
             outcome = tracing::field::Empty,
             duration_us = tracing::field::Empty,
         )
     }
     #[cfg(not(feature = "tracing"))]
     {
-        let _ = (info, event_id, seq);
+        let _ = (info, event_id, seq, attempt);
         Span
     }
 }
@@ -161,6 +163,53 @@ pub(crate) fn warn_panic(info: &SubInfo, event_id: u64, message: &str) {
     );
     #[cfg(not(feature = "tracing"))]
     let _ = (info, event_id, message);
+}
+
+pub(crate) fn warn_timeout(info: &SubInfo, event_id: u64, took: Duration, cancelled: bool) {
+    #[cfg(feature = "tracing")]
+    tracing::warn!(
+        subscription = &*info.name,
+        topic = info.topic,
+        event_id,
+        took_ms = took.as_secs_f64() * 1e3,
+        cancelled,
+        "tidings: handler overran its timeout"
+    );
+    #[cfg(not(feature = "tracing"))]
+    let _ = (info, event_id, took, cancelled);
+}
+
+pub(crate) fn warn_unheard_dead_letter(info: &SubInfo, event_id: u64, error: &str) {
+    #[cfg(feature = "tracing")]
+    tracing::warn!(
+        subscription = &*info.name,
+        topic = info.topic,
+        event_id,
+        error,
+        "tidings: event dead-lettered with nobody subscribed to dead letters; counted in stats as dead_letters_unheard (logged once per subscription)"
+    );
+    #[cfg(not(feature = "tracing"))]
+    let _ = (info, event_id, error);
+}
+
+pub(crate) fn breaker_changed(info: &SubInfo, to: crate::BreakerState, consecutive: u32) {
+    #[cfg(feature = "tracing")]
+    match to {
+        crate::BreakerState::Open => tracing::warn!(
+            subscription = &*info.name,
+            topic = info.topic,
+            consecutive_failures = consecutive,
+            "tidings: circuit breaker opened; events wait in the queue"
+        ),
+        other => tracing::info!(
+            subscription = &*info.name,
+            topic = info.topic,
+            state = %other,
+            "tidings: circuit breaker state changed"
+        ),
+    }
+    #[cfg(not(feature = "tracing"))]
+    let _ = (info, to, consecutive);
 }
 
 pub(crate) fn warn_drops(info: &SubInfo, dropped: u64) {
@@ -258,10 +307,23 @@ impl SubMetrics {
                 RunOutcome::Ok => {}
                 RunOutcome::Failed => self.m.failures.increment(1),
                 RunOutcome::Panicked => self.m.panics.increment(1),
+                RunOutcome::TimedOut => self.m.timeouts.increment(1),
             }
         }
         #[cfg(not(feature = "metrics"))]
         let _ = (outcome, took);
+    }
+
+    /// A failed event will be tried again.
+    pub(crate) fn retried(&self) {
+        #[cfg(feature = "metrics")]
+        self.m.retried.increment(1);
+    }
+
+    /// An event's attempts were used up.
+    pub(crate) fn dead_lettered(&self) {
+        #[cfg(feature = "metrics")]
+        self.m.dead_lettered.increment(1);
     }
 
     /// A finding occurred; `worst` is the worst of its kind so far.
@@ -327,6 +389,9 @@ mod metrics_impl {
         pub(super) discarded: Counter,
         pub(super) failures: Counter,
         pub(super) panics: Counter,
+        pub(super) timeouts: Counter,
+        pub(super) retried: Counter,
+        pub(super) dead_lettered: Counter,
         pub(super) depth: Gauge,
         pub(super) duration: Histogram,
         /// Only for the findings this kind of subscription can have.
@@ -365,6 +430,9 @@ mod metrics_impl {
                 discarded: counter!("tidings_discarded_total", &labels()),
                 failures: counter!("tidings_handler_failures_total", &labels()),
                 panics: counter!("tidings_handler_panics_total", &labels()),
+                timeouts: counter!("tidings_handler_timeouts_total", &labels()),
+                retried: counter!("tidings_retries_total", &labels()),
+                dead_lettered: counter!("tidings_dead_letters_total", &labels()),
                 depth: gauge!("tidings_queue_depth", &labels()),
                 duration: histogram!("tidings_handler_duration_seconds", &labels()),
                 findings: [

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
+use crate::dedup::DedupWindow;
 use crate::error::{BuildError, TopicError};
 use crate::publish::TopicState;
 use crate::queue::Overflow;
@@ -107,6 +108,8 @@ impl AsRef<str> for Topic {
 pub struct TopicConfig {
     capacity: usize,
     overflow: Overflow,
+    retain: usize,
+    dedup: DedupWindow,
 }
 
 impl TopicConfig {
@@ -131,6 +134,36 @@ impl TopicConfig {
         self
     }
 
+    /// Keeps the last `n` accepted events of the topic (default 0: none),
+    /// whether or not anyone is subscribed, so that subscriptions can start
+    /// before the live end ([`StartAt`](crate::StartAt)) and lossy ones can
+    /// recover what they missed ([`Bus::replay`](crate::Bus::replay)).
+    /// `retain(1)` makes a last-value topic: late subscribers starting at
+    /// [`StartAt::Last(1)`](crate::StartAt::Last) get the current state.
+    /// The cost is `n` shared pointers and the events they keep alive.
+    pub fn retain(mut self, n: usize) -> Self {
+        self.retain = n;
+        self
+    }
+
+    /// The window within which an idempotency key is remembered (see
+    /// [`DedupWindow`]; default 10,000 keys or 5 minutes). Only publishes
+    /// with a key use it.
+    pub fn dedup(mut self, window: DedupWindow) -> Self {
+        self.dedup = window;
+        self
+    }
+
+    /// How many events the topic retains.
+    pub fn retained(&self) -> usize {
+        self.retain
+    }
+
+    /// The topic's idempotency-key window.
+    pub fn dedup_window(&self) -> DedupWindow {
+        self.dedup
+    }
+
     /// The default queue capacity of the topic's subscriptions.
     pub fn default_capacity(&self) -> usize {
         self.capacity
@@ -147,6 +180,8 @@ impl Default for TopicConfig {
         TopicConfig {
             capacity: TopicConfig::DEFAULT_CAPACITY,
             overflow: Overflow::Block,
+            retain: 0,
+            dedup: DedupWindow::new(),
         }
     }
 }
@@ -158,6 +193,24 @@ pub(crate) trait ErasedTopic: Send + Sync {
     fn findings(&self, out: &mut Vec<crate::watch::Finding>);
     /// Stops the topic for shutdown and returns its subscriptions to drain.
     fn close(&self) -> Vec<Arc<dyn crate::queue::ErasedQueue>>;
+    /// How its events are (de)serialized, if they can be.
+    #[cfg_attr(not(feature = "serde"), allow(dead_code))]
+    fn codec(&self) -> Option<crate::erased::Codec>;
+    /// One part of a wildcard subscription: this topic's events, erased.
+    fn subscribe_any(
+        &self,
+        bus: &crate::Bus,
+        options: &crate::subscribe::AnyOptions,
+    ) -> Result<crate::subscribe::AnyStream, crate::error::SubscribeError>;
+    /// Publishes a type-erased event of this topic.
+    fn publish_dyn(
+        &self,
+        event: crate::erased::DynEvent,
+        options: crate::dedup::PublishOptions,
+    ) -> futures::future::BoxFuture<
+        '_,
+        Result<crate::PublishReceipt, crate::error::PublishError<crate::erased::DynEvent>>,
+    >;
 }
 
 pub(crate) struct Entry {
@@ -232,6 +285,11 @@ impl Registry {
     }
 
     /// Entries in topic-name order.
+    /// The topic registered under `name`.
+    pub(crate) fn by_name(&self, name: &str) -> Option<&Entry> {
+        self.by_name.get(name).map(|t| &self.by_type[t])
+    }
+
     pub(crate) fn entries(&self) -> impl Iterator<Item = &Entry> {
         self.by_name.values().map(|t| &self.by_type[t])
     }

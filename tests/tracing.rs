@@ -126,12 +126,16 @@ async fn publishes_and_handler_runs_are_spans_and_trouble_is_a_warning() {
 
     let seen = seen.lock().unwrap();
     // One publish span per publish, with the receipt.
-    let publishes: Vec<&Fields> = seen
-        .spans
-        .iter()
-        .filter(|(name, _)| name == "tidings.publish")
-        .map(|(_, f)| f)
-        .collect();
+    let publishes = |topic: &str| -> Vec<&Fields> {
+        seen.spans
+            .iter()
+            .filter(|(name, f)| name == "tidings.publish" && f["topic"] == topic)
+            .map(|(_, f)| f)
+            .collect()
+    };
+    // The two events billing gave up on went out as dead letters.
+    assert_eq!(publishes("tidings.dead_letters").len(), 2);
+    let publishes = publishes("orders.created");
     assert_eq!(publishes.len(), 3);
     for (span, receipt) in publishes.iter().zip(&receipts) {
         assert_eq!(span["topic"], "orders.created");
@@ -191,4 +195,10 @@ async fn publishes_and_handler_runs_are_spans_and_trouble_is_a_warning() {
         .unwrap();
     assert_eq!(failure["error"], "card declined");
     assert_eq!(failure["event_id"], receipts[1].id.get().to_string());
+    // Nobody reads dead letters here: said once, not per letter.
+    let unheard = warnings
+        .iter()
+        .filter(|f| f["message"].starts_with("tidings: event dead-lettered with nobody subscribed"))
+        .count();
+    assert_eq!(unheard, 1, "{warnings:?}");
 }

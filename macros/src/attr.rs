@@ -7,9 +7,11 @@ use syn::{Attribute, LitStr, Path};
 pub(crate) struct EventAttrs {
     pub(crate) topic: Option<LitStr>,
     pub(crate) krate: Option<Path>,
+    /// `serde`: the type is serializable by topic name.
+    pub(crate) serde: bool,
 }
 
-const EXPECTED: &str = "expected one of: `topic`, `crate`";
+const EXPECTED: &str = "expected one of: `topic`, `crate`, `serde`";
 
 pub(crate) fn parse(attrs: &[Attribute]) -> syn::Result<EventAttrs> {
     let mut out = EventAttrs::default();
@@ -26,6 +28,11 @@ pub(crate) fn parse(attrs: &[Attribute]) -> syn::Result<EventAttrs> {
                 }
                 let lit: LitStr = meta.value()?.parse()?;
                 out.krate = Some(lit.parse()?);
+            } else if meta.path.is_ident("serde") {
+                if out.serde {
+                    return Err(meta.error("duplicate attribute `serde`"));
+                }
+                out.serde = true;
             } else {
                 let name = meta
                     .path

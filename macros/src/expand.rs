@@ -37,11 +37,19 @@ pub(crate) fn derive(input: &DeriveInput) -> syn::Result<TokenStream> {
         None => quote!(::tidings),
     };
     let ident = &input.ident;
+    let codec = attrs.serde.then(|| {
+        quote! {
+            fn __codec() -> ::core::option::Option<#krate::Codec> {
+                ::core::option::Option::Some(#krate::Codec::of::<Self>())
+            }
+        }
+    });
     let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
     Ok(quote! {
         #[automatically_derived]
         impl #impl_generics #krate::Event for #ident #ty_generics #where_clause {
             const TOPIC: &'static str = #topic;
+            #codec
         }
     })
 }

@@ -18,7 +18,11 @@ use syn::{parse_macro_input, DeriveInput};
 /// is the type's name in snake_case (`OrderCreated` → `order_created`). The
 /// topic is checked here, at compile time, against the grammar of
 /// `tidings::Topic`. `#[event(crate = "path::to::tidings")]` serves crates that
-/// re-export tidings under another path.
+/// re-export tidings under another path. `#[event(serde)]` makes the type
+/// serializable by topic name (it must also derive `serde::Serialize` and
+/// `serde::Deserialize`, and tidings' `serde` feature must be on): wildcard
+/// subscriptions, dead letters and bridges can then (de)serialize it without
+/// naming it.
 #[proc_macro_derive(Event, attributes(event))]
 pub fn derive_event(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);
