@@ -164,7 +164,7 @@ async fn breaker_async<E>(queue: &Queue<E>, breaker: &Breaker) -> bool {
         match permit {
             Permit::Go => return false,
             Permit::Probe => return true,
-            Permit::WaitUntil(until) => tokio::time::sleep_until(until.into()).await,
+            Permit::WaitUntil(until) => tokio::time::sleep_until(until).await,
             Permit::WaitProbe => {}
         }
     }
@@ -180,7 +180,7 @@ fn breaker_blocking<E>(queue: &Queue<E>, breaker: &Breaker) -> bool {
             Permit::Go => return false,
             Permit::Probe => return true,
             Permit::WaitUntil(until) => {
-                std::thread::sleep(until.saturating_duration_since(Instant::now()));
+                std::thread::sleep(until.saturating_duration_since(tokio::time::Instant::now()));
             }
             Permit::WaitProbe => {}
         }

@@ -12,7 +12,11 @@
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock: it is std's, except under tokio's paused test clock, where
+// a breaker's cool-down follows the test's time like the sleeps around it.
+use tokio::time::Instant;
 
 use parking_lot::Mutex;
 

@@ -1,0 +1,183 @@
+//! Idempotency keys: a key seen within the topic's window is not delivered
+//! again, and only accepted publishes record their key.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use tidings::error::PublishError;
+use tidings::{Bus, DedupWindow, Event, Overflow, PublishOptions, TopicConfig};
+
+#[derive(Debug, Event)]
+#[event(topic = "orders.placed")]
+struct OrderPlaced {
+    id: u64,
+}
+
+#[derive(Debug, Event)]
+#[event(topic = "orders.refunded")]
+struct OrderRefunded;
+
+fn key(k: &str) -> PublishOptions {
+    PublishOptions::new().idempotency_key(k)
+}
+
+#[tokio::test]
+async fn a_repeated_key_is_delivered_once_and_names_the_original() {
+    let bus = Bus::builder().topic::<OrderPlaced>().build().unwrap();
+    let mut sub = bus.subscribe::<OrderPlaced>().stream().unwrap();
+    let orders = bus.publisher::<OrderPlaced>().unwrap();
+    let first = orders
+        .publish_with(OrderPlaced { id: 42 }, key("order-42"))
+        .await
+        .unwrap();
+    let again = bus
+        .publish_with(OrderPlaced { id: 42 }, key("order-42"))
+        .await
+        .unwrap();
+    let sync_again = orders
+        .try_publish_with(OrderPlaced { id: 42 }, key("order-42"))
+        .unwrap();
+    assert!(!first.is_duplicate());
+    for dup in [&again, &sync_again] {
+        let d = dup.duplicate.expect("a duplicate");
+        assert_eq!((d.original, d.original_seq), (first.id, first.seq));
+        assert_eq!((dup.id, dup.seq, dup.enqueued), (first.id, first.seq, 0));
+    }
+    bus.publish_with(OrderPlaced { id: 43 }, key("order-43"))
+        .await
+        .unwrap();
+    let e = sub.recv().await.unwrap();
+    assert_eq!((e.id, e.idempotency_key()), (42, Some("order-42")));
+    let e = sub.recv().await.unwrap();
+    assert_eq!(
+        (e.id, e.seq()),
+        (43, 2),
+        "the duplicates took no sequence number"
+    );
+    assert_eq!(bus.stats().topic("orders.placed").unwrap().published, 2);
+}
+
+#[tokio::test]
+async fn keys_are_per_topic() {
+    let bus = Bus::builder()
+        .topic::<OrderPlaced>()
+        .topic::<OrderRefunded>()
+        .build()
+        .unwrap();
+    let a = bus
+        .publish_with(OrderPlaced { id: 1 }, key("k"))
+        .await
+        .unwrap();
+    let b = bus.publish_with(OrderRefunded, key("k")).await.unwrap();
+    assert!(!a.is_duplicate() && !b.is_duplicate());
+}
+
+#[tokio::test]
+async fn a_refused_publish_leaves_no_key_behind() {
+    let bus = Bus::builder().topic::<OrderPlaced>().build().unwrap();
+    let mut strict = bus
+        .subscribe::<OrderPlaced>()
+        .capacity(1)
+        .overflow(Overflow::Fail)
+        .stream()
+        .unwrap();
+    bus.publish(OrderPlaced { id: 1 }).await.unwrap();
+    let err = bus
+        .publish_with(OrderPlaced { id: 2 }, key("order-2"))
+        .await
+        .unwrap_err();
+    let PublishError::Full { event, .. } = err else {
+        panic!("expected Full, got {err:?}")
+    };
+    strict.recv().await.unwrap();
+    // The client retries with the same key: it was never accepted, so it is
+    // delivered now.
+    let retry = bus.publish_with(event, key("order-2")).await.unwrap();
+    assert!(!retry.is_duplicate());
+    assert_eq!(strict.recv().await.map(|e| e.id), Some(2));
+}
+
+#[tokio::test]
+async fn the_window_forgets_the_oldest_keys_by_count() {
+    let bus = Bus::builder()
+        .topic_with::<OrderPlaced>(TopicConfig::default().dedup(DedupWindow::new().max_keys(2)))
+        .build()
+        .unwrap();
+    for k in ["a", "b", "c"] {
+        assert!(!bus
+            .publish_with(OrderPlaced { id: 0 }, key(k))
+            .await
+            .unwrap()
+            .is_duplicate());
+    }
+    // "a" left the two-key window; "c" is still in it.
+    assert!(!bus
+        .publish_with(OrderPlaced { id: 0 }, key("a"))
+        .await
+        .unwrap()
+        .is_duplicate());
+    assert!(bus
+        .publish_with(OrderPlaced { id: 0 }, key("c"))
+        .await
+        .unwrap()
+        .is_duplicate());
+}
+
+#[tokio::test]
+async fn the_window_forgets_keys_by_age() {
+    let bus = Bus::builder()
+        .topic_with::<OrderPlaced>(
+            TopicConfig::default().dedup(DedupWindow::new().max_age(Duration::from_millis(5))),
+        )
+        .build()
+        .unwrap();
+    assert!(!bus
+        .publish_with(OrderPlaced { id: 0 }, key("a"))
+        .await
+        .unwrap()
+        .is_duplicate());
+    std::thread::sleep(Duration::from_millis(20)); // longer than the window, whatever the load
+    assert!(!bus
+        .publish_with(OrderPlaced { id: 0 }, key("a"))
+        .await
+        .unwrap()
+        .is_duplicate());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_publishes_of_one_key_deliver_exactly_one_event() {
+    let bus = Bus::builder().topic::<OrderPlaced>().build().unwrap();
+    let mut sub = bus.subscribe::<OrderPlaced>().stream().unwrap();
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let bus = bus.clone();
+            tokio::spawn(async move {
+                bus.publish_with(OrderPlaced { id: i }, key("the-one"))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut originals = HashSet::new();
+    let mut fresh = 0;
+    for t in tasks {
+        let receipt = t.await.unwrap();
+        match receipt.duplicate {
+            Some(d) => {
+                originals.insert(d.original);
+            }
+            None => {
+                fresh += 1;
+                originals.insert(receipt.id);
+            }
+        }
+    }
+    assert_eq!(fresh, 1);
+    assert_eq!(originals.len(), 1, "every duplicate names the one original");
+    sub.close();
+    let mut delivered = 0;
+    while sub.recv().await.is_some() {
+        delivered += 1;
+    }
+    assert_eq!(delivered, 1);
+}
