@@ -77,8 +77,29 @@
 //!    runtime's workers; handler errors and panics are caught and counted.
 //! 7. Shutdown: [`Bus::shutdown`] refuses new publishes, drains every queue,
 //!    waits for handlers and reports what a deadline cut off.
+//! 8. Handled once or dead-lettered once: under a [`RetryPolicy`], every event
+//!    a handler takes is handled successfully exactly once or becomes exactly
+//!    one [`DeadLetter`]; a retry is a counted re-run ([`Envelope::attempt`]),
+//!    not a second delivery.
+//! 9. One delivery per idempotency key within the topic's [`DedupWindow`]
+//!    ([`PublishOptions::idempotency_key`]).
+//! 10. Gap-free replay: a subscription starting in a topic's retained log
+//!     ([`StartAt`]) gets a contiguous run of sequence numbers, and is told
+//!     exactly which of those it asked for are gone ([`Start::unrecoverable`]).
 //!
 //! Each has a property or integration test in the crate's `tests/`.
+//!
+//! ## Failures, duplicates and reconnects
+//! - [`SubscribeBuilder::retry`], [`SubscribeBuilder::timeout`] and
+//!   [`SubscribeBuilder::circuit_breaker`] for handlers that fail; dead letters
+//!   arrive on [`Bus::dead_letters`].
+//! - [`Bus::publish_with`] and [`PublishOptions`] for idempotency keys.
+//! - [`TopicConfig::retain`], [`SubscribeBuilder::from`] and [`Bus::replay`]
+//!   for resuming where a subscriber left off.
+//! - [`Bus::subscribe_pattern`] for wildcard subscriptions of type-erased
+//!   [`AnyEvent`]s, checked against the allow-list; with the `serde` feature,
+//!   `#[event(serde)]` types (de)serialize by topic name
+//!   (`Bus::deserialize_event`, [`Bus::publish_dyn`]).
 //!
 //! ## Shutdown
 //! [`Bus::shutdown`] returns a [`ShutdownReport`]: per subscription, what was
@@ -102,7 +123,9 @@
 //! - **`metrics`** (feature): `tidings_published_total`,
 //!   `tidings_delivered_total`, `tidings_dropped_total`,
 //!   `tidings_discarded_total`, `tidings_handler_failures_total`,
-//!   `tidings_handler_panics_total`, `tidings_findings_total`, gauges
+//!   `tidings_handler_panics_total`, `tidings_handler_timeouts_total`,
+//!   `tidings_retries_total`, `tidings_dead_letters_total`,
+//!   `tidings_findings_total`, gauges
 //!   `tidings_queue_depth`, `tidings_subscriptions`,
 //!   `tidings_finding_worst_seconds`, histograms
 //!   `tidings_handler_duration_seconds`, `tidings_publish_wait_seconds`;
@@ -115,7 +138,8 @@
 //! - `metrics`: counters, gauges and histograms through the `metrics` facade.
 //! - `tune`: [`tune`], the capacity tuner (`examples/tune.rs`).
 //! - `serde`: `Serialize` for [`BusStats`], [`ShutdownReport`], [`Health`]
-//!   and their parts.
+//!   and their parts; `#[event(serde)]` events (de)serialize by topic name
+//!   ([`AnyEvent`] is `Serialize`, `Bus::deserialize_event` decodes).
 
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]

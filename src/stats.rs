@@ -165,6 +165,17 @@ impl SubscriptionStats {
         self.dropped_oldest + self.dropped_newest
     }
 
+    /// Handler attempts that failed: errors, panics, and async handlers
+    /// cancelled by their timeout (a sync handler's overrun is reported, not
+    /// failed).
+    pub fn failed_attempts(&self) -> u64 {
+        let cancelled = match self.kind {
+            crate::SubscriberKind::Async => self.timeouts,
+            _ => 0,
+        };
+        self.failures + self.panics + cancelled
+    }
+
     /// Events accepted but not delivered, for any reason.
     pub fn undelivered(&self) -> u64 {
         self.dropped() + self.discarded + self.cut_off + self.queue_depth as u64
@@ -191,6 +202,25 @@ impl fmt::Display for SubscriptionStats {
             self.failures,
             self.panics,
         )?;
+        if self.timeouts > 0 {
+            write!(f, ", timed out {}", self.timeouts)?;
+        }
+        if self.retried > 0 || self.dead_lettered > 0 {
+            write!(
+                f,
+                ", retried {}, dead-lettered {}",
+                self.retried, self.dead_lettered
+            )?;
+            if self.dead_letters_unheard > 0 {
+                write!(f, " ({} unheard)", self.dead_letters_unheard)?;
+            }
+        }
+        if let Some(breaker) = self.breaker {
+            write!(f, ", breaker {breaker} (opened {}x)", self.breaker_opened)?;
+        }
+        if self.replayed > 0 {
+            write!(f, ", replayed {}", self.replayed)?;
+        }
         if self.worst_poll > Duration::ZERO {
             write!(f, ", worst poll {}", ms(self.worst_poll))?;
         }
@@ -210,10 +240,11 @@ fn ms(d: Duration) -> String {
 }
 
 /// A table, one row per subscription: topic, subscription, kind, policy,
-/// capacity, depth, high-water, delivered, dropped, failed, worst poll.
+/// capacity, depth, high-water, delivered, dropped, failed attempts, retries,
+/// dead letters, worst poll.
 impl fmt::Display for BusStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const HEAD: [&str; 11] = [
+        const HEAD: [&str; 13] = [
             "topic",
             "subscription",
             "kind",
@@ -224,12 +255,14 @@ impl fmt::Display for BusStats {
             "delivered",
             "dropped",
             "failed",
+            "retried",
+            "dead",
             "worst poll",
         ];
-        let mut rows: Vec<[String; 11]> = Vec::new();
+        let mut rows: Vec<[String; 13]> = Vec::new();
         for t in &self.topics {
             if t.subscriptions.is_empty() {
-                let mut row: [String; 11] = Default::default();
+                let mut row: [String; 13] = Default::default();
                 row[0] = t.topic.to_owned();
                 row[1] = format!("(none; {} published)", t.published);
                 rows.push(row);
@@ -245,7 +278,9 @@ impl fmt::Display for BusStats {
                     s.high_water.to_string(),
                     s.delivered.to_string(),
                     s.dropped().to_string(),
-                    (s.failures + s.panics).to_string(),
+                    s.failed_attempts().to_string(),
+                    s.retried.to_string(),
+                    s.dead_lettered.to_string(),
                     if s.kind == crate::SubscriberKind::Async {
                         ms(s.worst_poll)
                     } else {
