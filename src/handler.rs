@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 
 use crate::event::Envelope;
-use crate::publish::{PublishReceipt, TopicState};
 use crate::queue::{Final, Outcome, Queue};
 use crate::retry::{Breaker, DeadLetter, Permit};
 use crate::subscribe::Runner;
@@ -139,19 +138,20 @@ fn after_attempt<E: Event>(
     (Next::Done(Final::DeadLettered), Some(letter))
 }
 
-/// Books the result of publishing a dead letter: one nobody received is
-/// counted (and logged once per subscription).
-fn dead_letter_sent<E>(
-    queue: &Queue<E>,
-    topic: Option<&TopicState<DeadLetter>>,
-    event_id: u64,
-    error: &str,
-    receipt: Option<PublishReceipt>,
-) {
+/// Publishes a dead letter on the bus's dead-letter topic. One that reaches
+/// no subscription (and is not retained) is counted, and logged once per
+/// subscription. Sync runners block on it: it never needs a runtime.
+async fn send_dead_letter<E>(queue: &Queue<E>, runner: &Runner, letter: DeadLetter) {
+    let (event_id, error) = (letter.event_id.get(), letter.error.clone());
+    let topic = runner.dead_letters.as_deref();
+    let receipt = match topic {
+        Some(topic) => topic.publish(letter).await.ok(),
+        None => None,
+    };
     let retained = topic.is_some_and(|t| t.config.retained() > 0);
     let heard = receipt.is_some_and(|r| r.enqueued > 0 || retained);
     if !heard {
-        queue.unheard(event_id, error);
+        queue.unheard(event_id, &error);
     }
 }
 
@@ -268,18 +268,7 @@ pub(crate) fn spawn_async<E, F, Fut>(
                     let (next, letter) =
                         after_attempt(&worker, &runner, &env, probe, outcome, took, &span);
                     if let Some(letter) = letter {
-                        let (event_id, error) = (letter.event_id.get(), letter.error.clone());
-                        let sent = match &runner.dead_letters {
-                            Some(topic) => topic.publish(letter).await.ok(),
-                            None => None,
-                        };
-                        dead_letter_sent(
-                            &worker,
-                            runner.dead_letters.as_deref(),
-                            event_id,
-                            &error,
-                            sent,
-                        );
+                        send_dead_letter(&worker, &runner, letter).await;
                     }
                     match next {
                         Next::Done(how) => {
@@ -367,17 +356,7 @@ where
                             &span,
                         );
                         if let Some(letter) = letter {
-                            let (event_id, error) = (letter.event_id.get(), letter.error.clone());
-                            let sent = runner.dead_letters.as_deref().and_then(|topic| {
-                                futures::executor::block_on(topic.publish(letter)).ok()
-                            });
-                            dead_letter_sent(
-                                &queue,
-                                runner.dead_letters.as_deref(),
-                                event_id,
-                                &error,
-                                sent,
-                            );
+                            futures::executor::block_on(send_dead_letter(&queue, &runner, letter));
                         }
                         match next {
                             Next::Done(how) => {
