@@ -79,6 +79,12 @@ impl ShutdownReport {
         self.subscriptions().map(|s| s.in_flight).sum()
     }
 
+    /// Events given up as dead letters (their handlers' attempts used up),
+    /// during the run and the drain.
+    pub fn dead_lettered(&self) -> u64 {
+        self.subscriptions().map(|s| s.dead_lettered).sum()
+    }
+
     /// Everything queued was delivered and every handler finished in time.
     pub fn is_clean(&self) -> bool {
         !self.deadline_hit && self.cut_off() == 0 && self.in_flight() == 0
@@ -87,9 +93,10 @@ impl ShutdownReport {
 
 impl fmt::Display for ShutdownReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let dead = self.dead_lettered();
         writeln!(
             f,
-            "shutdown in {:?}: {}",
+            "shutdown in {:?}: {}{}",
             self.elapsed,
             if self.is_clean() {
                 "clean, every queue drained".to_owned()
@@ -99,6 +106,11 @@ impl fmt::Display for ShutdownReport {
                     self.cut_off(),
                     self.in_flight()
                 )
+            },
+            if dead > 0 {
+                format!("; {dead} event(s) dead-lettered in all")
+            } else {
+                String::new()
             }
         )?;
         write!(f, "{}", self.stats)

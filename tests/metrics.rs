@@ -2,6 +2,8 @@
 //! In its own binary: a metrics recorder is process-wide.
 #![cfg(feature = "metrics")]
 
+use std::time::Duration;
+
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use metrics_util::CompositeKey;
 
@@ -11,7 +13,7 @@ type Series = [(
     Option<metrics::SharedString>,
     DebugValue,
 )];
-use tidings::{Bus, Event, Overflow};
+use tidings::{Bus, Event, Overflow, RetryPolicy};
 
 #[derive(Debug, Event)]
 #[event(topic = "orders.created")]
@@ -63,6 +65,7 @@ async fn counters_gauges_and_histograms_match_the_workload_and_the_stats() {
     let picky = bus
         .subscribe::<OrderCreated>()
         .name("picky")
+        .retry(RetryPolicy::fixed(Duration::from_millis(1)).max_attempts(2))
         .handler(|e| async move {
             if e.id % 2 == 1 {
                 return Err(format!("odd order {}", e.id));
@@ -78,7 +81,10 @@ async fn counters_gauges_and_histograms_match_the_workload_and_the_stats() {
         all.recv().await.expect("open");
     }
     let picky = picky.unsubscribe().await;
-    assert_eq!(picky.failures, 5);
+    assert_eq!(
+        (picky.failures, picky.retried, picky.dead_lettered),
+        (10, 5, 5)
+    );
 
     // Reading a snapshot resets the recorder's counters: take one, once.
     let snapshot = snapshotter.snapshot().into_vec();
@@ -118,6 +124,22 @@ async fn counters_gauges_and_histograms_match_the_workload_and_the_stats() {
             "tidings_handler_failures_total",
             &[topic, ("subscription", "picky")]
         ),
+        10
+    );
+    assert_eq!(
+        counter(
+            snapshotter,
+            "tidings_retries_total",
+            &[topic, ("subscription", "picky")]
+        ),
+        5
+    );
+    assert_eq!(
+        counter(
+            snapshotter,
+            "tidings_dead_letters_total",
+            &[topic, ("subscription", "picky")]
+        ),
         5
     );
     match value(
@@ -125,7 +147,8 @@ async fn counters_gauges_and_histograms_match_the_workload_and_the_stats() {
         "tidings_handler_duration_seconds",
         &[("subscription", "picky")],
     ) {
-        Some(DebugValue::Histogram(samples)) => assert_eq!(samples.len(), 10),
+        // One sample per attempt: 5 first tries that worked, 5 × 2 that failed.
+        Some(DebugValue::Histogram(samples)) => assert_eq!(samples.len(), 15),
         other => panic!("expected a histogram, got {other:?}"),
     }
     match value(

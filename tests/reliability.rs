@@ -342,9 +342,11 @@ async fn dead_letters_of_a_shutdown_drain_still_reach_their_readers() {
         .find(|s| s.name == "failing")
         .unwrap();
     assert_eq!((failing.dead_lettered, failing.retried), (3, 3));
+    assert_eq!(report.dead_lettered(), 3);
     assert_eq!(failing.dead_letters_unheard, 0);
     let text = report.to_string();
     assert!(text.contains("dead-letter-log"), "{text}");
+    assert!(text.contains("3 event(s) dead-lettered in all"), "{text}");
 }
 
 #[tokio::test]
