@@ -165,7 +165,7 @@ impl Bus {
         options: PublishOptions,
     ) -> Result<PublishReceipt, PublishError<E>> {
         match self.topic::<E>() {
-            Some(topic) => topic.try_publish_keyed(event, options.key.as_ref()),
+            Some(topic) => topic.try_publish_with(event, &options),
             None => Err(unknown(event)),
         }
     }
@@ -421,7 +421,9 @@ impl fmt::Debug for Bus {
 ///     .topic::<OrderCreated>()
 ///     .topic_with::<AuditLine>(TopicConfig::default().capacity(4096))
 ///     .build()?;
-/// assert_eq!(bus.topics(), ["audit.line", "orders.created", "tidings.dead_letters"]);
+/// // Yours, then tidings' own (`tidings.dead_letters`, …).
+/// assert_eq!(bus.topics()[..2], ["audit.line", "orders.created"]);
+/// assert!(bus.topics().contains(&"tidings.dead_letters"));
 ///
 /// let err = Bus::builder().topic::<OrderCreated>().topic::<Impostor>().build().unwrap_err();
 /// assert!(err.to_string().contains("claimed by two types"));
@@ -488,6 +490,9 @@ impl BusBuilder {
         }
         self.registry
             .register::<DeadLetter>(self.dead_letters.clone())?;
+        #[cfg(feature = "nats")]
+        self.registry
+            .register::<crate::bridge::Rejected>(TopicConfig::default())?;
         // The slot belongs to this builder's registry and is set only here.
         let _ = self.registry.watch.set(Arc::new(self.watch));
         Ok(Bus {

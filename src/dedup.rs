@@ -33,9 +33,16 @@ use crate::event::EventId;
 pub struct PublishOptions {
     pub(crate) key: Option<Arc<str>>,
     pub(crate) timeout: Option<Duration>,
+    pub(crate) origin: Option<Arc<str>>,
 }
 
 impl PublishOptions {
+    pub(crate) const PLAIN: PublishOptions = PublishOptions {
+        key: None,
+        timeout: None,
+        origin: None,
+    };
+
     /// No key, no timeout: a plain publish.
     pub fn new() -> Self {
         PublishOptions::default()
@@ -46,6 +53,15 @@ impl PublishOptions {
     /// ([`Envelope::idempotency_key`](crate::Envelope::idempotency_key)).
     pub fn idempotency_key(mut self, key: impl Into<Arc<str>>) -> Self {
         self.key = Some(key.into());
+        self
+    }
+
+    /// Says where the event came from, e.g. the bridge that imported it.
+    /// Envelopes carry it ([`Envelope::origin`](crate::Envelope::origin)); a
+    /// bridge never exports an event carrying its own origin, which is how
+    /// imported events are kept from going round in a loop.
+    pub fn origin(mut self, origin: impl Into<Arc<str>>) -> Self {
+        self.origin = Some(origin.into());
         self
     }
 

@@ -28,6 +28,7 @@ pub(crate) trait ErasedPublished: Send + Sync {
     fn seq(&self) -> u64;
     fn at(&self) -> SystemTime;
     fn key(&self) -> Option<&str>;
+    fn origin(&self) -> Option<&str>;
     fn event(&self) -> &(dyn Any + Send + Sync);
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
     fn codec(&self) -> Option<Codec>;
@@ -51,6 +52,9 @@ impl<E: Event> ErasedPublished for Published<E> {
     }
     fn key(&self) -> Option<&str> {
         self.key.as_deref()
+    }
+    fn origin(&self) -> Option<&str> {
+        self.origin.as_deref()
     }
     fn event(&self) -> &(dyn Any + Send + Sync) {
         &self.event
@@ -122,6 +126,11 @@ impl AnyEvent {
     /// The idempotency key it was published with, if any.
     pub fn idempotency_key(&self) -> Option<&str> {
         self.inner.key()
+    }
+
+    /// Where the event came from, if its publisher said.
+    pub fn origin(&self) -> Option<&str> {
+        self.inner.origin()
     }
 
     /// Events the subscription lost just before this one, as

@@ -83,6 +83,8 @@ pub(crate) struct Published<E> {
     pub(crate) at: SystemTime,
     /// The idempotency key it was published with, if any.
     pub(crate) key: Option<Arc<str>>,
+    /// Where it came from, if its publisher said.
+    pub(crate) origin: Option<Arc<str>>,
 }
 
 /// What a subscriber receives: the event (shared, never cloned) and its
@@ -170,6 +172,13 @@ impl<E: Event> Envelope<E> {
     /// if any.
     pub fn idempotency_key(&self) -> Option<&str> {
         self.inner.key.as_deref()
+    }
+
+    /// Where the event came from, if its publisher said
+    /// ([`PublishOptions::origin`](crate::PublishOptions::origin)); a bridge
+    /// marks the events it imports.
+    pub fn origin(&self) -> Option<&str> {
+        self.inner.origin.as_deref()
     }
 
     /// Which handler attempt this is: 1 for the first run, 2 for the first

@@ -140,6 +140,8 @@
 //! - `serde`: `Serialize` for [`BusStats`], [`ShutdownReport`], [`Health`]
 //!   and their parts; `#[event(serde)]` events (de)serialize by topic name
 //!   ([`AnyEvent`] is `Serialize`, `Bus::deserialize_event` decodes).
+//! - `nats` (implies `serde`): `tidings::bridge`, topics bridged to NATS
+//!   and JetStream (needs Rust 1.89).
 
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
@@ -149,6 +151,8 @@
 #[allow(unused_extern_crates)]
 extern crate self as tidings;
 
+#[cfg(feature = "nats")]
+pub mod bridge;
 mod bus;
 mod dedup;
 mod erased;

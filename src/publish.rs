@@ -28,7 +28,7 @@ use crate::queue::{ErasedQueue, Overflow, Push, Queue, QueueSetup, Ring, RingVie
 use crate::replay::{self, Replayed, StartAt};
 use crate::retry::Breaker;
 use crate::stats::{SubscriptionStats, TopicStats};
-use crate::subscribe::{AnyOptions, AnyStream};
+use crate::subscribe::{AnyOptions, AnyStream, Erased};
 use crate::telemetry::{self, TopicMetrics};
 use crate::topic::{ErasedTopic, TopicConfig};
 use crate::watch::{self, Finding, FindingKind, WatchSlot};
@@ -204,8 +204,9 @@ impl<E: Event> TopicState<E> {
         &self,
         mut cx: Option<&mut Context<'_>>,
         event: E,
-        key: Option<&Arc<str>>,
+        opts: &PublishOptions,
     ) -> Result<PublishReceipt, NotNow<E>> {
+        let key = opts.key.as_ref();
         let mut guard = self.inner.lock();
         let inner = &mut *guard;
         if inner.closed {
@@ -271,6 +272,7 @@ impl<E: Event> TopicState<E> {
             seq,
             at: SystemTime::now(),
             key: key.cloned(),
+            origin: opts.origin.clone(),
         });
         if let (Some(key), Some(now)) = (key, now) {
             let original = Duplicate {
@@ -319,17 +321,17 @@ impl<E: Event> TopicState<E> {
     }
 
     pub(crate) fn try_publish(&self, event: E) -> Result<PublishReceipt, PublishError<E>> {
-        self.try_publish_keyed(event, None)
+        self.try_publish_with(event, &PublishOptions::PLAIN)
     }
 
-    pub(crate) fn try_publish_keyed(
+    pub(crate) fn try_publish_with(
         &self,
         event: E,
-        key: Option<&Arc<str>>,
+        opts: &PublishOptions,
     ) -> Result<PublishReceipt, PublishError<E>> {
         let span = telemetry::publish_span(E::TOPIC);
         let result =
-            telemetry::in_span(&span, || self.try_enqueue(None, event, key)).map_err(|not_now| {
+            telemetry::in_span(&span, || self.try_enqueue(None, event, opts)).map_err(|not_now| {
                 match not_now {
                     NotNow::Refused(err) => err,
                     NotNow::Wait(event, full) => full.refuse(event),
@@ -342,7 +344,8 @@ impl<E: Event> TopicState<E> {
     }
 
     pub(crate) async fn publish(&self, event: E) -> Result<PublishReceipt, PublishError<E>> {
-        self.publish_until(event, None, None).await
+        self.publish_until(event, None, &PublishOptions::PLAIN)
+            .await
     }
 
     pub(crate) async fn publish_timeout(
@@ -350,7 +353,8 @@ impl<E: Event> TopicState<E> {
         event: E,
         timeout: Duration,
     ) -> Result<PublishReceipt, PublishError<E>> {
-        self.publish_until(event, Some(timeout), None).await
+        self.publish_until(event, Some(timeout), &PublishOptions::PLAIN)
+            .await
     }
 
     pub(crate) async fn publish_with(
@@ -358,8 +362,7 @@ impl<E: Event> TopicState<E> {
         event: E,
         options: PublishOptions,
     ) -> Result<PublishReceipt, PublishError<E>> {
-        self.publish_until(event, options.timeout, options.key.as_ref())
-            .await
+        self.publish_until(event, options.timeout, &options).await
     }
 
     /// Publishes, waiting for room under `Block` at most `timeout` (forever
@@ -369,7 +372,7 @@ impl<E: Event> TopicState<E> {
         &self,
         event: E,
         timeout: Option<Duration>,
-        key: Option<&Arc<str>>,
+        opts: &PublishOptions,
     ) -> Result<PublishReceipt, PublishError<E>> {
         // The timer starts at the first wait, so a publish that never waits
         // needs no timer (nor a runtime to drive one), and no clock reading.
@@ -382,7 +385,7 @@ impl<E: Event> TopicState<E> {
                 let event = pending
                     .take()
                     .expect("publish future polled after it completed");
-                match self.try_enqueue(Some(cx), event, key) {
+                match self.try_enqueue(Some(cx), event, opts) {
                     Ok(receipt) => Poll::Ready(Ok(receipt)),
                     Err(NotNow::Refused(err)) => Poll::Ready(Err(err)),
                     Err(NotNow::Wait(event, full)) => {
@@ -580,9 +583,8 @@ impl<E: Event> ErasedTopic for TopicState<E> {
         bus: &crate::Bus,
         options: &AnyOptions,
     ) -> Result<AnyStream, SubscribeError> {
-        use futures::StreamExt;
         let sub = options.apply(bus.subscribe::<E>())?;
-        Ok(Box::pin(sub.map(|e| e.erase())))
+        Ok(Box::new(Erased(sub)))
     }
 
     fn publish_dyn(
@@ -704,7 +706,7 @@ impl<E: Event> Publisher<E> {
         event: E,
         options: PublishOptions,
     ) -> Result<PublishReceipt, PublishError<E>> {
-        self.topic.try_publish_keyed(event, options.key.as_ref())
+        self.topic.try_publish_with(event, &options)
     }
 
     /// The topic this handle publishes to.

@@ -662,7 +662,29 @@ pub(crate) struct Runner {
 }
 
 /// One topic's part of a wildcard subscription.
-pub(crate) type AnyStream = Pin<Box<dyn Stream<Item = AnyEvent> + Send>>;
+pub(crate) type AnyStream = Box<dyn AnyPart>;
+
+/// A subscription whose events come out type-erased.
+pub(crate) trait AnyPart: Stream<Item = AnyEvent> + Send + Unpin {
+    /// Stops taking new events; what is queued still comes.
+    fn close(&mut self);
+}
+
+impl<E: Event> AnyPart for Erased<E> {
+    fn close(&mut self) {
+        self.0.close();
+    }
+}
+
+/// A typed subscription read as [`AnyEvent`]s.
+pub(crate) struct Erased<E: Event>(pub(crate) Subscription<E>);
+
+impl<E: Event> Stream for Erased<E> {
+    type Item = AnyEvent;
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<AnyEvent>> {
+        self.get_mut().0.poll_recv(cx).map(|e| e.map(|e| e.erase()))
+    }
+}
 
 /// The settings a wildcard subscription applies to each matching topic.
 pub(crate) struct AnyOptions {
@@ -800,6 +822,14 @@ impl PatternSubscription {
     /// part is closed and drained.
     pub async fn recv(&mut self) -> Option<AnyEvent> {
         futures::StreamExt::next(&mut self.parts).await
+    }
+
+    /// Stops receiving new events on every matching topic; what is already
+    /// queued can still be read, then the stream ends.
+    pub fn close(&mut self) {
+        for part in self.parts.iter_mut() {
+            part.close();
+        }
     }
 
     /// The pattern.

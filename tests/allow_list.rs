@@ -58,7 +58,9 @@ fn registering_a_type_twice_is_fine_with_the_same_config_only() {
         .topic::<OrderCreated>()
         .build()
         .expect("same type, same config");
-    assert_eq!(bus.topics(), ["orders.created", "tidings.dead_letters"]);
+    // Tidings' own topics follow the application's.
+    assert_eq!(bus.topics()[0], "orders.created");
+    assert!(bus.topics()[1..].iter().all(|t| t.starts_with("tidings.")));
 
     let err = Bus::builder()
         .topic::<OrderCreated>()

@@ -1,0 +1,489 @@
+//! The NATS bridge against a real `nats-server` (with JetStream), started
+//! and stopped by these tests on 127.0.0.1 with a port and a store of their
+//! own. Two buses in this one process talk only through the server.
+//!
+//! Waiting for something to arrive has a generous deadline as a guard
+//! against a hang, never as a measurement.
+#![cfg(feature = "nats")]
+
+use std::collections::HashSet;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tidings::bridge::{Bridge, BridgeError, Durable, RejectReason, Rejected};
+use tidings::{Bus, Event, PublishOptions};
+
+#[derive(Debug, Clone, PartialEq, Event, serde::Serialize, serde::Deserialize)]
+#[event(topic = "orders.created", serde)]
+struct OrderCreated {
+    id: u64,
+    total_cents: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Event, serde::Serialize, serde::Deserialize)]
+#[event(topic = "orders.marker", serde)]
+struct Marker(u64);
+
+#[derive(Debug, Event)]
+#[event(topic = "orders.internal")]
+struct NotSerializable;
+
+#[derive(Debug, Event, serde::Serialize, serde::Deserialize)]
+#[event(topic = "payments.settled", serde)]
+struct Unregistered;
+
+/// A `nats-server -js` of the test's own.
+struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl NatsServer {
+    fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "tidings-nats-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("store dir");
+        let mut server = NatsServer {
+            child: None,
+            port,
+            dir,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let bin = [
+            "nats-server",
+            "/usr/sbin/nats-server",
+            "/usr/bin/nats-server",
+        ]
+        .into_iter()
+        .find(|b| Command::new(b).arg("--version").output().is_ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "nats-server not found: the bridge tests need a real broker. \
+                     Install it with `apt-get install -y nats-server` (Debian) or put it on PATH."
+            )
+        });
+        let child = Command::new(bin)
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not start listening"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    async fn client(&self) -> async_nats::Client {
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis(50 * attempts.min(10) as u64)
+            })
+            .connect(self.url())
+            .await
+            .expect("connect");
+        // The server starts JetStream before it listens: it is up now.
+        client
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn bus() -> Bus {
+    Bus::builder()
+        .topic::<OrderCreated>()
+        .topic::<Marker>()
+        .topic::<NotSerializable>()
+        .build()
+        .unwrap()
+}
+
+/// Waits until `done()` holds; panics after a minute (a hang, not a number).
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_events_round_trip_between_two_buses() {
+    let server = NatsServer::start();
+    let (orders, billing) = (bus(), bus());
+    let mut received = billing.subscribe::<OrderCreated>().stream().unwrap();
+    let b = Bridge::builder(&billing, server.client().await)
+        .name("billing")
+        .prefix("acme")
+        .import::<OrderCreated>()
+        .start()
+        .await
+        .unwrap();
+    let a = Bridge::builder(&orders, server.client().await)
+        .name("orders")
+        .prefix("acme")
+        .export::<OrderCreated>()
+        .start()
+        .await
+        .unwrap();
+    let sent = OrderCreated {
+        id: 7,
+        total_cents: 1250,
+    };
+    let receipt = orders
+        .publish_with(
+            sent.clone(),
+            PublishOptions::new().idempotency_key("order-7"),
+        )
+        .await
+        .unwrap();
+    orders
+        .publish(OrderCreated {
+            id: 8,
+            total_cents: 1,
+        })
+        .await
+        .unwrap();
+    let got = received.recv().await.unwrap();
+    assert_eq!(*got, sent);
+    assert_eq!(got.idempotency_key(), Some("order-7"), "the key crosses");
+    assert_eq!(got.origin(), Some(b.origin()));
+    let got = received.recv().await.unwrap();
+    assert_eq!(got.id, 8);
+    // Without a key of its own, an event is keyed by its cross-process id.
+    let key = got.idempotency_key().expect("keyed by id");
+    assert!(key.starts_with(a.origin()), "{key}");
+    assert_ne!(receipt.id.get(), 0);
+    assert_eq!(a.shutdown().await.exported, 2);
+    until("the imports to be counted", || b.stats().imported == 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_allow_listed_serializable_topics_can_be_bridged() {
+    let server = NatsServer::start();
+    let bus = bus();
+    let client = server.client().await;
+    let err = Bridge::builder(&bus, client.clone())
+        .export::<Unregistered>()
+        .start()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            BridgeError::UnknownTopic {
+                topic: "payments.settled"
+            }
+        ),
+        "{err}"
+    );
+    let err = Bridge::builder(&bus, client.clone())
+        .import::<Unregistered>()
+        .start()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BridgeError::UnknownTopic { .. }), "{err}");
+    let err = Bridge::builder(&bus, client.clone())
+        .export::<NotSerializable>()
+        .start()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "topic `orders.internal` (type `bridge::NotSerializable`) cannot cross the bridge: derive Serialize and Deserialize and add #[event(serde)]"
+    );
+    let err = Bridge::builder(&bus, client.clone())
+        .export_pattern("shipping.>")
+        .start()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BridgeError::NoMatch { .. }), "{err}");
+    // A wildcard picks up every allow-listed topic it matches, and it must
+    // be able to carry them all.
+    let err = Bridge::builder(&bus, client)
+        .export_pattern("orders.*")
+        .start()
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        BridgeError::NotSerializable {
+            topic: "orders.internal",
+            ..
+        }
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_from_the_network_is_rejected_with_its_reason_and_bytes() {
+    let server = NatsServer::start();
+    let billing = Bus::builder()
+        .topic::<OrderCreated>()
+        .topic::<Marker>()
+        .build()
+        .unwrap();
+    let mut rejected = billing.subscribe::<Rejected>().stream().unwrap();
+    let mut orders = billing.subscribe::<OrderCreated>().stream().unwrap();
+    let bridge = Bridge::builder(&billing, server.client().await)
+        .name("billing")
+        .import_pattern("orders.>")
+        .max_payload(256)
+        .raw_limit(16)
+        .start()
+        .await
+        .unwrap();
+    let raw = server.client().await;
+    raw.publish("orders.created", "{not json".into())
+        .await
+        .unwrap();
+    raw.publish("orders.shipped", r#"{"id":1}"#.into())
+        .await
+        .unwrap();
+    raw.publish("orders.created", vec![b' '; 300].into())
+        .await
+        .unwrap();
+    raw.publish("orders.created", r#"{"id":9,"total_cents":5}"#.into())
+        .await
+        .unwrap();
+    raw.flush().await.unwrap();
+
+    let mut reasons = Vec::new();
+    for _ in 0..3 {
+        let r = rejected.recv().await.unwrap();
+        assert!(r.raw.len() <= 16, "raw bytes are bounded");
+        reasons.push((r.subject.clone(), r.reason.clone(), r.raw_len));
+    }
+    assert!(
+        matches!(&reasons[0], (s, RejectReason::Malformed(_), 9) if s == "orders.created"),
+        "{reasons:?}"
+    );
+    assert_eq!(
+        reasons[1],
+        ("orders.shipped".into(), RejectReason::NotAllowed, 8)
+    );
+    assert_eq!(
+        reasons[2],
+        (
+            "orders.created".into(),
+            RejectReason::Oversize { limit: 256 },
+            300
+        )
+    );
+    // The good one still gets through, typed, and nothing crashed.
+    assert_eq!(orders.recv().await.map(|o| o.id), Some(9));
+    // The bridge counts once its publish returned, just after delivery.
+    until("the import to be counted", || bridge.stats().imported == 1).await;
+    let stats = bridge.stats();
+    assert_eq!((stats.rejected, stats.imported), (3, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_imported_event_is_not_exported_back() {
+    let server = NatsServer::start();
+    let (a_bus, b_bus) = (bus(), bus());
+    let mut a_orders = a_bus.subscribe::<OrderCreated>().stream().unwrap();
+    let mut b_orders = b_bus.subscribe::<OrderCreated>().stream().unwrap();
+    let mut a_markers = a_bus.subscribe::<Marker>().stream().unwrap();
+    // Both sides export and import the same topics.
+    let a = Bridge::builder(&a_bus, server.client().await)
+        .name("a")
+        .export_pattern("orders.created")
+        .export::<Marker>()
+        .import_pattern("orders.created")
+        .import::<Marker>()
+        .start()
+        .await
+        .unwrap();
+    let b = Bridge::builder(&b_bus, server.client().await)
+        .name("b")
+        .export::<OrderCreated>()
+        .export::<Marker>()
+        .import::<OrderCreated>()
+        .import::<Marker>()
+        .start()
+        .await
+        .unwrap();
+    a_bus
+        .publish(OrderCreated {
+            id: 1,
+            total_cents: 1,
+        })
+        .await
+        .unwrap();
+    assert_eq!(b_orders.recv().await.map(|o| o.id), Some(1));
+    // B's marker comes after anything B could have sent back.
+    b_bus.publish(Marker(1)).await.unwrap();
+    assert_eq!(a_markers.recv().await.map(|m| m.0), Some(1));
+    assert_eq!(
+        a_orders.recv().await.map(|o| o.id),
+        Some(1),
+        "A's own publish"
+    );
+    assert!(
+        a_orders.try_recv().is_err(),
+        "the order did not come back to A"
+    );
+    until("the counts", || {
+        a.stats().imported == 1 && b.stats().exported == 1
+    })
+    .await;
+    let (a, b) = (a.stats(), b.stats());
+    assert_eq!((a.exported, a.imported), (1, 1), "{a:?}");
+    assert_eq!((b.exported, b.imported), (1, 1), "{b:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_drops_a_republished_event_id() {
+    let server = NatsServer::start();
+    let billing = bus();
+    let mut orders = billing.subscribe::<OrderCreated>().stream().unwrap();
+    let mut markers = billing.subscribe::<Marker>().stream().unwrap();
+    let _b = Bridge::builder(&billing, server.client().await)
+        .name("billing")
+        .durable(Durable::new("ORDERS", ["orders.>"]))
+        .import::<OrderCreated>()
+        .import::<Marker>()
+        .start()
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(server.client().await);
+    let mut acks = Vec::new();
+    for _ in 0..2 {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", "orders-service-42");
+        let ack = js
+            .publish_with_headers(
+                "orders.created",
+                headers,
+                r#"{"id":42,"total_cents":100}"#.into(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        acks.push(ack.duplicate);
+    }
+    assert_eq!(acks, [false, true], "the broker recognised the repeat");
+    js.publish("orders.marker", "1".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(markers.recv().await.map(|m| m.0), Some(1));
+    assert_eq!(orders.recv().await.map(|o| o.id), Some(42));
+    assert!(orders.try_recv().is_err(), "delivered once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_in_durable_mode_loses_and_duplicates_nothing() {
+    let mut server = NatsServer::start();
+    let (orders, billing) = (bus(), bus());
+    let handled = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&handled);
+    let _billing = billing
+        .subscribe::<OrderCreated>()
+        .name("charge")
+        .sync(move |o| log.lock().unwrap().push(o.id))
+        .unwrap();
+    let durable = || Durable::new("ORDERS", ["orders.>"]);
+    let b = Bridge::builder(&billing, server.client().await)
+        .name("billing")
+        .durable(durable())
+        .import::<OrderCreated>()
+        .start()
+        .await
+        .unwrap();
+    let a = Bridge::builder(&orders, server.client().await)
+        .name("orders")
+        .durable(durable())
+        .export::<OrderCreated>()
+        .start()
+        .await
+        .unwrap();
+    const N: u64 = 200;
+    for id in 1..=N / 2 {
+        orders
+            .publish(OrderCreated {
+                id,
+                total_cents: id,
+            })
+            .await
+            .unwrap();
+    }
+    until("the first half to be handled", || {
+        handled.lock().unwrap().len() as u64 >= N / 4
+    })
+    .await;
+    server.stop(); // mid-stream
+    for id in N / 2 + 1..=N {
+        orders
+            .publish(OrderCreated {
+                id,
+                total_cents: id,
+            })
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.spawn(); // same port, same store
+    until("every order to be handled", || {
+        handled.lock().unwrap().len() as u64 >= N
+    })
+    .await;
+    let a = a.shutdown().await;
+    let ids = handled.lock().unwrap().clone();
+    let distinct: HashSet<u64> = ids.iter().copied().collect();
+    assert_eq!(distinct.len() as u64, N, "nothing lost");
+    assert_eq!(ids.len() as u64, N, "nothing handled twice");
+    assert_eq!(a.exported, N);
+    assert!(a.export_retries > 0, "the exporter had to retry: {a:?}");
+    until("the imports to be counted", || b.stats().imported >= N).await;
+    let b = b.stats();
+    assert_eq!(b.imported, N, "{b:?}");
+}
