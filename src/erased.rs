@@ -51,10 +51,10 @@ impl<E: Event> ErasedPublished for Published<E> {
         self.at
     }
     fn key(&self) -> Option<&str> {
-        self.key.as_deref()
+        Published::key(self)
     }
     fn origin(&self) -> Option<&str> {
-        self.origin.as_deref()
+        Published::origin(self)
     }
     fn event(&self) -> &(dyn Any + Send + Sync) {
         &self.event

@@ -81,10 +81,25 @@ pub(crate) struct Published<E> {
     pub(crate) id: EventId,
     pub(crate) seq: u64,
     pub(crate) at: SystemTime,
-    /// The idempotency key it was published with, if any.
+    /// The idempotency key and origin, for the few events published with
+    /// either: boxed, so that the others stay small.
+    pub(crate) meta: Option<Box<Meta>>,
+}
+
+/// What a publish said about an event beyond the event itself.
+pub(crate) struct Meta {
     pub(crate) key: Option<Arc<str>>,
-    /// Where it came from, if its publisher said.
     pub(crate) origin: Option<Arc<str>>,
+}
+
+impl<E> Published<E> {
+    pub(crate) fn key(&self) -> Option<&str> {
+        self.meta.as_ref()?.key.as_deref()
+    }
+
+    pub(crate) fn origin(&self) -> Option<&str> {
+        self.meta.as_ref()?.origin.as_deref()
+    }
 }
 
 /// What a subscriber receives: the event (shared, never cloned) and its
@@ -171,14 +186,14 @@ impl<E: Event> Envelope<E> {
     /// ([`PublishOptions::idempotency_key`](crate::PublishOptions::idempotency_key)),
     /// if any.
     pub fn idempotency_key(&self) -> Option<&str> {
-        self.inner.key.as_deref()
+        self.inner.key()
     }
 
     /// Where the event came from, if its publisher said
     /// ([`PublishOptions::origin`](crate::PublishOptions::origin)); a bridge
     /// marks the events it imports.
     pub fn origin(&self) -> Option<&str> {
-        self.inner.origin.as_deref()
+        self.inner.origin()
     }
 
     /// Which handler attempt this is: 1 for the first run, 2 for the first

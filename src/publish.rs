@@ -23,7 +23,7 @@ use parking_lot::Mutex;
 use crate::dedup::{Dedup, Duplicate, PublishOptions};
 use crate::erased::{Codec, DynEvent};
 use crate::error::{PublishError, SubscribeError};
-use crate::event::{EventId, Published};
+use crate::event::{EventId, Meta, Published};
 use crate::queue::{ErasedQueue, Overflow, Push, Queue, QueueSetup, Ring, RingView};
 use crate::replay::{self, Replayed, StartAt};
 use crate::retry::Breaker;
@@ -77,6 +77,51 @@ impl PublishReceipt {
     pub fn is_duplicate(&self) -> bool {
         self.duplicate.is_some()
     }
+}
+
+/// The receipt of a publish whose key is within the window, if it is.
+#[cold]
+#[inline(never)]
+fn duplicate_of(dedup: &mut Dedup, key: &str, now: Instant) -> Option<PublishReceipt> {
+    let original = dedup.check(key, now)?;
+    Some(PublishReceipt {
+        id: original.original,
+        seq: original.original_seq,
+        enqueued: 0,
+        evicted_oldest: 0,
+        dropped_newest: 0,
+        duplicate: Some(original),
+    })
+}
+
+/// Records the key of an accepted publish.
+#[cold]
+#[inline(never)]
+fn remember(dedup: &mut Dedup, key: &Arc<str>, id: EventId, seq: u64, now: Instant) {
+    let original = Duplicate {
+        original: id,
+        original_seq: seq,
+    };
+    dedup.record(Arc::clone(key), original, now);
+}
+
+/// The metadata of a publish with a key or an origin.
+#[cold]
+#[inline(never)]
+fn meta(opts: &PublishOptions) -> Box<Meta> {
+    Box::new(Meta {
+        key: opts.key.clone(),
+        origin: opts.origin.clone(),
+    })
+}
+
+/// Adds an accepted event to a topic's retained log of `retain` events.
+#[inline(never)]
+fn keep<E>(log: &mut VecDeque<Arc<Published<E>>>, retain: usize, published: &Arc<Published<E>>) {
+    if log.len() == retain {
+        log.pop_front();
+    }
+    log.push_back(Arc::clone(published));
 }
 
 /// A subscription with no room, as found by a publish.
@@ -218,15 +263,8 @@ impl<E: Event> TopicState<E> {
         // Keyed publishes read the clock once, for the window.
         let now = key.map(|_| Instant::now());
         if let (Some(key), Some(now)) = (key, now) {
-            if let Some(original) = inner.dedup.check(key, now) {
-                return Ok(PublishReceipt {
-                    id: original.original,
-                    seq: original.original_seq,
-                    enqueued: 0,
-                    evicted_oldest: 0,
-                    dropped_newest: 0,
-                    duplicate: Some(original),
-                });
+            if let Some(receipt) = duplicate_of(&mut inner.dedup, key, now) {
+                return Ok(receipt);
             }
         }
         let tail = inner.next_seq;
@@ -266,27 +304,20 @@ impl<E: Event> TopicState<E> {
         inner.published += 1;
         self.metrics.published();
         let id = EventId::next();
+        let meta = (key.is_some() || opts.origin.is_some()).then(|| meta(opts));
         let published = Arc::new(Published {
             event,
             id,
             seq,
             at: SystemTime::now(),
-            key: key.cloned(),
-            origin: opts.origin.clone(),
+            meta,
         });
         if let (Some(key), Some(now)) = (key, now) {
-            let original = Duplicate {
-                original: id,
-                original_seq: seq,
-            };
-            inner.dedup.record(Arc::clone(key), original, now);
+            remember(&mut inner.dedup, key, id, seq, now);
         }
         let retain = self.config.retained();
         if retain > 0 {
-            if inner.retained.len() == retain {
-                inner.retained.pop_front();
-            }
-            inner.retained.push_back(Arc::clone(&published));
+            keep(&mut inner.retained, retain, &published);
         }
         let mut receipt = PublishReceipt {
             id,
