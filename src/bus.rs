@@ -246,6 +246,12 @@ impl Bus {
     /// `.handler()` or `.sync()`. Dead letters that reach no subscription
     /// (and are not retained) are counted per subscription as
     /// `dead_letters_unheard` and logged once per subscription.
+    ///
+    /// A dead-letter subscription is an ordinary one: under
+    /// [`Overflow::Block`](crate::Overflow::Block) (the default) a reader
+    /// that stops reading makes failing handlers wait once its queue is
+    /// full, as it would any publisher. Choose `DropOldest` for a reader
+    /// that may fall behind.
     pub fn dead_letters(&self) -> SubscribeBuilder<'_, DeadLetter> {
         self.subscribe::<DeadLetter>()
     }
