@@ -15,7 +15,7 @@ use std::future::Future;
 use std::ops::RangeBounds;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
@@ -124,6 +124,73 @@ fn keep<E>(log: &mut VecDeque<Arc<Published<E>>>, retain: usize, published: &Arc
     log.push_back(Arc::clone(published));
 }
 
+/// A waiting publisher's place in its topic's line.
+struct Turn<'a, E: Event> {
+    topic: &'a TopicState<E>,
+    ticket: Option<u64>,
+}
+
+impl<E: Event> Drop for Turn<'_, E> {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.ticket.take() {
+            self.topic.leave(ticket);
+        }
+    }
+}
+
+/// Under the topic lock: whether a caller that may wait must wait its turn
+/// (and what to name as the full subscription), refreshing its waker in the
+/// line. `None`: it is first in line, or nobody waits, so it looks for room.
+#[cold]
+#[inline(never)]
+fn wait_in_line<E>(
+    inner: &mut TopicInner<E>,
+    turn: &mut Option<u64>,
+    cx: &mut Context<'_>,
+) -> Option<FullSub<E>> {
+    let first = inner.line.front().map(|(ticket, _)| *ticket)?;
+    let blocking = inner.blocking.as_ref()?;
+    let full = FullSub {
+        queue: Arc::clone(blocking),
+    };
+    match *turn {
+        Some(mine) if mine == first => None,
+        Some(mine) => {
+            if let Some((_, waker)) = inner.line.iter_mut().find(|(t, _)| *t == mine) {
+                if !waker.will_wake(cx.waker()) {
+                    *waker = cx.waker().clone();
+                }
+            }
+            Some(full)
+        }
+        None => {
+            let ticket = inner.next_ticket;
+            inner.next_ticket += 1;
+            inner.line.push_back((ticket, cx.waker().clone()));
+            *turn = Some(ticket);
+            Some(full)
+        }
+    }
+}
+
+/// Under the topic lock: takes `turn`'s ticket out of the line; if it was
+/// first, returns the waker of the new first, to wake once the lock is
+/// released.
+#[inline(never)]
+fn leave_line<E>(inner: &mut TopicInner<E>, turn: &mut Option<u64>) -> Option<Waker> {
+    let ticket = turn.take()?;
+    let at = inner.line.iter().position(|(t, _)| *t == ticket)?;
+    inner.line.remove(at);
+    if inner.line.is_empty() {
+        inner.blocking = None;
+    }
+    if at == 0 {
+        inner.line.front().map(|(_, waker)| waker.clone())
+    } else {
+        None
+    }
+}
+
 /// A subscription with no room, as found by a publish.
 struct FullSub<E> {
     queue: Arc<Queue<E>>,
@@ -208,6 +275,15 @@ pub(crate) struct TopicInner<E> {
     /// The last subscriptions that left, for their watch findings (a
     /// handler may still be finishing when its subscription leaves).
     retired: std::collections::VecDeque<Arc<Queue<E>>>,
+    /// Publishers waiting for room, oldest first, with their wakers. Only
+    /// the first looks for room (and is woken by the subscription that
+    /// makes some); the others wait their turn, so room goes to publishers
+    /// in the order they started waiting instead of to whoever wins a race.
+    line: VecDeque<(u64, Waker)>,
+    next_ticket: u64,
+    /// The subscription the first in line last found full: what a waiting
+    /// publisher's timeout names.
+    blocking: Option<Arc<Queue<E>>>,
 }
 
 /// How many departed subscriptions a topic keeps for their findings.
@@ -239,17 +315,26 @@ impl<E: Event> TopicState<E> {
                 unsubscribed: 0,
                 discarded_on_unsubscribe: 0,
                 retired: std::collections::VecDeque::new(),
+                line: VecDeque::new(),
+                next_ticket: 0,
+                blocking: None,
             }),
         }
     }
 
     /// One attempt to publish. With `cx`, a full `Block` subscription
     /// registers the caller to be woken when it has room.
+    ///
+    /// `turn` is the caller's place in the line of waiting publishers, for a
+    /// publish that may wait (a `try_publish` passes `None` and never
+    /// queues). A caller that has to wait joins the line; while others are
+    /// ahead of it, it waits its turn without looking for room.
     fn try_enqueue(
         &self,
         mut cx: Option<&mut Context<'_>>,
         event: E,
         opts: &PublishOptions,
+        mut turn: Option<&mut Option<u64>>,
     ) -> Result<PublishReceipt, NotNow<E>> {
         let key = opts.key.as_ref();
         let mut guard = self.inner.lock();
@@ -259,6 +344,13 @@ impl<E: Event> TopicState<E> {
                 topic: E::TOPIC,
                 event,
             }));
+        }
+        if !inner.line.is_empty() {
+            if let (Some(turn), Some(cx)) = (turn.as_deref_mut(), cx.as_deref_mut()) {
+                if let Some(full) = wait_in_line(inner, turn, cx) {
+                    return Err(NotNow::Wait(event, full));
+                }
+            }
         }
         // Keyed publishes read the clock once, for the window.
         let now = key.map(|_| Instant::now());
@@ -296,8 +388,22 @@ impl<E: Event> TopicState<E> {
             }
         }
         if let Some(full) = blocked {
+            if let (Some(turn), Some(cx)) = (turn, cx) {
+                if turn.is_none() {
+                    let ticket = inner.next_ticket;
+                    inner.next_ticket += 1;
+                    inner.line.push_back((ticket, cx.waker().clone()));
+                    *turn = Some(ticket);
+                }
+                inner.blocking = Some(Arc::clone(&full.queue));
+            }
             return Err(NotNow::Wait(event, full));
         }
+        // The caller's turn is over: the next in line looks for room now.
+        let next = match turn {
+            Some(turn @ Some(_)) => leave_line(inner, turn),
+            _ => None,
+        };
 
         let seq = inner.next_seq;
         inner.next_seq += 1;
@@ -348,6 +454,10 @@ impl<E: Event> TopicState<E> {
                 Push::Closed => {}
             }
         }
+        drop(guard);
+        if let Some(next) = next {
+            next.wake();
+        }
         Ok(receipt)
     }
 
@@ -361,12 +471,10 @@ impl<E: Event> TopicState<E> {
         opts: &PublishOptions,
     ) -> Result<PublishReceipt, PublishError<E>> {
         let span = telemetry::publish_span(E::TOPIC);
-        let result =
-            telemetry::in_span(&span, || self.try_enqueue(None, event, opts)).map_err(|not_now| {
-                match not_now {
-                    NotNow::Refused(err) => err,
-                    NotNow::Wait(event, full) => full.refuse(event),
-                }
+        let result = telemetry::in_span(&span, || self.try_enqueue(None, event, opts, None))
+            .map_err(|not_now| match not_now {
+                NotNow::Refused(err) => err,
+                NotNow::Wait(event, full) => full.refuse(event),
             });
         if let Ok(receipt) = &result {
             telemetry::record_receipt(&span, receipt);
@@ -410,13 +518,19 @@ impl<E: Event> TopicState<E> {
         let mut sleep: Option<Pin<Box<tokio::time::Sleep>>> = None;
         let mut waiting: Option<(Instant, FullSub<E>)> = None;
         let mut pending = Some(event);
+        // Its place in the line; leaving it (done, timed out, or dropped)
+        // hands the turn on.
+        let mut turn = Turn {
+            topic: self,
+            ticket: None,
+        };
         let span = telemetry::publish_span(E::TOPIC);
         let result = telemetry::instrument(
             poll_fn(|cx| {
                 let event = pending
                     .take()
                     .expect("publish future polled after it completed");
-                match self.try_enqueue(Some(cx), event, opts) {
+                match self.try_enqueue(Some(cx), event, opts, Some(&mut turn.ticket)) {
                     Ok(receipt) => Poll::Ready(Ok(receipt)),
                     Err(NotNow::Refused(err)) => Poll::Ready(Err(err)),
                     Err(NotNow::Wait(event, full)) => {
@@ -450,6 +564,18 @@ impl<E: Event> TopicState<E> {
             telemetry::record_receipt(&span, receipt);
         }
         result
+    }
+
+    /// Takes `ticket` out of the line and wakes whoever is first now.
+    fn leave(&self, ticket: u64) {
+        let next = {
+            let mut inner = self.inner.lock();
+            let mut turn = Some(ticket);
+            leave_line(&mut inner, &mut turn)
+        };
+        if let Some(next) = next {
+            next.wake();
+        }
     }
 
     /// A publish waited `took` for room in `queue`.

@@ -4,6 +4,8 @@
 use std::pin::pin;
 use std::time::Duration;
 
+use std::future::Future;
+
 use futures::{poll, FutureExt};
 use tidings::error::PublishError;
 use tidings::{Bus, Event, Overflow};
@@ -342,4 +344,88 @@ async fn events_are_freed_once_every_subscription_has_them() {
     assert_eq!(FREED.load(Ordering::SeqCst), 1, "taken by all: freed");
     drop(b); // leaves with two unread: they are let go of too
     assert_eq!(FREED.load(Ordering::SeqCst), 3);
+}
+
+/// Counts how often it is woken.
+struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+impl futures::task::ArcWake for CountingWaker {
+    fn wake_by_ref(arc_self: &std::sync::Arc<Self>) {
+        arc_self
+            .0
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn counting() -> (std::sync::Arc<CountingWaker>, std::task::Waker) {
+    let count = std::sync::Arc::new(CountingWaker(std::sync::atomic::AtomicUsize::new(0)));
+    let waker = futures::task::waker(std::sync::Arc::clone(&count));
+    (count, waker)
+}
+
+#[tokio::test]
+async fn waiting_publishers_get_room_in_the_order_they_started_waiting() {
+    let bus = bus();
+    let mut sub = bus.subscribe::<Tick>().capacity(1).stream().unwrap();
+    bus.publish(Tick(0)).await.unwrap();
+    // Five publishers start waiting, 1 first.
+    let mut waiting: Vec<_> = (1..=5).map(|i| Box::pin(bus.publish(Tick(i)))).collect();
+    let (_, waker) = counting();
+    let mut cx = std::task::Context::from_waker(&waker);
+    for f in &mut waiting {
+        assert!(f.as_mut().poll(&mut cx).is_pending());
+    }
+    let mut order = Vec::new();
+    let mut done = [false; 5];
+    for _ in 0..5 {
+        order.push(sub.recv().await.unwrap().0);
+        // Room for one: poll the newest first, so that a race would go to it.
+        for (i, f) in waiting.iter_mut().enumerate().rev() {
+            if !done[i] && f.as_mut().poll(&mut cx).is_ready() {
+                done[i] = true;
+            }
+        }
+    }
+    order.push(sub.recv().await.unwrap().0);
+    assert_eq!(order, [0, 1, 2, 3, 4, 5], "first come, first served");
+}
+
+#[tokio::test]
+async fn a_waiting_publisher_that_gives_up_hands_its_turn_on() {
+    let bus = bus();
+    let mut sub = bus.subscribe::<Tick>().capacity(1).stream().unwrap();
+    bus.publish(Tick(0)).await.unwrap();
+    let mut first = Box::pin(bus.publish(Tick(1)));
+    let mut second = Box::pin(bus.publish(Tick(2)));
+    let (first_wakes, w1) = counting();
+    let (second_wakes, w2) = counting();
+    assert!(first
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(&w1))
+        .is_pending());
+    assert!(second
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(&w2))
+        .is_pending());
+    // The first in line is dropped: the second is woken to take its place,
+    // then waits for room like the first did.
+    drop(first);
+    let woken = second_wakes.0.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(woken, 1, "the turn was handed on");
+    assert!(second
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(&w2))
+        .is_pending());
+    assert_eq!(sub.recv().await.map(|t| t.0), Some(0));
+    assert_eq!(
+        second_wakes.0.load(std::sync::atomic::Ordering::Relaxed),
+        2,
+        "room wakes the new first in line"
+    );
+    assert!(second
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(&w2))
+        .is_ready());
+    assert_eq!(sub.recv().await.map(|t| t.0), Some(2));
+    drop(first_wakes); // a stale wake of the dropped one is harmless
 }
