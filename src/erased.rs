@@ -170,7 +170,7 @@ impl AnyEvent {
     /// Whether the event's type can be serialized (it derives `Serialize`
     /// and `Deserialize` and is marked `#[event(serde)]`).
     pub fn is_serializable(&self) -> bool {
-        self.inner.codec().is_some_and(|c| c.can_serialize())
+        self.inner.codec().is_some()
     }
 }
 
@@ -289,10 +289,6 @@ impl Codec {
             deserialize: |d| erased_serde::deserialize::<E>(d).map(|e| Box::new(e) as _),
             _private: (),
         }
-    }
-
-    fn can_serialize(&self) -> bool {
-        cfg!(feature = "serde")
     }
 }
 

@@ -280,12 +280,18 @@ impl BridgeBuilder {
 
     /// Sends local events of `E` to the NATS subject named like its topic.
     pub fn export<E: Event>(mut self) -> Self {
+        let topic = self.registered::<E>();
+        self.exports.push(topic);
+        self
+    }
+
+    /// `E`'s topic, noting an error for `start` if it is not registered.
+    fn registered<E: Event>(&mut self) -> String {
         if !self.bus.is_registered::<E>() {
             self.error
                 .get_or_insert(BridgeError::UnknownTopic { topic: E::TOPIC });
         }
-        self.exports.push(E::TOPIC.to_owned());
-        self
+        E::TOPIC.to_owned()
     }
 
     /// Sends local events of every registered topic matching `pattern`
@@ -298,11 +304,8 @@ impl BridgeBuilder {
     /// Publishes messages from the NATS subject named like `E`'s topic on
     /// the local bus, as typed events.
     pub fn import<E: Event>(mut self) -> Self {
-        if !self.bus.is_registered::<E>() {
-            self.error
-                .get_or_insert(BridgeError::UnknownTopic { topic: E::TOPIC });
-        }
-        self.imports.push(E::TOPIC.to_owned());
+        let topic = self.registered::<E>();
+        self.imports.push(topic);
         self
     }
 
