@@ -766,10 +766,7 @@ impl<'a> PatternBuilder<'a> {
         let caller = Location::caller();
         let pattern = Pattern::parse(&self.pattern)?;
         let registry = self.bus.registry();
-        let matching: Vec<_> = registry
-            .entries()
-            .filter(|e| pattern.matches(e.name))
-            .collect();
+        let matching: Vec<_> = registry.matching(&pattern).collect();
         if matching.is_empty() {
             return Err(SubscribeError::NoMatch {
                 pattern: self.pattern,

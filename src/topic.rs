@@ -290,6 +290,14 @@ impl Registry {
         self.by_name.get(name).map(|t| &self.by_type[t])
     }
 
+    /// The registered topics `pattern` matches, in name order.
+    pub(crate) fn matching<'a>(
+        &'a self,
+        pattern: &'a crate::Pattern,
+    ) -> impl Iterator<Item = &'a Entry> + 'a {
+        self.entries().filter(|e| pattern.matches(e.name))
+    }
+
     pub(crate) fn entries(&self) -> impl Iterator<Item = &Entry> {
         self.by_name.values().map(|t| &self.by_type[t])
     }

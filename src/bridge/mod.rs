@@ -342,34 +342,31 @@ impl BridgeBuilder {
         self
     }
 
-    /// The registered, bridgeable topics `pattern` matches.
-    fn resolve(&self, pattern: &str) -> Result<Vec<&'static str>, BridgeError> {
+    /// `pattern` and the registered, bridgeable topics it matches.
+    fn resolve(&self, pattern: &str) -> Result<(Pattern, Vec<&'static str>), BridgeError> {
         let parsed = Pattern::parse(pattern)?;
         // Naming a topic exactly may bridge one of tidings' own; a wildcard
         // never picks them up.
         let exact = !pattern.contains(['*', '>']);
-        let topics: Vec<&'static str> = self
-            .bus
-            .registry()
-            .entries()
-            .filter(|e| parsed.matches(e.name) && (exact || !e.name.starts_with("tidings.")))
-            .map(|e| e.name)
-            .collect();
-        if topics.is_empty() {
-            return Err(BridgeError::NoMatch {
-                pattern: pattern.to_owned(),
-            });
-        }
-        for topic in &topics {
-            let entry = self.bus.registry().by_name(topic).expect("just matched");
+        let mut topics = Vec::new();
+        for entry in self.bus.registry().matching(&parsed) {
+            if !exact && entry.name.starts_with("tidings.") {
+                continue;
+            }
             if entry.erased.codec().is_none() {
                 return Err(BridgeError::NotSerializable {
                     topic: entry.name,
                     type_name: entry.type_name,
                 });
             }
+            topics.push(entry.name);
         }
-        Ok(topics)
+        if topics.is_empty() {
+            return Err(BridgeError::NoMatch {
+                pattern: pattern.to_owned(),
+            });
+        }
+        Ok((parsed, topics))
     }
 
     /// Checks everything against the allow-list, sets up JetStream in
@@ -383,7 +380,7 @@ impl BridgeBuilder {
         }
         let mut exported = Vec::new();
         for pattern in &self.exports {
-            for topic in self.resolve(pattern)? {
+            for topic in self.resolve(pattern)?.1 {
                 if !exported.contains(&topic) {
                     exported.push(topic);
                 }
@@ -391,8 +388,7 @@ impl BridgeBuilder {
         }
         let mut imported = Vec::new();
         for pattern in &self.imports {
-            self.resolve(pattern)?;
-            imported.push(Pattern::parse(pattern)?);
+            imported.push(self.resolve(pattern)?.0);
         }
         let js = self
             .durable
@@ -636,7 +632,8 @@ impl Ctx {
             }
         };
         let subject = self.subject(event.topic());
-        let mut headers = wire::headers(&self.origin, &event, self.format.content_type());
+        let id = wire::wire_id(&self.origin, &event);
+        let mut headers = wire::headers(&self.origin, &id, &event, self.format.content_type());
         match &self.js {
             None => {
                 if let Err(e) = self
@@ -653,10 +650,8 @@ impl Ctx {
                 }
             }
             Some(js) => {
-                let msg_id = event
-                    .idempotency_key()
-                    .map_or_else(|| wire::wire_id(&self.origin, &event), str::to_owned);
-                headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
+                let msg_id = event.idempotency_key().unwrap_or(&id);
+                headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
                 let mut delay = Duration::from_millis(10);
                 loop {
                     let sent = match js

@@ -76,10 +76,10 @@ pub(crate) fn wire_id(origin: &str, event: &AnyEvent) -> String {
     format!("{origin}-{}", event.id().get())
 }
 
-/// The headers of an exported event.
-pub(crate) fn headers(origin: &str, event: &AnyEvent, content_type: &str) -> HeaderMap {
+/// The headers of an exported event known across processes as `id`.
+pub(crate) fn headers(origin: &str, id: &str, event: &AnyEvent, content_type: &str) -> HeaderMap {
     let mut h = HeaderMap::new();
-    h.insert(EVENT_ID, wire_id(origin, event).as_str());
+    h.insert(EVENT_ID, id);
     h.insert(TOPIC, event.topic());
     h.insert(SEQ, event.seq().to_string().as_str());
     let at = event
