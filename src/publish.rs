@@ -433,11 +433,6 @@ impl<E: Event> TopicState<E> {
             dropped_newest: 0,
             duplicate: None,
         };
-        if inner.ring_subs > 0 {
-            if let Some(ring) = &inner.ring {
-                ring.write(&published, inner.ring_subs);
-            }
-        }
         for entry in &mut inner.subs {
             if let Some(r) = &mut entry.ring {
                 r.room = r.room.saturating_sub(1);
@@ -452,6 +447,14 @@ impl<E: Event> TopicState<E> {
                 }
                 Push::DroppedNewest => receipt.dropped_newest += 1,
                 Push::Closed => {}
+            }
+        }
+        // Last, so that the ring takes the publisher's own reference to the
+        // event instead of another one (an atomic increment and decrement
+        // fewer per publish).
+        if inner.ring_subs > 0 {
+            if let Some(ring) = &inner.ring {
+                ring.write(published, inner.ring_subs);
             }
         }
         drop(guard);

@@ -184,19 +184,20 @@ impl<E> Ring<E> {
     /// ring readers and wakes those waiting for it. The slot is free: its
     /// previous event was taken by all its readers, or the publish would have
     /// waited.
-    pub(crate) fn write(&self, published: &Arc<Published<E>>, readers: usize) {
-        let mut slot = self.slots[(published.seq & self.mask) as usize].lock();
+    pub(crate) fn write(&self, published: Arc<Published<E>>, readers: usize) {
+        let seq = published.seq;
+        let mut slot = self.slots[(seq & self.mask) as usize].lock();
         debug_assert_eq!(
             slot.readers, 0,
             "ring slot overwritten before all its readers took it"
         );
         *slot = RingSlot {
-            seq: published.seq,
-            event: Some(Arc::clone(published)),
+            seq,
+            event: Some(published),
             readers,
         };
         drop(slot);
-        self.tail.store(published.seq + 1, Ordering::Relaxed);
+        self.tail.store(seq + 1, Ordering::Relaxed);
         self.wake_all();
     }
 
@@ -230,9 +231,23 @@ impl<E> Ring<E> {
             .saturating_sub(next) as usize
     }
 
+    /// Wakes every waiting reader. The list is swapped with a spare buffer
+    /// kept by this thread, so that waking allocates nothing: on the hot
+    /// path one reader registers and is woken per event, and a fresh list
+    /// each time was a `malloc`/`free` pair per event.
     fn wake_all(&self) {
-        let waiting = std::mem::take(&mut *self.waiters.lock());
-        waiting.into_iter().for_each(Waker::wake);
+        thread_local! {
+            static SPARE: std::cell::Cell<Vec<Waker>> = const { std::cell::Cell::new(Vec::new()) };
+        }
+        let mut waiters = self.waiters.lock();
+        if waiters.is_empty() {
+            return;
+        }
+        let mut batch = SPARE.with(|spare| spare.take());
+        std::mem::swap(&mut *waiters, &mut batch);
+        drop(waiters);
+        batch.drain(..).for_each(Waker::wake);
+        SPARE.with(|spare| spare.set(batch));
     }
 }
 
