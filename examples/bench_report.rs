@@ -14,8 +14,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    AsyncBroadcast, Contender, Flume, Jaeb, Shape, TidingsBlock, TidingsDropOldest, TokioBroadcast,
-    TokioMpsc,
+    AsyncBroadcast, Contender, Flume, Jaeb, Shape, TidingsBlock, TidingsCoarse, TidingsDropOldest,
+    TokioBroadcast, TokioMpsc,
 };
 use plotters::prelude::*;
 
@@ -120,6 +120,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     eprintln!("measuring ({RUNS} runs each)…");
     let rows = vec![
         measure::<TidingsBlock>(&rt, "S1 1→1", one),
+        measure::<TidingsCoarse>(&rt, "S1 1→1", one),
         measure::<TokioMpsc>(&rt, "S1 1→1", one),
         measure::<Flume>(&rt, "S1 1→1", one),
         measure::<Jaeb>(&rt, "S1 1→1", one),

@@ -187,7 +187,7 @@ pub use subscribe::{
     PatternBuilder, PatternSubscription, SubscribeBuilder, SubscriberKind, Subscription,
     SubscriptionHandle, SubscriptionId,
 };
-pub use topic::{Topic, TopicConfig};
+pub use topic::{Clock, Topic, TopicConfig};
 pub use watch::{Finding, FindingKind, Health, Watch};
 
 #[cfg(feature = "derive")]

@@ -16,7 +16,7 @@ use std::ops::RangeBounds;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -415,7 +415,7 @@ impl<E: Event> TopicState<E> {
             event,
             id,
             seq,
-            at: SystemTime::now(),
+            at: self.config.timestamp_clock().now(),
             meta,
         });
         if let (Some(key), Some(now)) = (key, now) {

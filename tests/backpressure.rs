@@ -310,6 +310,59 @@ async fn envelopes_share_one_event_across_subscriptions() {
 }
 
 #[tokio::test]
+async fn publish_time_follows_the_topics_clock() {
+    use std::time::{Duration, SystemTime};
+    use tidings::{Clock, TopicConfig};
+
+    #[derive(Debug, Event)]
+    #[event(topic = "ticks.precise")]
+    struct Precise(u32);
+    #[derive(Debug, Event)]
+    #[event(topic = "ticks.coarse")]
+    struct Coarse(u32);
+
+    let bus = Bus::builder()
+        .topic::<Precise>()
+        .topic_with::<Coarse>(TopicConfig::default().clock(Clock::Coarse))
+        .build()
+        .unwrap();
+    assert_eq!(TopicConfig::default().timestamp_clock(), Clock::Precise);
+    let mut precise = bus.subscribe::<Precise>().stream().unwrap();
+    let mut coarse = bus.subscribe::<Coarse>().stream().unwrap();
+    let before = SystemTime::now();
+    for i in 0..100 {
+        bus.publish(Precise(i)).await.unwrap();
+        bus.publish(Coarse(i)).await.unwrap();
+    }
+    let after = SystemTime::now();
+    let (mut last_precise, mut last_coarse) = (SystemTime::UNIX_EPOCH, SystemTime::UNIX_EPOCH);
+    for i in 0..100 {
+        let p = precise.recv().await.unwrap();
+        assert_eq!(p.0, i);
+        let p = p.published_at();
+        assert!(
+            before <= p && p <= after,
+            "precise: {p:?} outside the publish window"
+        );
+        assert!(p >= last_precise, "precise timestamps go forward");
+        last_precise = p;
+        // The coarse clock reads the last timer tick: never later than the
+        // precise clock, and at most a tick (≤ 10 ms; 1 s allowed here, for a
+        // busy machine) earlier.
+        let c = coarse.recv().await.unwrap();
+        assert_eq!(c.0, i);
+        let c = c.published_at();
+        assert!(c <= after, "coarse: {c:?} after the publish window");
+        assert!(
+            c + Duration::from_secs(1) >= before,
+            "coarse: {c:?} far before it"
+        );
+        assert!(c >= last_coarse, "coarse timestamps go forward");
+        last_coarse = c;
+    }
+}
+
+#[tokio::test]
 async fn events_are_freed_once_every_subscription_has_them() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;

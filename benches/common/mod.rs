@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tidings::{Bus, Event, Overflow};
+use tidings::{Bus, Clock, Event, Overflow, TopicConfig};
 
 /// An event with `N` bytes of payload besides its sequence number and the
 /// publisher that sent it.
@@ -124,22 +124,32 @@ async fn join_readers(readers: Vec<tokio::task::JoinHandle<()>>) {
 pub struct Tidings<const POLICY: u8>;
 pub type TidingsBlock = Tidings<0>;
 pub type TidingsDropOldest = Tidings<1>;
+/// `Block` on a topic stamped with the coarse clock (`Clock::Coarse`).
+pub type TidingsCoarse = Tidings<2>;
 
 impl<const POLICY: u8> Contender for Tidings<POLICY> {
-    const NAME: &'static str = if POLICY == 0 {
-        "tidings (Block)"
-    } else {
-        "tidings (DropOldest)"
+    const NAME: &'static str = match POLICY {
+        0 => "tidings (Block)",
+        1 => "tidings (DropOldest)",
+        _ => "tidings (Block, coarse clock)",
     };
-    const LOSSLESS: bool = POLICY == 0;
+    const LOSSLESS: bool = POLICY != 1;
     fn run<const N: usize>(shape: Shape) -> impl Future<Output = Duration> + Send + 'static {
         async move {
-            let policy = if POLICY == 0 {
-                Overflow::Block
-            } else {
+            let policy = if POLICY == 1 {
                 Overflow::DropOldest
+            } else {
+                Overflow::Block
             };
-            let bus = Bus::builder().topic::<Ev<N>>().build().expect("bus");
+            let clock = if POLICY == 2 {
+                Clock::Coarse
+            } else {
+                Clock::Precise
+            };
+            let bus = Bus::builder()
+                .topic_with::<Ev<N>>(TopicConfig::default().clock(clock))
+                .build()
+                .expect("bus");
             let readers: Vec<_> = (0..shape.subscribers)
                 .map(|_| {
                     let mut sub = bus
