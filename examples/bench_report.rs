@@ -1,7 +1,8 @@
 //! One command, one comparison: S1 (1→1), S2 (1→16 fan-out) and S4
-//! (isolation from a slow subscriber) over tidings and its peers, each run
-//! five times (median), printed as a markdown table and drawn as an SVG bar
-//! chart in `target/bench_report.svg`.
+//! (isolation from a slow subscriber) over tidings and its peers, in five
+//! rounds that run every contender once each (medians; ratios compare runs
+//! of the same round, with their spread), printed as a markdown table and
+//! drawn as an SVG bar chart in `target/bench_report.svg`.
 //!
 //! `cargo run --release --example bench_report`
 //!
@@ -26,29 +27,85 @@ struct Row {
     scenario: &'static str,
     name: &'static str,
     lossless: bool,
-    /// Deliveries per second.
+    /// Deliveries per second: the median of the runs.
     rate: f64,
+    /// To tidings (Block) in the same scenario: the median of the ratios
+    /// of runs made back to back.
+    ratio: f64,
+    /// The lowest and highest of those ratios.
+    spread: (f64, f64),
 }
 
-fn measure<C: Contender>(
-    rt: &tokio::runtime::Runtime,
+/// One contender in one scenario.
+struct Case {
     scenario: &'static str,
+    name: &'static str,
+    lossless: bool,
     shape: Shape,
-) -> Row {
-    let mut rates: Vec<f64> = (0..RUNS)
-        .map(|_| {
-            let took = rt.block_on(async { tokio::spawn(C::run::<8>(shape)).await.expect("run") });
-            shape.deliveries() as f64 / took.as_secs_f64()
-        })
-        .collect();
-    rates.sort_by(f64::total_cmp);
-    eprintln!("  {scenario} {}: {:.2} M/s", C::NAME, rates[RUNS / 2] / 1e6);
-    Row {
+    run: fn(&tokio::runtime::Runtime, Shape) -> f64,
+}
+
+fn case<C: Contender>(scenario: &'static str, shape: Shape) -> Case {
+    Case {
         scenario,
         name: C::NAME,
         lossless: C::LOSSLESS,
-        rate: rates[RUNS / 2],
+        shape,
+        run: once::<C>,
     }
+}
+
+/// Deliveries per second of one run.
+fn once<C: Contender>(rt: &tokio::runtime::Runtime, shape: Shape) -> f64 {
+    let took = rt.block_on(async { tokio::spawn(C::run::<8>(shape)).await.expect("run") });
+    shape.deliveries() as f64 / took.as_secs_f64()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Runs every case once per round, `RUNS` rounds, so that a change in the
+/// shared VM's speed between minutes hits every contender alike; the ratio
+/// to tidings compares runs of the same round.
+fn measure(rt: &tokio::runtime::Runtime, cases: &[Case]) -> Vec<Row> {
+    let mut rates = vec![Vec::with_capacity(RUNS); cases.len()];
+    for round in 0..RUNS {
+        eprintln!("  round {} of {RUNS}", round + 1);
+        for (case, rates) in cases.iter().zip(&mut rates) {
+            rates.push((case.run)(rt, case.shape));
+        }
+    }
+    cases
+        .iter()
+        .zip(&rates)
+        .map(|(case, own)| {
+            let base = cases
+                .iter()
+                .position(|b| b.scenario == case.scenario && b.name == TidingsBlock::NAME)
+                .map_or(own, |i| &rates[i]);
+            let ratios: Vec<f64> = own.iter().zip(base).map(|(o, b)| o / b).collect();
+            let lowest = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+            let highest = ratios.iter().copied().fold(0.0, f64::max);
+            let row = Row {
+                scenario: case.scenario,
+                name: case.name,
+                lossless: case.lossless,
+                rate: median(own.clone()),
+                ratio: median(ratios),
+                spread: (lowest, highest),
+            };
+            eprintln!(
+                "  {} {}: {:.2} M/s, {:.2}× tidings",
+                row.scenario,
+                row.name,
+                row.rate / 1e6,
+                row.ratio
+            );
+            row
+        })
+        .collect()
 }
 
 fn chart(rows: &[Row], path: &str) -> Result<(), Box<dyn std::error::Error>> {
@@ -117,20 +174,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         subscribers: 16,
         ..one
     };
-    eprintln!("measuring ({RUNS} runs each)…");
-    let rows = vec![
-        measure::<TidingsBlock>(&rt, "S1 1→1", one),
-        measure::<TidingsCoarse>(&rt, "S1 1→1", one),
-        measure::<TokioMpsc>(&rt, "S1 1→1", one),
-        measure::<Flume>(&rt, "S1 1→1", one),
-        measure::<Jaeb>(&rt, "S1 1→1", one),
-        measure::<TidingsBlock>(&rt, "S2 1→16", fan),
-        measure::<TidingsDropOldest>(&rt, "S2 1→16", fan),
-        measure::<TokioBroadcast>(&rt, "S2 1→16", fan),
-        measure::<AsyncBroadcast>(&rt, "S2 1→16", fan),
-        measure::<TokioMpsc>(&rt, "S2 1→16", fan),
-        measure::<Jaeb>(&rt, "S2 1→16", fan),
-    ];
+    eprintln!("measuring ({RUNS} rounds, every contender once per round)…");
+    let rows = measure(
+        &rt,
+        &[
+            case::<TidingsBlock>("S1 1→1", one),
+            case::<TidingsCoarse>("S1 1→1", one),
+            case::<TokioMpsc>("S1 1→1", one),
+            case::<Flume>("S1 1→1", one),
+            case::<Jaeb>("S1 1→1", one),
+            case::<TidingsBlock>("S2 1→16", fan),
+            case::<TidingsDropOldest>("S2 1→16", fan),
+            case::<TokioBroadcast>("S2 1→16", fan),
+            case::<AsyncBroadcast>("S2 1→16", fan),
+            case::<TokioMpsc>("S2 1→16", fan),
+            case::<Jaeb>("S2 1→16", fan),
+        ],
+    );
     // S4 in interleaved pairs (alone, then with the slow subscriber): one
     // pair's tail is at the mercy of the VM's scheduler, so the report gives
     // the median pair and the spread of the ratio.
@@ -161,16 +221,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("| scenario | implementation | deliveries/s | vs tidings (Block) | lossless | p99 |");
     println!("|---|---|---:|---:|---|---:|");
     for r in &rows {
-        let base = rows
-            .iter()
-            .find(|b| b.scenario == r.scenario && b.name == TidingsBlock::NAME)
-            .map_or(r.rate, |b| b.rate);
+        let spread = if r.name == TidingsBlock::NAME {
+            String::new()
+        } else {
+            format!(" ({:.2}–{:.2})", r.spread.0, r.spread.1)
+        };
         println!(
-            "| {} | {} | {:.2} M | {:.2}× | {} | |",
+            "| {} | {} | {:.2} M | {:.2}×{spread} | {} | |",
             r.scenario,
             r.name,
             r.rate / 1e6,
-            r.rate / base,
+            r.ratio,
             if r.lossless { "yes" } else { "no" }
         );
     }

@@ -118,7 +118,8 @@ impl AnyEvent {
         self.inner.seq()
     }
 
-    /// When the event was accepted by the bus.
+    /// When the event was accepted by the bus, as its topic's
+    /// [`Clock`](crate::Clock) read it.
     pub fn published_at(&self) -> SystemTime {
         self.inner.at()
     }

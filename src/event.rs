@@ -172,7 +172,8 @@ impl<E: Event> Envelope<E> {
         self.inner.seq
     }
 
-    /// When the event was accepted by the bus.
+    /// When the event was accepted by the bus, as its topic's
+    /// [`Clock`](crate::Clock) read it (by default the precise wall clock).
     pub fn published_at(&self) -> SystemTime {
         self.inner.at
     }

@@ -116,10 +116,11 @@ pub struct TopicConfig {
 /// How a topic stamps [`Envelope::published_at`](crate::Envelope::published_at).
 ///
 /// Reading the precise wall clock is one of the larger costs of a publish:
-/// about 35 ns of the roughly 110 ns a 1→1 publish takes on a 2-core VM
-/// (`cargo run --release --example bench_report` shows both clocks side by
-/// side). A hot topic whose subscribers do not measure sub-millisecond
-/// latencies from `published_at` can trade that precision away.
+/// about 20 ns of the roughly 95 ns a publish takes on one thread of the
+/// 2-core development VM (`cargo run --release --example op_cost` and
+/// `bench_report` show both clocks side by side). A hot topic whose
+/// subscribers do not measure sub-millisecond latencies from
+/// `published_at` can trade that precision away.
 ///
 /// ```
 /// use tidings::{Clock, TopicConfig};
