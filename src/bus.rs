@@ -11,12 +11,12 @@ use crate::error::DecodeError;
 use crate::error::{AlreadySet, BuildError, PublishError, UnknownTopic};
 use crate::publish::{PublishReceipt, Publisher, TopicState};
 use crate::replay::Replayed;
-use crate::retry::{DeadLetter, DEAD_LETTER_TOPIC};
+use crate::retry::DeadLetter;
 use crate::shutdown::{self, ShutdownReport};
 use crate::stats::BusStats;
 use crate::subscribe::PatternBuilder;
 use crate::subscribe::SubscribeBuilder;
-use crate::topic::{Registry, TopicConfig};
+use crate::topic::{ErasedTopic, Registry, TopicConfig};
 use crate::watch::{Health, Watch};
 use crate::Event;
 
@@ -54,7 +54,7 @@ impl Bus {
     /// Starts a bus with an empty allow-list.
     pub fn builder() -> BusBuilder {
         BusBuilder {
-            registry: Registry::default(),
+            registry: Registry::new(),
             watch: Watch::default(),
             dead_letters: TopicConfig::default(),
             error: None,
@@ -242,7 +242,7 @@ impl Bus {
     }
 
     /// Subscribes to the dead letters of every subscription on this bus
-    /// (the topic [`DEAD_LETTER_TOPIC`]); finish with `.stream()`,
+    /// (the topic [`DEAD_LETTER_TOPIC`](crate::DEAD_LETTER_TOPIC)); finish with `.stream()`,
     /// `.handler()` or `.sync()`. Dead letters that reach no subscription
     /// (and are not retained) are counted per subscription as
     /// `dead_letters_unheard` and logged once per subscription.
@@ -356,13 +356,34 @@ impl Bus {
         Health { findings }
     }
 
-    /// Shuts the bus down: publishes from now on fail with
-    /// [`PublishError::Closed`] (the event handed back), publishers waiting
-    /// for room are released with the same error, and every subscription
-    /// drains its queue into its handler or stream. Waits up to `deadline`
-    /// for that, then cuts off what is left and says so in the report.
+    /// Shuts the bus down, draining it first.
+    ///
+    /// From the call on, publishes fail with [`PublishError::Closed`] (the
+    /// event handed back), and publishers waiting for room are released
+    /// with the same error, except those made by this bus's own handlers
+    /// (and the dead letters their runners publish): those are accepted
+    /// while the bus drains, so that a handler's follow-on events reach
+    /// their subscribers and a chain of handlers of any depth finishes.
+    /// The drain is over when no subscription holds an event and no handler
+    /// runs, counting subscriptions that unsubscribed and are still
+    /// draining; then every subscription is closed: streams end, handler
+    /// runners stop.
+    ///
+    /// If that has not happened within `deadline`, what is still queued is
+    /// cut off, async handler runs are cancelled, and the report names
+    /// both. The report is clean only if nothing was cut off, no handler run
+    /// was left unfinished, no publish was refused and no event was
+    /// dead-lettered during the drain.
+    ///
+    /// Called from inside one of the bus's handlers, it does not wait for
+    /// that handler's own run (which is waiting for it), but events queued
+    /// behind that run in a one-at-a-time subscription cannot be handled
+    /// until it returns, so they wait for the deadline: call it from a task
+    /// of its own (`tokio::spawn`) to drain them too.
     ///
     /// Calling it again returns a fresh report and changes nothing.
+    /// Dropping the future before it completes leaves the bus draining
+    /// (publishes from outside are still refused); a later call finishes.
     ///
     /// ```
     /// # use std::time::Duration;
@@ -382,18 +403,14 @@ impl Bus {
     /// # Panics
     /// Outside a tokio runtime with the time driver enabled.
     pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
-        // Dead letters last: handlers draining their queues may still give
-        // events up, and those dead letters must find their topic open.
-        let (letters, topics): (Vec<_>, Vec<_>) = self
-            .shared
-            .registry
-            .entries()
-            .partition(|e| e.name == DEAD_LETTER_TOPIC);
-        let queues: Vec<_> = topics.iter().flat_map(|e| e.erased.close()).collect();
-        let (first, first_hit) = shutdown::drain(&queues, deadline).await;
-        let queues: Vec<_> = letters.iter().flat_map(|e| e.erased.close()).collect();
-        let (second, second_hit) = shutdown::drain(&queues, deadline.saturating_sub(first)).await;
-        ShutdownReport::new(first + second, first_hit || second_hit, self.stats())
+        let caller = crate::context::current()
+            .filter(|r| r.bus == self.shared.registry.bus)
+            .map(|r| r.subscription);
+        let before = self.stats();
+        let topics: Vec<&dyn ErasedTopic> =
+            self.shared.registry.entries().map(|e| &*e.erased).collect();
+        let (elapsed, deadline_hit) = shutdown::drain(&topics, deadline, caller).await;
+        ShutdownReport::new(elapsed, deadline_hit, &before, self.stats(), caller)
     }
 }
 
@@ -459,7 +476,7 @@ impl BusBuilder {
         self
     }
 
-    /// Configures the dead-letter topic ([`DEAD_LETTER_TOPIC`]), which every
+    /// Configures the dead-letter topic ([`DEAD_LETTER_TOPIC`](crate::DEAD_LETTER_TOPIC)), which every
     /// bus registers: its subscriptions' default capacity and overflow
     /// policy, and how many dead letters it retains for late readers.
     ///

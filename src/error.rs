@@ -364,7 +364,28 @@ pub enum SubscribeError {
         /// The topic.
         topic: &'static str,
     },
-    /// The bus is shut down.
+    /// `concurrency(n)` beyond [`MAX_CONCURRENCY`](crate::MAX_CONCURRENCY).
+    #[error("subscription to topic `{topic}` asked for concurrency {concurrency}; the most is {max} runners")]
+    ConcurrencyTooHigh {
+        /// The topic.
+        topic: &'static str,
+        /// The concurrency asked for.
+        concurrency: usize,
+        /// The most allowed.
+        max: usize,
+    },
+    /// Another subscription of the topic (current, or unsubscribed and still
+    /// draining) has this name: their stats and metric labels would merge.
+    #[error(
+        "topic `{topic}` already has a subscription named `{name}`; names are unique per topic"
+    )]
+    NameTaken {
+        /// The topic.
+        topic: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// The bus is shut down (or shutting down).
     #[error("the bus is shut down; cannot subscribe to topic `{topic}`")]
     Closed {
         /// The topic.

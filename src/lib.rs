@@ -154,6 +154,7 @@ extern crate self as tidings;
 #[cfg(feature = "nats")]
 pub mod bridge;
 mod bus;
+mod context;
 mod dedup;
 mod erased;
 pub mod error;
@@ -181,11 +182,11 @@ pub use publish::{PublishReceipt, Publisher};
 pub use queue::Overflow;
 pub use replay::{Replayed, Start, StartAt};
 pub use retry::{BreakerState, CircuitBreaker, DeadLetter, RetryPolicy, DEAD_LETTER_TOPIC};
-pub use shutdown::ShutdownReport;
+pub use shutdown::{ShutdownReport, Unclean, UncleanKind};
 pub use stats::{BusStats, SubscriptionStats, TopicStats};
 pub use subscribe::{
     PatternBuilder, PatternSubscription, SubscribeBuilder, SubscriberKind, Subscription,
-    SubscriptionHandle, SubscriptionId,
+    SubscriptionHandle, SubscriptionId, MAX_CONCURRENCY,
 };
 pub use topic::{Clock, Topic, TopicConfig};
 pub use watch::{Finding, FindingKind, Health, Watch};

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use crate::context::BusId;
 use crate::dedup::{Dedup, Duplicate, PublishOptions};
 use crate::erased::{Codec, DynEvent};
 use crate::error::{PublishError, SubscribeError};
@@ -28,6 +29,7 @@ use crate::queue::{ErasedQueue, Overflow, Push, Queue, QueueSetup, Ring, RingVie
 use crate::replay::{self, Replayed, StartAt};
 use crate::retry::Breaker;
 use crate::stats::{SubscriptionStats, TopicStats};
+use crate::subscribe::SubscriptionId;
 use crate::subscribe::{AnyOptions, AnyStream, Erased};
 use crate::telemetry::{self, TopicMetrics};
 use crate::topic::{ErasedTopic, TopicConfig};
@@ -258,8 +260,45 @@ impl<E> SubEntry<E> {
     }
 }
 
+/// Where a topic stands in the bus's life.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Open,
+    /// The bus is shutting down: publishes from the bus's own handlers are
+    /// accepted (chains of handlers finish), all others refused.
+    Draining,
+    /// Shut down: every publish is refused.
+    Closed,
+}
+
+/// What a new subscription asked to be called.
+pub(crate) enum SubName {
+    /// Named by the application: must be unique on the topic.
+    Given(String),
+    /// The default (topic and call site): made unique with `#2`, `#3`, …
+    Default(String),
+}
+
+/// A subscription to be attached to its topic.
+pub(crate) struct SubRequest {
+    pub(crate) name: SubName,
+    pub(crate) kind: crate::SubscriberKind,
+    pub(crate) policy: Overflow,
+    pub(crate) capacity: usize,
+    /// Runners taking from it (stream: 1, handlers: their concurrency).
+    pub(crate) consumers: usize,
+    pub(crate) breaker: Option<Arc<Breaker>>,
+    pub(crate) start: StartAt,
+}
+
 pub(crate) struct TopicInner<E> {
     pub(crate) subs: Vec<SubEntry<E>>,
+    /// Subscriptions that left with `unsubscribe()` while they still held
+    /// events or ran their handler: shutdown waits for them and reports
+    /// them. Pruned once idle, except after shutdown began.
+    draining: Vec<Arc<Queue<E>>>,
+    /// Publishes refused because the bus was shutting down or shut down.
+    refused: u64,
     /// The last accepted events, when the topic retains any.
     retained: VecDeque<Arc<Published<E>>>,
     /// Idempotency keys seen within the topic's window.
@@ -267,7 +306,7 @@ pub(crate) struct TopicInner<E> {
     /// The ring read by lossless subscriptions, while there are any.
     ring: Option<Arc<Ring<E>>>,
     ring_subs: usize,
-    pub(crate) closed: bool,
+    phase: Phase,
     next_seq: u64,
     published: u64,
     unsubscribed: u64,
@@ -292,24 +331,30 @@ const RETIRED: usize = 64;
 /// A registered topic at run time: its subscriptions and sequence counter.
 pub(crate) struct TopicState<E> {
     pub(crate) config: TopicConfig,
+    /// The bus it belongs to: whose handlers may still publish while it
+    /// drains.
+    bus: BusId,
     pub(crate) inner: Mutex<TopicInner<E>>,
     watch: WatchSlot,
     metrics: TopicMetrics,
 }
 
 impl<E: Event> TopicState<E> {
-    pub(crate) fn new(config: TopicConfig, watch: WatchSlot) -> Self {
+    pub(crate) fn new(config: TopicConfig, watch: WatchSlot, bus: BusId) -> Self {
         TopicState {
             config: config.clone(),
+            bus,
             watch,
             metrics: TopicMetrics::new(E::TOPIC),
             inner: Mutex::new(TopicInner {
                 subs: Vec::new(),
+                draining: Vec::new(),
+                refused: 0,
                 retained: VecDeque::new(),
                 dedup: Dedup::new(config.dedup_window()),
                 ring: None,
                 ring_subs: 0,
-                closed: false,
+                phase: Phase::Open,
                 next_seq: 1,
                 published: 0,
                 unsubscribed: 0,
@@ -339,7 +384,8 @@ impl<E: Event> TopicState<E> {
         let key = opts.key.as_ref();
         let mut guard = self.inner.lock();
         let inner = &mut *guard;
-        if inner.closed {
+        if inner.phase != Phase::Open && !self.may_publish(inner.phase) {
+            inner.refused += 1;
             return Err(NotNow::Refused(PublishError::Closed {
                 topic: E::TOPIC,
                 event,
@@ -569,6 +615,14 @@ impl<E: Event> TopicState<E> {
         result
     }
 
+    /// Whether a publish may go ahead once the bus began to shut down: only
+    /// one made by this bus's own handlers, while it drains.
+    #[cold]
+    #[inline(never)]
+    fn may_publish(&self, phase: Phase) -> bool {
+        phase == Phase::Draining && crate::context::inside(self.bus)
+    }
+
     /// Takes `ticket` out of the line and wakes whoever is first now.
     fn leave(&self, ticket: u64) {
         let next = {
@@ -594,56 +648,65 @@ impl<E: Event> TopicState<E> {
     }
 
     /// Adds a subscription, under the topic lock. A lossless subscription
-    /// whose capacity fits reads the topic's ring; others get their own queue.
-    pub(crate) fn attach(
-        &self,
-        info: crate::queue::SubInfo,
-        consumers: usize,
-        breaker: Option<Arc<Breaker>>,
-        at: StartAt,
-    ) -> Result<Arc<Queue<E>>, SubscribeError> {
+    /// whose capacity fits reads the topic's ring; others get their own
+    /// queue. All or nothing: everything that can refuse it is checked
+    /// before anything shared changes.
+    pub(crate) fn attach(&self, request: SubRequest) -> Result<Arc<Queue<E>>, SubscribeError> {
+        let topic = E::TOPIC;
         let mut guard = self.inner.lock();
         let inner = &mut *guard;
-        if inner.closed {
-            return Err(SubscribeError::Closed { topic: E::TOPIC });
+        if inner.phase != Phase::Open {
+            return Err(SubscribeError::Closed { topic });
         }
+        inner.prune_draining();
+        let name = inner.unique_name(topic, request.name)?;
         // Under the lock every publish takes: the retained events copied
         // here and the live ones from `next_seq` on meet without a gap.
-        let (replay, start) =
-            replay::plan(at, &inner.retained, self.config.retained(), inner.next_seq)?;
+        let (replay, start) = replay::plan(
+            request.start,
+            &inner.retained,
+            self.config.retained(),
+            inner.next_seq,
+        )?;
+        let info = crate::queue::SubInfo {
+            id: crate::subscribe::SubscriptionId::next(),
+            name,
+            topic,
+            kind: request.kind,
+            policy: request.policy,
+            capacity: request.capacity,
+        };
         let lossless = matches!(info.policy, Overflow::Block | Overflow::Fail);
         let ring = if lossless && info.capacity <= crate::queue::MAX_RING {
             match &inner.ring {
                 Some(ring) if ring.size() >= info.capacity => Some(Arc::clone(ring)),
                 Some(_) => None,
-                None => {
-                    let size = info.capacity.max(self.config.default_capacity());
-                    let ring = Arc::new(Ring::new(size));
-                    inner.ring = Some(Arc::clone(&ring));
-                    Some(ring)
-                }
+                None => Some(Arc::new(Ring::new(
+                    info.capacity.max(self.config.default_capacity()),
+                ))),
             }
         } else {
             None
         };
-        let room = ring.as_ref().map(|_| RingRoom {
-            room: info.capacity,
-        });
-        if room.is_some() {
-            inner.ring_subs += 1;
-        }
         let setup = QueueSetup {
-            consumers,
-            breaker,
+            consumers: request.consumers,
+            breaker: request.breaker,
             replay,
             start,
         };
+        let capacity = info.capacity;
         let queue = Arc::new(Queue::new(
             info,
             watch::current(&self.watch),
             setup,
-            ring.map(|ring| (ring, inner.next_seq)),
+            ring.as_ref().map(|ring| (Arc::clone(ring), inner.next_seq)),
         ));
+        // Nothing below can fail.
+        let room = ring.map(|ring| {
+            inner.ring.get_or_insert(ring);
+            inner.ring_subs += 1;
+            RingRoom { room: capacity }
+        });
         inner.subs.push(SubEntry {
             queue: Arc::clone(&queue),
             ring: room,
@@ -659,8 +722,10 @@ impl<E: Event> TopicState<E> {
     }
 
     /// Removes a subscription; with `discard`, what it still holds is dropped
-    /// and counted.
-    pub(crate) fn detach(&self, queue: &Queue<E>, discard: bool) {
+    /// and counted. A subscription that leaves while it still holds events
+    /// or runs its handler goes on the topic's draining list, where shutdown
+    /// finds it.
+    pub(crate) fn detach(&self, queue: &Arc<Queue<E>>, discard: bool) {
         let mut guard = self.inner.lock();
         let inner = &mut *guard;
         let tail = inner.next_seq;
@@ -671,7 +736,7 @@ impl<E: Event> TopicState<E> {
         let view = position.and_then(|i| inner.subs[i].view(tail));
         // After shutdown the subscription stays listed, so that the shutdown
         // report shows it; nothing is published to it any more anyway.
-        let leaving = !inner.closed && position.is_some();
+        let leaving = inner.phase != Phase::Closed && position.is_some();
         if leaving {
             if let Some(i) = position {
                 let entry = inner.subs.remove(i);
@@ -694,6 +759,11 @@ impl<E: Event> TopicState<E> {
         // and the ring cannot move on before a leaving reader has copied
         // what it still has to read.
         inner.discarded_on_unsubscribe += queue.close(discard, leaving, view);
+        // Discarding or not, a handler run may still be going: it counts.
+        if leaving && !queue.is_idle() {
+            inner.draining.push(Arc::clone(queue));
+        }
+        inner.prune_draining();
     }
 
     /// One subscription's numbers, as exact as the topic's.
@@ -708,19 +778,63 @@ impl<E: Event> TopicState<E> {
     }
 }
 
+impl<E> TopicInner<E> {
+    /// Forgets unsubscribed subscriptions that finished draining, while the
+    /// bus runs; once it shuts down they stay, for the report.
+    fn prune_draining(&mut self) {
+        if self.phase == Phase::Open && !self.draining.is_empty() {
+            self.draining.retain(|q| !q.is_idle());
+        }
+    }
+
+    /// Whether a listed or draining subscription has this name.
+    fn name_taken(&self, name: &str) -> bool {
+        self.subs.iter().any(|e| &*e.queue.info.name == name)
+            || self.draining.iter().any(|q| &*q.info.name == name)
+    }
+
+    /// The name a new subscription gets: a name of the application's own
+    /// must be free on the topic (its stats and metric labels would merge
+    /// with the other's); a default one is made unique.
+    fn unique_name(&self, topic: &'static str, name: SubName) -> Result<Arc<str>, SubscribeError> {
+        match name {
+            SubName::Given(name) if self.name_taken(&name) => {
+                Err(SubscribeError::NameTaken { topic, name })
+            }
+            SubName::Given(name) => Ok(name.into()),
+            SubName::Default(base) => {
+                if !self.name_taken(&base) {
+                    return Ok(base.into());
+                }
+                let mut n: u64 = 2;
+                loop {
+                    let name = format!("{base}#{n}");
+                    if !self.name_taken(&name) {
+                        return Ok(name.into());
+                    }
+                    n = n.saturating_add(1);
+                }
+            }
+        }
+    }
+}
+
 impl<E: Event> ErasedTopic for TopicState<E> {
     fn stats(&self) -> TopicStats {
-        let inner = self.inner.lock();
+        let mut inner = self.inner.lock();
+        inner.prune_draining();
         TopicStats {
             topic: E::TOPIC,
             published: inner.published,
             unsubscribed: inner.unsubscribed,
             discarded_on_unsubscribe: inner.discarded_on_unsubscribe,
+            refused: inner.refused,
             subscriptions: inner
                 .subs
                 .iter()
                 .map(|e| e.queue.stats(e.view(inner.next_seq)))
                 .collect(),
+            draining: inner.draining.iter().map(|q| q.stats(None)).collect(),
         }
     }
 
@@ -766,18 +880,68 @@ impl<E: Event> ErasedTopic for TopicState<E> {
         })
     }
 
-    fn close(&self) -> Vec<Arc<dyn ErasedQueue>> {
-        let mut inner = self.inner.lock();
-        inner.closed = true;
+    fn begin_drain(&self) {
+        let mut wake = Vec::new();
+        let queues: Vec<_> = {
+            let mut inner = self.inner.lock();
+            if inner.phase == Phase::Open {
+                inner.phase = Phase::Draining;
+            }
+            // Everyone waiting looks again: publishers from outside the
+            // bus's handlers leave with `Closed`, handlers wait on.
+            wake.extend(inner.line.iter().map(|(_, waker)| waker.clone()));
+            inner.subs.iter().map(|e| Arc::clone(&e.queue)).collect()
+        };
+        wake.into_iter().for_each(Waker::wake);
+        for queue in queues {
+            queue.wake_publishers();
+        }
+    }
+
+    fn poll_quiet(&self, cx: &mut Context<'_>, caller: Option<SubscriptionId>) -> Option<u64> {
+        let inner = self.inner.lock();
         let tail = inner.next_seq;
-        inner
-            .subs
-            .iter()
-            .map(|e| {
+        let own = |q: &Queue<E>| usize::from(caller == Some(q.info.id));
+        for e in &inner.subs {
+            if !e.queue.poll_quiet(e.view(tail), own(&e.queue), cx) {
+                return None;
+            }
+        }
+        for q in &inner.draining {
+            if !q.poll_quiet(None, own(q), cx) {
+                return None;
+            }
+        }
+        Some(inner.published)
+    }
+
+    fn finish(&self) {
+        let mut inner = self.inner.lock();
+        inner.phase = Phase::Closed;
+        let tail = inner.next_seq;
+        for e in &inner.subs {
+            e.queue.close(false, false, e.view(tail));
+        }
+    }
+
+    fn cut_off(&self) {
+        let queues: Vec<Arc<Queue<E>>> = {
+            let mut inner = self.inner.lock();
+            inner.phase = Phase::Closed;
+            let tail = inner.next_seq;
+            for e in &inner.subs {
                 e.queue.close(false, false, e.view(tail));
-                Arc::clone(&e.queue) as Arc<dyn ErasedQueue>
-            })
-            .collect()
+            }
+            inner
+                .subs
+                .iter()
+                .map(|e| Arc::clone(&e.queue))
+                .chain(inner.draining.iter().cloned())
+                .collect()
+        };
+        for queue in queues {
+            ErasedQueue::cut_off(&*queue);
+        }
     }
 }
 

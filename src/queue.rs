@@ -101,7 +101,11 @@ pub(crate) enum Outcome {
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Final {
     Handled,
-    DeadLettered,
+    /// Given up; `heard` when its dead letter reached a subscription (or
+    /// was retained).
+    DeadLettered {
+        heard: bool,
+    },
 }
 
 /// How a queue is set up, beyond its fixed facts.
@@ -273,6 +277,10 @@ pub(crate) struct RingView {
     pub(crate) tail: u64,
 }
 
+/// A subscription's numbers. All of them live under its lock and change in
+/// the same critical sections as the queue and `in_flight`, so that every
+/// snapshot, taken while handlers run or not, satisfies the identities the
+/// stats promise (`delivered == handled + dead_lettered + in_flight`, …).
 #[derive(Default)]
 struct Counters {
     accepted: u64,
@@ -285,6 +293,15 @@ struct Counters {
     /// Retained events queued for it when it subscribed (counted in
     /// `accepted`).
     replayed: u64,
+    handled: u64,
+    failures: u64,
+    panics: u64,
+    timeouts: u64,
+    retried: u64,
+    dead_lettered: u64,
+    dead_letters_unheard: u64,
+    runner_failures: u64,
+    last_error: Option<String>,
 }
 
 struct State<E> {
@@ -296,6 +313,8 @@ struct State<E> {
     pending_missed: u64,
     /// Handler runs started and not yet finished.
     in_flight: usize,
+    /// The shutdown deadline cut it off: runners stop.
+    cut: bool,
     counters: Counters,
     /// One slot per consumer (stream: 1, handlers: their concurrency).
     consumers: Vec<Option<Waker>>,
@@ -330,6 +349,42 @@ impl<E> State<E> {
 
     fn is_idle(&self) -> bool {
         self.closed && self.drained() && self.in_flight == 0
+    }
+
+    /// Whether nothing may be queued and no handler runs: exact for a queue
+    /// of its own and a closed ring subscription; an open ring reader's
+    /// sampled depth errs low, so this may say yes too early, never too
+    /// late. Used to wake shutdown and `unsubscribe`, which then look
+    /// exactly.
+    fn maybe_quiet(&self) -> bool {
+        self.in_flight == 0 && self.depth_hint() == 0
+    }
+
+    /// Whether nothing is queued and at most `own_runs` handler runs are
+    /// going; `view` (the topic's next sequence number) makes it exact for
+    /// an open ring subscription.
+    fn is_quiet(&self, view: Option<RingView>, own_runs: usize) -> bool {
+        if self.in_flight > own_runs || !self.replay.is_empty() {
+            return false;
+        }
+        match &self.buf {
+            Buf::Own(buf) => buf.is_empty(),
+            Buf::Ring { next, end, .. } => {
+                let end = match view {
+                    Some(view) => view.tail.min(*end),
+                    None => *end,
+                };
+                *next >= end
+            }
+        }
+    }
+
+    /// Wakes shutdown and `unsubscribe` if they may have something to see.
+    #[inline]
+    fn wake_idle(&mut self, wakeups: &mut Wakeups) {
+        if !self.idle.is_empty() && (self.is_idle() || self.maybe_quiet()) {
+            wakeups.take_all(&mut self.idle);
+        }
     }
 
     /// Empties the queue, moving the in-band loss counts of what it held to
@@ -442,18 +497,14 @@ pub(crate) struct Queue<E> {
     /// The longest poll of an async handler, in nanoseconds (a statistic).
     worst_poll_ns: AtomicU64,
     state: Mutex<State<E>>,
-    handled: AtomicU64,
-    failures: AtomicU64,
-    panics: AtomicU64,
-    timeouts: AtomicU64,
-    retried: AtomicU64,
-    dead_lettered: AtomicU64,
-    dead_letters_unheard: AtomicU64,
+    /// Signalled when the shutdown deadline cuts the queue off, to end the
+    /// waits of sync runners (retry delays, an open breaker) at once.
+    cut_signal: parking_lot::Condvar,
+    /// Whether an unheard dead letter was logged (once per subscription).
     unheard_warned: std::sync::atomic::AtomicBool,
     pub(crate) breaker: Option<Arc<Breaker>>,
     /// Where a subscription that asked for retained events started.
     pub(crate) start: crate::replay::Start,
-    last_error: Mutex<Option<String>>,
     aborts: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
@@ -490,6 +541,7 @@ impl<E> Queue<E> {
                 closed: false,
                 pending_missed: 0,
                 in_flight: 0,
+                cut: false,
                 counters: Counters {
                     replayed,
                     // An own queue counts what it accepts as it goes; a ring
@@ -507,17 +559,10 @@ impl<E> Queue<E> {
             watcher: Watcher::default(),
             drop_report: Mutex::new((None, 0)),
             worst_poll_ns: AtomicU64::new(0),
-            handled: AtomicU64::new(0),
-            failures: AtomicU64::new(0),
-            panics: AtomicU64::new(0),
-            timeouts: AtomicU64::new(0),
-            retried: AtomicU64::new(0),
-            dead_lettered: AtomicU64::new(0),
-            dead_letters_unheard: AtomicU64::new(0),
+            cut_signal: parking_lot::Condvar::new(),
             unheard_warned: std::sync::atomic::AtomicBool::new(false),
             breaker,
             start,
-            last_error: Mutex::new(None),
             aborts: Mutex::new(Vec::new()),
         }
     }
@@ -645,9 +690,7 @@ impl<E> Queue<E> {
             s.in_flight += 1;
         }
         wakeups.take_all(&mut s.publishers);
-        if s.is_idle() {
-            wakeups.take_all(&mut s.idle);
-        }
+        s.wake_idle(wakeups);
         Some(Envelope::new(slot.published, slot.missed_before))
     }
 
@@ -716,17 +759,14 @@ impl<E> Queue<E> {
         let (run, error) = match outcome {
             Outcome::Ok => (RunOutcome::Ok, None),
             Outcome::Failed(msg) => {
-                self.failures.fetch_add(1, Ordering::Relaxed);
                 telemetry::warn_failure(&self.info, event_id, &msg);
                 (RunOutcome::Failed, Some(msg))
             }
             Outcome::Panicked(msg) => {
-                self.panics.fetch_add(1, Ordering::Relaxed);
                 telemetry::warn_panic(&self.info, event_id, &msg);
                 (RunOutcome::Panicked, Some(format!("panic: {msg}")))
             }
             Outcome::TimedOut(limit) => {
-                self.timeouts.fetch_add(1, Ordering::Relaxed);
                 telemetry::warn_timeout(&self.info, event_id, took, true);
                 (
                     RunOutcome::TimedOut,
@@ -735,7 +775,15 @@ impl<E> Queue<E> {
             }
         };
         if let Some(error) = &error {
-            *self.last_error.lock() = Some(error.clone());
+            let mut s = self.state.lock();
+            let c = &mut s.counters;
+            match run {
+                RunOutcome::Failed => c.failures += 1,
+                RunOutcome::Panicked => c.panics += 1,
+                RunOutcome::TimedOut => c.timeouts += 1,
+                RunOutcome::Ok => {}
+            }
+            c.last_error = Some(error.clone());
         }
         self.metrics.handled(run, took);
         (run, error)
@@ -744,19 +792,19 @@ impl<E> Queue<E> {
     /// Handler side: a sync handler ran past its timeout (it could not be
     /// cancelled; its result stands).
     pub(crate) fn overran(&self, event_id: u64, took: std::time::Duration) {
-        self.timeouts.fetch_add(1, Ordering::Relaxed);
+        self.state.lock().counters.timeouts += 1;
         telemetry::warn_timeout(&self.info, event_id, took, false);
     }
 
     /// Handler side: a failed event will be tried again.
     pub(crate) fn retrying(&self) {
-        self.retried.fetch_add(1, Ordering::Relaxed);
+        self.state.lock().counters.retried += 1;
         self.metrics.retried();
     }
 
-    /// Handler side: a dead letter reached no subscription.
+    /// Handler side: a dead letter reached no subscription; logged once per
+    /// subscription (and counted when the event is done).
     pub(crate) fn unheard(&self, event_id: u64, error: &str) {
-        self.dead_letters_unheard.fetch_add(1, Ordering::Relaxed);
         if !self.unheard_warned.swap(true, Ordering::Relaxed) {
             telemetry::warn_unheard_dead_letter(&self.info, event_id, error);
         }
@@ -770,22 +818,58 @@ impl<E> Queue<E> {
     }
 
     /// Handler side: an event's handling is over, after all its attempts.
+    /// Counted in the same critical section that ends its run, so no
+    /// snapshot sees it in neither or both.
     pub(crate) fn done(&self, how: Final) {
-        match how {
-            Final::Handled => self.handled.fetch_add(1, Ordering::Relaxed),
-            Final::DeadLettered => {
-                self.metrics.dead_lettered();
-                self.dead_lettered.fetch_add(1, Ordering::Relaxed)
-            }
-        };
+        if let Final::DeadLettered { .. } = how {
+            self.metrics.dead_lettered();
+        }
         let mut wakeups = Wakeups::default();
         let mut s = self.state.lock();
-        s.in_flight -= 1;
-        if s.is_idle() {
-            wakeups.take_all(&mut s.idle);
+        match how {
+            Final::Handled => s.counters.handled += 1,
+            Final::DeadLettered { heard } => {
+                s.counters.dead_lettered += 1;
+                if !heard {
+                    s.counters.dead_letters_unheard += 1;
+                }
+            }
         }
+        s.in_flight = s.in_flight.saturating_sub(1);
+        s.wake_idle(&mut wakeups);
         drop(s);
         wakeups.wake();
+    }
+
+    /// Handler side: the runner itself (not the handler) failed with
+    /// `message`, e.g. a panic in code the bus runs around the handler.
+    /// Counted, kept as the last error, reported as a finding.
+    pub(crate) fn runner_failed(&self, event_id: Option<u64>, message: &str) {
+        {
+            let mut s = self.state.lock();
+            s.counters.runner_failures += 1;
+            s.counters.last_error = Some(format!("runner failed: {message}"));
+        }
+        telemetry::warn_runner_failed(&self.info, event_id, message);
+        self.finding(FindingKind::RunnerFailed, std::time::Duration::ZERO);
+    }
+
+    /// Sync runner side: waits `delay`, or less if the shutdown deadline
+    /// cuts the queue off first. Returns whether it was cut off.
+    pub(crate) fn sleep_unless_cut(&self, delay: std::time::Duration) -> bool {
+        let until = std::time::Instant::now().checked_add(delay);
+        let mut s = self.state.lock();
+        while !s.cut {
+            match until {
+                Some(until) => {
+                    if self.cut_signal.wait_until(&mut s, until).timed_out() {
+                        break;
+                    }
+                }
+                None => self.cut_signal.wait(&mut s),
+            }
+        }
+        s.cut
     }
 
     /// One poll of an async handler took `took`.
@@ -855,9 +939,7 @@ impl<E> Queue<E> {
             wakeups.push(w);
         }
         wakeups.take_all(&mut s.publishers);
-        if s.is_idle() {
-            wakeups.take_all(&mut s.idle);
-        }
+        s.wake_idle(&mut wakeups);
         drop(guard);
         wakeups.wake();
         if let Some(ring) = ring_readers {
@@ -868,6 +950,36 @@ impl<E> Queue<E> {
 
     pub(crate) fn add_abort_handle(&self, handle: tokio::task::AbortHandle) {
         self.aborts.lock().push(handle);
+    }
+
+    /// Under the topic lock, for shutdown: whether nothing is queued and at
+    /// most `own_runs` handler runs are going (the caller's own, when a
+    /// handler shuts the bus down). If not, `cx` is woken when it may be.
+    pub(crate) fn poll_quiet(
+        &self,
+        view: Option<RingView>,
+        own_runs: usize,
+        cx: &mut Context<'_>,
+    ) -> bool {
+        let mut s = self.state.lock();
+        if s.is_quiet(view, own_runs) {
+            return true;
+        }
+        register(&mut s.idle, cx.waker());
+        false
+    }
+
+    /// Whether it is closed, empty and no handler runs (an unsubscribed
+    /// subscription that finished draining).
+    pub(crate) fn is_idle(&self) -> bool {
+        self.state.lock().is_idle()
+    }
+
+    /// Wakes the publishers waiting for room in it, so that they look at
+    /// the bus again (it began to shut down).
+    pub(crate) fn wake_publishers(&self) {
+        let publishers = std::mem::take(&mut self.state.lock().publishers);
+        publishers.into_iter().for_each(Waker::wake);
     }
 
     /// The subscription's numbers; `view` is needed for an open ring
@@ -921,17 +1033,18 @@ impl<E> Queue<E> {
             cut_off: c.cut_off,
             missed_unreported: s.pending_missed,
             in_flight: s.in_flight,
-            handled: self.handled.load(Ordering::Relaxed),
-            failures: self.failures.load(Ordering::Relaxed),
-            panics: self.panics.load(Ordering::Relaxed),
-            timeouts: self.timeouts.load(Ordering::Relaxed),
-            retried: self.retried.load(Ordering::Relaxed),
-            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
-            dead_letters_unheard: self.dead_letters_unheard.load(Ordering::Relaxed),
+            handled: c.handled,
+            failures: c.failures,
+            panics: c.panics,
+            timeouts: c.timeouts,
+            retried: c.retried,
+            dead_lettered: c.dead_lettered,
+            dead_letters_unheard: c.dead_letters_unheard,
+            runner_failures: c.runner_failures,
             breaker,
             breaker_opened,
             replayed: c.replayed,
-            last_error: self.last_error.lock().clone(),
+            last_error: c.last_error.clone(),
             slow_polls,
             worst_poll: std::time::Duration::from_nanos(self.worst_poll_ns.load(Ordering::Relaxed)),
             over_budget,
@@ -962,13 +1075,21 @@ impl<E: Send + Sync + 'static> ErasedQueue for Queue<E> {
     }
 
     fn cut_off(&self) {
+        let mut wakeups = Wakeups::default();
         {
             let mut s = self.state.lock();
             s.closed = true;
+            s.cut = true;
             let n = s.clear();
             s.counters.cut_off += n;
             self.metrics.discarded(n);
+            for w in s.consumers.iter_mut().filter_map(Option::take) {
+                wakeups.push(w);
+            }
+            s.wake_idle(&mut wakeups);
         }
+        self.cut_signal.notify_all();
+        wakeups.wake();
         for handle in self.aborts.lock().drain(..) {
             handle.abort();
         }

@@ -147,7 +147,8 @@ impl RetryPolicy {
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^= z >> 31;
         let fraction = 0.5 + (z >> 11) as f64 / (1u64 << 53) as f64 / 2.0;
-        delay.mul_f64(fraction)
+        // Never more than `delay`, and never a panic for a huge one.
+        Duration::try_from_secs_f64(delay.as_secs_f64() * fraction).map_or(delay, |d| d.min(delay))
     }
 }
 
@@ -191,6 +192,17 @@ impl CircuitBreaker {
     pub(crate) fn threshold(&self) -> u32 {
         self.failures
     }
+}
+
+/// `at + wait`, or as far on as the clock goes: a duration the user gave
+/// never overflows an `Instant`. About a century on is "never" for a
+/// process.
+pub(crate) fn later(at: Instant, wait: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    at.checked_add(wait)
+        .or_else(|| at.checked_add(CENTURY))
+        .or_else(|| at.checked_add(CENTURY / 100))
+        .unwrap_or(at)
 }
 
 /// Where a subscription's circuit breaker stands.
@@ -351,7 +363,7 @@ impl Breaker {
             };
             let consecutive = change?;
             s.phase = Phase::Open {
-                until: Instant::now() + self.config.cool_down,
+                until: later(Instant::now(), self.config.cool_down),
             };
             s.opened += 1;
             (
@@ -489,6 +501,20 @@ mod tests {
         assert_eq!(closed.to, BreakerState::Closed);
         assert_eq!(b.snapshot(), (BreakerState::Closed, 2));
         assert!(matches!(b.permit(None).0, Permit::Go));
+    }
+
+    #[test]
+    fn huge_durations_saturate_instead_of_panicking() {
+        let b = Breaker::new(CircuitBreaker::new(1, Duration::MAX));
+        let opened = b.record(false, false).expect("opens");
+        assert_eq!(opened.to, BreakerState::Open);
+        assert!(matches!(b.permit(None).0, Permit::WaitUntil(_)));
+        let p = RetryPolicy::fixed(Duration::MAX).jitter(true);
+        for seed in 0..1000 {
+            assert!(p.wait_after(1, seed) <= Duration::MAX);
+        }
+        let p = RetryPolicy::exponential(Duration::MAX).max_delay(Duration::MAX);
+        assert_eq!(p.delay_after(u32::MAX), Duration::MAX);
     }
 
     #[test]

@@ -41,9 +41,13 @@ impl BusStats {
         self.topics.iter().find(|t| t.topic == topic)
     }
 
-    /// Every current subscription, across topics.
+    /// Every subscription across topics: the current ones, then those that
+    /// unsubscribed and are still draining ([`TopicStats::draining`]).
     pub fn subscriptions(&self) -> impl Iterator<Item = &SubscriptionStats> {
-        self.topics.iter().flat_map(|t| &t.subscriptions)
+        self.topics
+            .iter()
+            .flat_map(|t| &t.subscriptions)
+            .chain(self.topics.iter().flat_map(|t| &t.draining))
     }
 }
 
@@ -61,8 +65,18 @@ pub struct TopicStats {
     /// Events still queued in subscriptions that were dropped without
     /// draining, and so never delivered.
     pub discarded_on_unsubscribe: u64,
+    /// Publishes refused because the bus was shutting down or shut down
+    /// ([`PublishError::Closed`](crate::error::PublishError::Closed)), each
+    /// event handed back to its caller.
+    pub refused: u64,
     /// The current subscriptions (and, after shutdown, the ones shut down).
     pub subscriptions: Vec<SubscriptionStats>,
+    /// Subscriptions that unsubscribed
+    /// ([`SubscriptionHandle::unsubscribe`](crate::SubscriptionHandle::unsubscribe),
+    /// [`Subscription::close`](crate::Subscription::close)) while they still
+    /// held events or ran their handler, and are still draining; listed until
+    /// they finish, and kept in a shutdown report, which waits for them.
+    pub draining: Vec<SubscriptionStats>,
 }
 
 /// A snapshot of one subscription.
@@ -134,6 +148,10 @@ pub struct SubscriptionStats {
     /// Of those, dead letters that reached no subscription (and were not
     /// retained).
     pub dead_letters_unheard: u64,
+    /// Failures of the bus's own runner code around the handler (not of the
+    /// handler): each event it held became a dead letter naming the
+    /// failure, and [`Bus::health`](crate::Bus::health) reports it.
+    pub runner_failures: u64,
     /// Its circuit breaker's state, if it has one.
     pub breaker: Option<crate::BreakerState>,
     /// How often its circuit breaker has opened.
@@ -261,16 +279,17 @@ impl fmt::Display for BusStats {
         ];
         let mut rows: Vec<[String; 13]> = Vec::new();
         for t in &self.topics {
-            if t.subscriptions.is_empty() {
+            if t.subscriptions.is_empty() && t.draining.is_empty() {
                 let mut row: [String; 13] = Default::default();
                 row[0] = t.topic.to_owned();
                 row[1] = format!("(none; {} published)", t.published);
                 rows.push(row);
             }
-            for s in &t.subscriptions {
+            let draining = t.draining.iter().map(|s| (s, " (left)"));
+            for (s, mark) in t.subscriptions.iter().map(|s| (s, "")).chain(draining) {
                 rows.push([
                     s.topic.to_owned(),
-                    s.name.clone(),
+                    format!("{}{mark}", s.name),
                     s.kind.to_string(),
                     s.policy.to_string(),
                     s.capacity.to_string(),

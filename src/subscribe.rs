@@ -17,7 +17,7 @@ use crate::erased::{AnyEvent, Pattern};
 use crate::error::{SubscribeError, TryRecvError};
 use crate::event::Envelope;
 use crate::handler::{self, HandlerResult};
-use crate::publish::TopicState;
+use crate::publish::{SubName, SubRequest, TopicState};
 use crate::queue::{ErasedQueue, Overflow, Queue, SubInfo};
 use crate::replay::{Start, StartAt};
 use crate::retry::{
@@ -32,7 +32,7 @@ use crate::{Bus, Event};
 pub struct SubscriptionId(u64);
 
 impl SubscriptionId {
-    fn next() -> Self {
+    pub(crate) fn next() -> Self {
         // Only uniqueness is needed: `Relaxed` suffices.
         static NEXT: AtomicU64 = AtomicU64::new(1);
         SubscriptionId(NEXT.fetch_add(1, Ordering::Relaxed))
@@ -125,8 +125,11 @@ impl<'a, E: Event> SubscribeBuilder<'a, E> {
     }
 
     /// Names the subscription in stats, errors, reports, spans and metric
-    /// labels. The default is the topic and the call site that subscribed,
-    /// e.g. `orders.created@src/billing.rs:42`.
+    /// labels. A name is unique on its topic: subscribing with one that a
+    /// current (or still draining) subscription of the topic has is
+    /// [`SubscribeError::NameTaken`]. The default is the topic and the call
+    /// site that subscribed, e.g. `orders.created@src/billing.rs:42`, with
+    /// `#2`, `#3`, … added when one call site subscribes more than once.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
         self
@@ -151,7 +154,8 @@ impl<'a, E: Event> SubscribeBuilder<'a, E> {
     /// events are handled one at a time in queue order. Applies to
     /// [`handler`](SubscribeBuilder::handler) (tasks) and
     /// [`sync`](SubscribeBuilder::sync) (threads); a stream has one reader.
-    /// 0 is refused with [`SubscribeError::ZeroConcurrency`].
+    /// 0 is refused with [`SubscribeError::ZeroConcurrency`], more than
+    /// [`MAX_CONCURRENCY`] with [`SubscribeError::ConcurrencyTooHigh`].
     pub fn concurrency(mut self, concurrency: usize) -> Self {
         self.concurrency = concurrency;
         self
@@ -367,24 +371,32 @@ impl<'a, E: Event> SubscribeBuilder<'a, E> {
         if consumers == 0 {
             return Err(SubscribeError::ZeroConcurrency { topic });
         }
-        let id = SubscriptionId::next();
-        let info = SubInfo {
-            id,
+        if consumers > MAX_CONCURRENCY {
+            return Err(SubscribeError::ConcurrencyTooHigh {
+                topic,
+                concurrency: consumers,
+                max: MAX_CONCURRENCY,
+            });
+        }
+        let name = match self.name {
+            Some(name) => SubName::Given(name),
             // The call site, not the id: names label metrics, and a name per
             // call site keeps their number bounded however often a
             // subscription is made again.
-            name: self
-                .name
-                .unwrap_or_else(|| format!("{topic}@{}:{}", caller.file(), caller.line()))
-                .into(),
-            topic,
+            None => SubName::Default(format!("{topic}@{}:{}", caller.file(), caller.line())),
+        };
+        let breaker = self.breaker.map(|b| Arc::new(Breaker::new(b)));
+        let queue = state.attach(SubRequest {
+            name,
             kind,
             policy: self.overflow.unwrap_or(state.config.default_overflow()),
             capacity,
-        };
-        let breaker = self.breaker.map(|b| Arc::new(Breaker::new(b)));
-        let queue = state.attach(info, consumers, breaker.clone(), self.start)?;
+            consumers,
+            breaker: breaker.clone(),
+            start: self.start,
+        })?;
         let runner = Runner {
+            bus: self.bus.registry().bus,
             reliability: Reliability {
                 retry: self.retry,
                 timeout: self.timeout,
@@ -406,6 +418,10 @@ impl<'a, E: Event> SubscribeBuilder<'a, E> {
         ))
     }
 }
+
+/// The most runners a handler subscription may have
+/// ([`SubscribeBuilder::concurrency`]): each is a task or a thread.
+pub const MAX_CONCURRENCY: usize = 65_536;
 
 impl<E: Event> fmt::Debug for SubscribeBuilder<'_, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -605,11 +621,19 @@ impl SubscriptionHandle {
 
     /// Unsubscribes, waits until the handler has handled everything that was
     /// queued, and returns the subscription's final numbers. If this future
-    /// is dropped early, the handler still drains the queue in the background.
+    /// is dropped early, the handler still drains the queue in the
+    /// background, and [`Bus::shutdown`](crate::Bus::shutdown) waits for it.
+    ///
+    /// Called from inside the subscription's own handler, it cannot wait for
+    /// that handler: it stops the subscription taking new events and returns
+    /// at once; what is queued is still handled once the handler returns.
     pub async fn unsubscribe(mut self) -> SubscriptionStats {
         self.detached = true;
         self.attachment.detach(false);
-        poll_fn(|cx| self.attachment.queue().poll_idle(cx)).await;
+        let own = crate::context::current().is_some_and(|r| r.subscription == self.id());
+        if !own {
+            poll_fn(|cx| self.attachment.queue().poll_idle(cx)).await;
+        }
         self.attachment.stats()
     }
 
@@ -656,6 +680,8 @@ impl fmt::Debug for SubscriptionHandle {
 
 /// How a handler subscription's runners retry, time out and dead-letter.
 pub(crate) struct Runner {
+    /// The bus it belongs to: its runners work in its context.
+    pub(crate) bus: crate::context::BusId,
     pub(crate) reliability: Reliability,
     /// Where its dead letters go (`None` for the dead-letter topic itself).
     pub(crate) dead_letters: Option<Arc<TopicState<DeadLetter>>>,

@@ -179,6 +179,19 @@ pub(crate) fn warn_timeout(info: &SubInfo, event_id: u64, took: Duration, cancel
     let _ = (info, event_id, took, cancelled);
 }
 
+pub(crate) fn warn_runner_failed(info: &SubInfo, event_id: Option<u64>, error: &str) {
+    #[cfg(feature = "tracing")]
+    tracing::warn!(
+        subscription = &*info.name,
+        topic = info.topic,
+        event_id,
+        error,
+        "tidings: the handler runner failed; the event it held was dead-lettered and the runner goes on"
+    );
+    #[cfg(not(feature = "tracing"))]
+    let _ = (info, event_id, error);
+}
+
 pub(crate) fn warn_unheard_dead_letter(info: &SubInfo, event_id: u64, error: &str) {
     #[cfg(feature = "tracing")]
     tracing::warn!(
@@ -395,7 +408,7 @@ mod metrics_impl {
         pub(super) depth: Gauge,
         pub(super) duration: Histogram,
         /// Only for the findings this kind of subscription can have.
-        findings: [Option<(Counter, Gauge)>; 3],
+        findings: [Option<(Counter, Gauge)>; 4],
     }
 
     impl Sub {
@@ -445,6 +458,10 @@ mod metrics_impl {
                         FindingKind::PublisherBlocked,
                         info.policy == Overflow::Block,
                     ),
+                    finding(
+                        FindingKind::RunnerFailed,
+                        info.kind != SubscriberKind::Stream,
+                    ),
                 ],
             }
         }
@@ -454,6 +471,7 @@ mod metrics_impl {
                 FindingKind::SlowPoll => 0,
                 FindingKind::SyncOverBudget => 1,
                 FindingKind::PublisherBlocked => 2,
+                FindingKind::RunnerFailed => 3,
             };
             if let Some((count, worst_gauge)) = &self.findings[i] {
                 count.increment(1);

@@ -261,8 +261,25 @@ pub(crate) trait ErasedTopic: Send + Sync {
     fn stats(&self) -> TopicStats;
     /// Adds the findings of the blocked-runtime watch to `out`.
     fn findings(&self, out: &mut Vec<crate::watch::Finding>);
-    /// Stops the topic for shutdown and returns its subscriptions to drain.
-    fn close(&self) -> Vec<Arc<dyn crate::queue::ErasedQueue>>;
+    /// Shutdown begins: publishes from outside the bus's handlers are
+    /// refused from now on, and publishers waiting for room look again.
+    fn begin_drain(&self);
+    /// Whether no subscription of the topic (listed, or unsubscribed and
+    /// still draining) holds an event or runs its handler, `caller`'s own
+    /// run aside; then `Some` of the topic's count of accepted publishes.
+    /// If not, `cx` is woken when that may have changed.
+    fn poll_quiet(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        caller: Option<crate::SubscriptionId>,
+    ) -> Option<u64>;
+    /// Shutdown ends: every publish is refused and every subscription
+    /// closed, so that streams and runners end once drained.
+    fn finish(&self);
+    /// The shutdown deadline passed: closes the topic and drops what its
+    /// subscriptions still hold (counted as cut off), stopping their
+    /// runners.
+    fn cut_off(&self);
     /// How its events are (de)serialized, if they can be.
     #[cfg_attr(not(feature = "serde"), allow(dead_code))]
     fn codec(&self) -> Option<crate::erased::Codec>;
@@ -294,8 +311,9 @@ pub(crate) struct Entry {
 
 /// The allow-list: every registered topic, by type and by name. Fixed once
 /// the bus is built, so look-ups take no lock.
-#[derive(Default)]
 pub(crate) struct Registry {
+    /// The bus the topics belong to.
+    pub(crate) bus: crate::context::BusId,
     by_type: HashMap<TypeId, Entry>,
     by_name: BTreeMap<&'static str, TypeId>,
     /// The bus's watch configuration, set when the bus is built.
@@ -303,6 +321,15 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
+    pub(crate) fn new() -> Self {
+        Registry {
+            bus: crate::context::BusId::next(),
+            by_type: HashMap::new(),
+            by_name: BTreeMap::new(),
+            watch: crate::watch::WatchSlot::default(),
+        }
+    }
+
     pub(crate) fn register<E: Event>(&mut self, config: TopicConfig) -> Result<(), BuildError> {
         let name = E::TOPIC;
         let type_name = std::any::type_name::<E>();
@@ -327,6 +354,7 @@ impl Registry {
         let state = Arc::new(TopicState::<E>::new(
             config.clone(),
             Arc::clone(&self.watch),
+            self.bus,
         ));
         self.by_name.insert(name, TypeId::of::<E>());
         self.by_type.insert(

@@ -119,13 +119,19 @@ pub enum FindingKind {
     /// A publisher waited longer than [`Watch::publish_wait`] for room in
     /// this (full, `Block`) subscription.
     PublisherBlocked,
+    /// The bus's own runner code around the handler failed (a panic outside
+    /// the handler, e.g. in the handler error's `Display` or an event's
+    /// `Drop`); the event it held became a dead letter naming the failure.
+    /// Always reported, whatever the [`Watch`] settings.
+    RunnerFailed,
 }
 
 impl FindingKind {
-    const ALL: [FindingKind; 3] = [
+    const ALL: [FindingKind; 4] = [
         FindingKind::SlowPoll,
         FindingKind::SyncOverBudget,
         FindingKind::PublisherBlocked,
+        FindingKind::RunnerFailed,
     ];
 
     fn index(self) -> usize {
@@ -133,6 +139,7 @@ impl FindingKind {
             FindingKind::SlowPoll => 0,
             FindingKind::SyncOverBudget => 1,
             FindingKind::PublisherBlocked => 2,
+            FindingKind::RunnerFailed => 3,
         }
     }
 
@@ -148,6 +155,9 @@ impl FindingKind {
             FindingKind::PublisherBlocked => {
                 "this subscription cannot keep up: raise its capacity or concurrency, or choose a lossy overflow policy"
             }
+            FindingKind::RunnerFailed => {
+                "code run around the handler panicked (the handler error's Display, an event's Drop, or tidings itself); the event was dead-lettered with the panic message"
+            }
         }
     }
 
@@ -157,6 +167,7 @@ impl FindingKind {
             FindingKind::SlowPoll => "slow_poll",
             FindingKind::SyncOverBudget => "sync_over_budget",
             FindingKind::PublisherBlocked => "publisher_blocked",
+            FindingKind::RunnerFailed => "runner_failed",
         }
     }
 }
@@ -167,6 +178,7 @@ impl fmt::Display for FindingKind {
             FindingKind::SlowPoll => "slow poll",
             FindingKind::SyncOverBudget => "sync handler over budget",
             FindingKind::PublisherBlocked => "publisher blocked",
+            FindingKind::RunnerFailed => "runner failed",
         })
     }
 }
@@ -273,7 +285,7 @@ pub(crate) struct Due {
 /// Per-subscription findings.
 #[derive(Default)]
 pub(crate) struct Watcher {
-    records: Mutex<[Record; 3]>,
+    records: Mutex<[Record; 4]>,
 }
 
 impl Watcher {

@@ -164,6 +164,8 @@ struct Outcome {
     accepted: HashMap<u64, (Ev, u64)>,
     /// Events whose publish was refused or cancelled.
     not_accepted: HashSet<Ev>,
+    /// Publishes refused because the bus was shutting down.
+    closed: u64,
 }
 
 fn runtime() -> &'static tokio::runtime::Runtime {
@@ -308,6 +310,7 @@ async fn run(plan: Plan) -> (Outcome, Vec<(SubPlan, Vec<Got>, SubscriptionStats)
                         assert_eq!(err.into_inner(), ev, "the refused event is handed back");
                         o.not_accepted.insert(ev);
                         if closed {
+                            o.closed += 1;
                             return;
                         }
                     }
@@ -359,10 +362,17 @@ async fn run(plan: Plan) -> (Outcome, Vec<(SubPlan, Vec<Got>, SubscriptionStats)
         }
     }
     let report = bus.shutdown(Duration::from_secs(60)).await;
+    let closed = outcome.lock().unwrap().closed;
     assert!(
-        report.is_clean(),
+        !report.deadline_hit && report.cut_off() == 0 && report.in_flight() == 0,
         "a generous deadline drains everything: {report}"
     );
+    assert_eq!(
+        report.refused(),
+        closed,
+        "every publish refused by the shutdown is in the report: {report}"
+    );
+    assert_eq!(report.is_clean(), closed == 0, "{report}");
 
     let mut results = Vec::new();
     for ((sp, stream), handler) in plan.subs.iter().zip(subs).zip(leave_results) {

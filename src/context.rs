@@ -1,0 +1,117 @@
+//! Which handler run, of which bus, the current thread is working for.
+//!
+//! Shutdown needs to tell a follow-on publish made by one of the bus's own
+//! handlers (accepted while the bus drains, so that chains of handlers
+//! finish) from a publish made by the rest of the application (refused at
+//! once). A handler that unsubscribes its own subscription, or shuts the bus
+//! down, must not wait for itself. Both look here.
+//!
+//! Runners set the context around every poll of their task (async) or for
+//! the life of their thread (sync), so it covers the handler, its retries
+//! and the dead letter it may publish. Work a handler hands to a task of its
+//! own (`tokio::spawn`) is outside it.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use crate::subscribe::SubscriptionId;
+
+/// A process-wide unique identifier of one bus.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct BusId(u64);
+
+impl BusId {
+    pub(crate) fn next() -> Self {
+        // Only uniqueness is needed: `Relaxed` suffices.
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        BusId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// The handler runner a thread is working for.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RunnerOf {
+    pub(crate) bus: BusId,
+    pub(crate) subscription: SubscriptionId,
+}
+
+thread_local! {
+    static CURRENT: Cell<Option<RunnerOf>> = const { Cell::new(None) };
+}
+
+/// The runner this thread is working for, if any.
+pub(crate) fn current() -> Option<RunnerOf> {
+    CURRENT.with(Cell::get)
+}
+
+/// Whether this thread is running a handler of bus `bus`.
+pub(crate) fn inside(bus: BusId) -> bool {
+    current().is_some_and(|r| r.bus == bus)
+}
+
+/// Sets the context until dropped, then restores the one before.
+pub(crate) struct Entered(Option<RunnerOf>);
+
+pub(crate) fn enter(runner: RunnerOf) -> Entered {
+    Entered(CURRENT.with(|c| c.replace(Some(runner))))
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        CURRENT.with(|c| c.set(self.0));
+    }
+}
+
+/// A runner's future, polled inside its context.
+pub(crate) struct InRunner<F> {
+    runner: RunnerOf,
+    fut: Pin<Box<F>>,
+}
+
+impl<F: Future> InRunner<F> {
+    pub(crate) fn new(runner: RunnerOf, fut: F) -> Self {
+        InRunner {
+            runner,
+            fut: Box::pin(fut),
+        }
+    }
+}
+
+impl<F: Future> Future for InRunner<F> {
+    type Output = F::Output;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let _entered = enter(self.runner);
+        self.fut.as_mut().poll(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entering_nests_and_restores() {
+        let a = RunnerOf {
+            bus: BusId::next(),
+            subscription: SubscriptionId::next(),
+        };
+        let b = RunnerOf {
+            bus: BusId::next(),
+            subscription: SubscriptionId::next(),
+        };
+        assert_eq!(current(), None);
+        {
+            let _a = enter(a);
+            assert!(inside(a.bus) && !inside(b.bus));
+            {
+                let _b = enter(b);
+                assert_eq!(current(), Some(b));
+            }
+            assert_eq!(current(), Some(a), "the outer context is back");
+        }
+        assert_eq!(current(), None);
+    }
+}
