@@ -488,7 +488,7 @@ pub(crate) fn spawn_async<E, F, Fut>(
                 consumer,
             ),
         ));
-        queue.add_abort_handle(task.abort_handle());
+        queue.add_task(task);
     }
 }
 

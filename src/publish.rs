@@ -924,7 +924,7 @@ impl<E: Event> ErasedTopic for TopicState<E> {
         }
     }
 
-    fn cut_off(&self) {
+    fn cut_off(&self, caller: Option<SubscriptionId>) -> Vec<tokio::task::JoinHandle<()>> {
         let queues: Vec<Arc<Queue<E>>> = {
             let mut inner = self.inner.lock();
             inner.phase = Phase::Closed;
@@ -939,9 +939,15 @@ impl<E: Event> ErasedTopic for TopicState<E> {
                 .chain(inner.draining.iter().cloned())
                 .collect()
         };
+        let mut tasks = Vec::new();
         for queue in queues {
-            ErasedQueue::cut_off(&*queue);
+            let stopped = ErasedQueue::cut_off(&*queue);
+            // The caller's own task cannot wait for itself.
+            if caller != Some(queue.info.id) {
+                tasks.extend(stopped);
+            }
         }
+        tasks
     }
 }
 

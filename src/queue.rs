@@ -505,7 +505,8 @@ pub(crate) struct Queue<E> {
     pub(crate) breaker: Option<Arc<Breaker>>,
     /// Where a subscription that asked for retained events started.
     pub(crate) start: crate::replay::Start,
-    aborts: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// The tasks of an async handler's runners, to stop at a deadline.
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl<E> Queue<E> {
@@ -563,7 +564,7 @@ impl<E> Queue<E> {
             unheard_warned: std::sync::atomic::AtomicBool::new(false),
             breaker,
             start,
-            aborts: Mutex::new(Vec::new()),
+            tasks: Mutex::new(Vec::new()),
         }
     }
 
@@ -948,8 +949,8 @@ impl<E> Queue<E> {
         discarded
     }
 
-    pub(crate) fn add_abort_handle(&self, handle: tokio::task::AbortHandle) {
-        self.aborts.lock().push(handle);
+    pub(crate) fn add_task(&self, task: tokio::task::JoinHandle<()>) {
+        self.tasks.lock().push(task);
     }
 
     /// Under the topic lock, for shutdown: whether nothing is queued and at
@@ -1060,8 +1061,10 @@ pub(crate) trait ErasedQueue: Send + Sync {
     /// Ready once the queue is closed, empty and no handler runs.
     fn poll_idle(&self, cx: &mut Context<'_>) -> Poll<()>;
     /// The deadline passed: drop what is queued (counted as cut off) and stop
-    /// async handler tasks. The queue is closed already.
-    fn cut_off(&self);
+    /// async handler tasks, returning them to wait for (a task in the middle
+    /// of a poll stops only once that poll is over). The queue is closed
+    /// already.
+    fn cut_off(&self) -> Vec<tokio::task::JoinHandle<()>>;
 }
 
 impl<E: Send + Sync + 'static> ErasedQueue for Queue<E> {
@@ -1074,7 +1077,7 @@ impl<E: Send + Sync + 'static> ErasedQueue for Queue<E> {
         Poll::Pending
     }
 
-    fn cut_off(&self) {
+    fn cut_off(&self) -> Vec<tokio::task::JoinHandle<()>> {
         let mut wakeups = Wakeups::default();
         {
             let mut s = self.state.lock();
@@ -1090,8 +1093,10 @@ impl<E: Send + Sync + 'static> ErasedQueue for Queue<E> {
         }
         self.cut_signal.notify_all();
         wakeups.wake();
-        for handle in self.aborts.lock().drain(..) {
-            handle.abort();
+        let tasks = std::mem::take(&mut *self.tasks.lock());
+        for task in &tasks {
+            task.abort();
         }
+        tasks
     }
 }

@@ -39,12 +39,19 @@ pub(crate) async fn drain(
     }
     let quiet = poll_fn(|cx| poll_quiescent(topics, cx, caller));
     let deadline_hit = tokio::time::timeout(deadline, quiet).await.is_err();
+    let mut stopped = Vec::new();
     for topic in topics {
         if deadline_hit {
-            topic.cut_off();
+            stopped.extend(topic.cut_off(caller));
         } else {
             topic.finish();
         }
+    }
+    // Cancelled tasks end at their next await; one in the middle of a poll
+    // finishes that poll first. Once they have all ended, no async handler
+    // of the bus runs any more and the report's numbers stay put.
+    for task in stopped {
+        let _ = task.await;
     }
     (start.elapsed(), deadline_hit)
 }

@@ -277,9 +277,12 @@ pub(crate) trait ErasedTopic: Send + Sync {
     /// closed, so that streams and runners end once drained.
     fn finish(&self);
     /// The shutdown deadline passed: closes the topic and drops what its
-    /// subscriptions still hold (counted as cut off), stopping their
-    /// runners.
-    fn cut_off(&self);
+    /// subscriptions still hold (counted as cut off), stopping their async
+    /// runners; returns those tasks, but `caller`'s, to wait for.
+    fn cut_off(
+        &self,
+        caller: Option<crate::SubscriptionId>,
+    ) -> Vec<tokio::task::JoinHandle<()>>;
     /// How its events are (de)serialized, if they can be.
     #[cfg_attr(not(feature = "serde"), allow(dead_code))]
     fn codec(&self) -> Option<crate::erased::Codec>;
