@@ -126,6 +126,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .start()
             .await?;
         let mut settled = bus.subscribe::<PaymentSettled>().stream()?;
+        // Keys unique to this run: JetStream remembers message ids for its
+        // duplicate window (2 minutes), and would drop a second run's
+        // `order-1` as a repeat of the first's.
+        let run = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
         for id in 1..=args.orders {
             let order = OrderCreated {
                 id,
@@ -135,7 +141,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             // charged once, here and across the broker.
             bus.publish_with(
                 order,
-                PublishOptions::new().idempotency_key(format!("order-{id}")),
+                PublishOptions::new().idempotency_key(format!("order-{run}-{id}")),
             )
             .await?;
         }
@@ -152,7 +158,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
                 Ok(None) => break,
                 Err(_) => {
-                    println!("orders: no payment for 30 s; is `--role billing` running?");
+                    let dropped = bridge.stats().export_duplicates;
+                    if dropped > 0 {
+                        println!("orders: the broker dropped {dropped} order(s) as duplicates of earlier message ids");
+                    } else {
+                        println!("orders: no payment for 30 s; is `--role billing` running?");
+                    }
                     break;
                 }
             }

@@ -229,6 +229,11 @@ pub struct BridgeStats {
     pub export_retries: u64,
     /// Local events that could not be encoded (counted, logged, not sent).
     pub export_failures: u64,
+    /// Exports the broker acknowledged as duplicates (durable mode): their
+    /// `Nats-Msg-Id` was already in the stream's duplicate window, so the
+    /// stream did not store them again and nobody will receive them. Not
+    /// counted in `exported`; each is logged with its id.
+    pub export_duplicates: u64,
     /// Messages from NATS published on the local bus.
     pub imported: u64,
     /// Messages from NATS recognised as already imported (redeliveries).
@@ -242,6 +247,7 @@ struct Counters {
     exported: AtomicU64,
     export_retries: AtomicU64,
     export_failures: AtomicU64,
+    export_duplicates: AtomicU64,
     imported: AtomicU64,
     duplicates: AtomicU64,
     rejected: AtomicU64,
@@ -443,7 +449,8 @@ impl BridgeBuilder {
                     (Some(js), Some(durable)) => {
                         let consumer = consumer(js, durable, &self.name, &subject).await?;
                         let ctx = Arc::clone(&ctx);
-                        tokio::spawn(async move { ctx.durable_import_loop(consumer).await })
+                        let stopped = stopped.clone();
+                        tokio::spawn(async move { ctx.durable_import_loop(consumer, stopped).await })
                     }
                     _ => {
                         let sub = self.client.subscribe(subject).await.map_err(|e| {
@@ -453,16 +460,15 @@ impl BridgeBuilder {
                             }
                         })?;
                         let ctx = Arc::clone(&ctx);
-                        tokio::spawn(async move { ctx.core_import_loop(sub).await })
+                        let stopped = stopped.clone();
+                        tokio::spawn(async move { ctx.core_import_loop(sub, stopped).await })
                     }
                 };
             imports.push(task);
         }
-        // Subscriptions must reach the server before anyone publishes.
-        self.client.flush().await.map_err(|e| BridgeError::Nats {
-            what: "flush",
-            message: e.to_string(),
-        })?;
+        // The server must have taken every subscription before `start`
+        // returns, or a publish made right after could miss it.
+        round_trip(&self.client).await?;
         Ok(Bridge {
             ctx,
             exports,
@@ -525,6 +531,29 @@ async fn consumer(
         )
         .await
         .map_err(|e| nats("create the durable consumer")(&e))
+}
+
+/// Waits until the server has processed everything this client sent so
+/// far. `Client::flush` only writes the buffer to the socket; a message the
+/// client sends to itself comes back only after the server handled every
+/// command before it on this connection (it handles one connection's
+/// commands in order).
+async fn round_trip(client: &async_nats::Client) -> Result<(), BridgeError> {
+    let nats = |e: &dyn fmt::Display| BridgeError::Nats {
+        what: "confirm its subscriptions with the server",
+        message: e.to_string(),
+    };
+    let inbox = client.new_inbox();
+    let mut probe = client.subscribe(inbox.clone()).await.map_err(|e| nats(&e))?;
+    client
+        .publish(inbox, Bytes::new())
+        .await
+        .map_err(|e| nats(&e))?;
+    match tokio::time::timeout(Duration::from_secs(30), probe.next()).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(nats(&"the connection closed")),
+        Err(_) => Err(nats(&"no answer within 30 s")),
+    }
 }
 
 /// A name unique to this bridge in this process run.
@@ -594,10 +623,7 @@ impl Ctx {
         mut sub: PatternSubscription,
         stopped: tokio::sync::watch::Receiver<bool>,
     ) {
-        let mut stopped = stopped;
-        let mut stop = pin!(async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        });
+        let mut stop = pin!(stopping(stopped));
         loop {
             match futures::future::select(sub.next(), stop.as_mut()).await {
                 Either::Left((Some(event), _)) => self.export(event).await,
@@ -653,16 +679,34 @@ impl Ctx {
                 let msg_id = event.idempotency_key().unwrap_or(&id);
                 headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
                 let mut delay = Duration::from_millis(10);
+                let mut retried = false;
                 loop {
                     let sent = match js
                         .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
                         .await
                     {
-                        Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                        Ok(ack) => ack.await.map_err(|e| e.to_string()),
                         Err(e) => Err(e.to_string()),
                     };
                     match sent {
-                        Ok(()) => break,
+                        // A retry found its own earlier try stored (its ack
+                        // was lost): the event did get through.
+                        Ok(ack) if ack.duplicate && retried => break,
+                        Ok(ack) if ack.duplicate => {
+                            self.count(
+                                &self.counters.export_duplicates,
+                                "tidings_bridge_export_duplicates_total",
+                            );
+                            warn(
+                                &self.name,
+                                event.topic(),
+                                &format!(
+                                    "JetStream already holds message id `{msg_id}` (within the stream's duplicate window): the broker dropped this export"
+                                ),
+                            );
+                            return;
+                        }
+                        Ok(_) => break,
                         Err(message) => {
                             self.count(
                                 &self.counters.export_retries,
@@ -677,6 +721,7 @@ impl Ctx {
                             }
                             tokio::time::sleep(delay).await;
                             delay = (delay * 2).min(Duration::from_secs(1));
+                            retried = true;
                         }
                     }
                 }
@@ -685,31 +730,64 @@ impl Ctx {
         self.count(&self.counters.exported, "tidings_bridge_exported_total");
     }
 
-    async fn core_import_loop(&self, mut sub: async_nats::Subscriber) {
+    async fn core_import_loop(
+        &self,
+        mut sub: async_nats::Subscriber,
+        stopped: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut stop = pin!(stopping(stopped));
+        loop {
+            match futures::future::select(sub.next(), stop.as_mut()).await {
+                Either::Left((Some(msg), _)) => self.import_core(&msg).await,
+                Either::Left((None, _)) => return,
+                Either::Right(((), _)) => break,
+            }
+        }
+        // Stopping: take no more, finish what the client already received.
+        let _ = sub.unsubscribe().await;
         while let Some(msg) = sub.next().await {
-            self.import(
-                msg.subject.as_str(),
-                msg.headers.as_ref(),
-                &msg.payload,
-                false,
-            )
-            .await;
+            self.import_core(&msg).await;
         }
     }
 
-    async fn durable_import_loop(&self, consumer: jetstream::consumer::PullConsumer) {
-        loop {
-            let mut messages = match consumer.messages().await {
-                Ok(messages) => messages,
+    async fn import_core(&self, msg: &async_nats::Message) {
+        self.import(
+            msg.subject.as_str(),
+            msg.headers.as_ref(),
+            &msg.payload,
+            false,
+        )
+        .await;
+    }
+
+    /// Pulls batches from the durable consumer and imports them one by one,
+    /// each acknowledged once the local bus has it. Once stopped it fetches
+    /// no more, but finishes the batch it holds: every message fetched is
+    /// handed to the bus, counted and acknowledged, so a restart takes up
+    /// exactly where this left off.
+    async fn durable_import_loop(
+        &self,
+        consumer: jetstream::consumer::PullConsumer,
+        stopped: tokio::sync::watch::Receiver<bool>,
+    ) {
+        while !*stopped.borrow() {
+            let batch = consumer
+                .batch()
+                .max_messages(IMPORT_BATCH)
+                .expires(IMPORT_WAIT)
+                .messages()
+                .await;
+            let mut batch = match batch {
+                Ok(batch) => batch,
                 Err(_) => {
                     // The broker is away: try again shortly.
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };
-            while let Some(next) = messages.next().await {
+            while let Some(next) = batch.next().await {
                 let Ok(msg) = next else {
-                    break; // re-open the consumer's stream
+                    break; // fetch again
                 };
                 let done = self
                     .import(
@@ -731,7 +809,6 @@ impl Ctx {
                 // local dedup recognises.
                 let _ = acked;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -838,6 +915,16 @@ impl Ctx {
     }
 }
 
+/// Ready once the bridge is told to stop.
+async fn stopping(mut stopped: tokio::sync::watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|stop| *stop).await;
+}
+
+/// How many messages an importer pulls at once, and how long a pull waits
+/// for them: also how long a stopping importer may take to see the stop.
+const IMPORT_BATCH: usize = 256;
+const IMPORT_WAIT: Duration = Duration::from_millis(250);
+
 fn warn(bridge: &str, topic: &str, message: &str) {
     #[cfg(feature = "tracing")]
     tracing::warn!(bridge, topic, "tidings bridge: {message}");
@@ -881,6 +968,7 @@ impl Bridge {
             exported: c.exported.load(Ordering::Relaxed),
             export_retries: c.export_retries.load(Ordering::Relaxed),
             export_failures: c.export_failures.load(Ordering::Relaxed),
+            export_duplicates: c.export_duplicates.load(Ordering::Relaxed),
             imported: c.imported.load(Ordering::Relaxed),
             duplicates: c.duplicates.load(Ordering::Relaxed),
             rejected: c.rejected.load(Ordering::Relaxed),
@@ -893,14 +981,17 @@ impl Bridge {
         &self.ctx.origin
     }
 
-    /// Stops importing, sends what the export subscriptions still hold
-    /// (in durable mode, until the stream acknowledged it), flushes the
-    /// connection, and returns the final numbers.
+    /// Stops importing (every message already received or fetched is
+    /// still handed to the local bus, counted and acknowledged), sends what
+    /// the export subscriptions still hold (in durable mode, until the
+    /// stream acknowledged it), flushes the connection, and returns the
+    /// final numbers: a bridge started again later takes up exactly where
+    /// this one left off.
     pub async fn shutdown(mut self) -> BridgeStats {
-        for task in self.imports.drain(..) {
-            task.abort();
-        }
         let _ = self.stop.send(true);
+        for task in self.imports.drain(..) {
+            let _ = task.await;
+        }
         for task in self.exports.drain(..) {
             let _ = task.await;
         }
