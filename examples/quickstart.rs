@@ -117,7 +117,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // 5. Stats while the handlers are still busy, then a draining shutdown
-    //    with a report.
+    //    with a report. The report names every loose end: here the orders
+    //    whose mail failed while the bus drained (dead-lettered).
     tokio::time::sleep(Duration::from_millis(5)).await;
     println!("\n{}", bus.stats());
     let ticker_task = tokio::spawn(async move { ticker.count().await });

@@ -75,8 +75,10 @@
 //!    back ([`PublishError::into_inner`](error::PublishError::into_inner)).
 //! 6. Isolation: sync handlers run on the bus's own threads, never on the
 //!    runtime's workers; handler errors and panics are caught and counted.
-//! 7. Shutdown: [`Bus::shutdown`] refuses new publishes, drains every queue,
-//!    waits for handlers and reports what a deadline cut off.
+//! 7. Shutdown: [`Bus::shutdown`] refuses publishes from outside the bus,
+//!    accepts those of its handlers (chains finish), drains every queue
+//!    until no event is queued and no handler runs, and names every loose
+//!    end in its report.
 //! 8. Handled once or dead-lettered once: under a [`RetryPolicy`], every event
 //!    a handler takes is handled successfully exactly once or becomes exactly
 //!    one [`DeadLetter`]; a retry is a counted re-run ([`Envelope::attempt`]),

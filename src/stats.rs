@@ -315,16 +315,17 @@ impl fmt::Display for BusStats {
             }
         }
         let line = |f: &mut fmt::Formatter<'_>, cells: &[&str]| -> fmt::Result {
+            let mut text = String::new();
             for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+                use fmt::Write as _;
                 // Names left, numbers right.
                 if i < 4 {
-                    write!(f, "{cell:<w$}")?;
+                    write!(text, "{cell:<w$}  ")?;
                 } else {
-                    write!(f, "{cell:>w$}")?;
+                    write!(text, "{cell:>w$}  ")?;
                 }
-                f.write_str(if i + 1 < cells.len() { "  " } else { "\n" })?;
             }
-            Ok(())
+            writeln!(f, "{}", text.trim_end())
         };
         line(f, &HEAD)?;
         for row in &rows {
