@@ -17,7 +17,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use tidings::bridge::{Bridge, Durable};
+use tidings::bridge::{Bridge, Connect, Durable};
 use tidings::{Bus, Event};
 
 #[derive(Debug, Event, serde::Serialize, serde::Deserialize)]
@@ -97,9 +97,8 @@ async fn run(
             b
         }
     };
-    let client = || async_nats::ConnectOptions::new().connect(url);
     let b = with_mode(
-        Bridge::builder(&b_bus, client().await?)
+        Bridge::builder(&b_bus, Connect::to(url))
             .name(format!("bench-in-{}", std::process::id()))
             .prefix(stream.clone())
             .import::<Order>(),
@@ -107,7 +106,7 @@ async fn run(
     .start()
     .await?;
     let a = with_mode(
-        Bridge::builder(&a_bus, client().await?)
+        Bridge::builder(&a_bus, Connect::to(url))
             .name("bench-out")
             .prefix(stream.clone())
             .export::<Order>(),
@@ -175,7 +174,11 @@ async fn run(
         at(0.99).as_secs_f64() * 1e3,
         latencies[latencies.len() - 1].as_secs_f64() * 1e3,
     );
-    let (a, b) = (a.shutdown().await, b.shutdown().await);
+    let deadline = Duration::from_secs(30);
+    let (a, b) = (
+        a.shutdown(deadline).await.stats,
+        b.shutdown(deadline).await.stats,
+    );
     eprintln!("  out: {a:?}\n  in:  {b:?}");
     Ok(())
 }

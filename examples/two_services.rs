@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use tidings::bridge::{Bridge, Durable};
+use tidings::bridge::{Bridge, Connect, Durable};
 use tidings::{Bus, Event, PublishOptions};
 
 #[derive(Debug, Clone, Event, serde::Serialize, serde::Deserialize)]
@@ -78,11 +78,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .topic::<OrderCreated>()
         .topic::<PaymentSettled>()
         .build()?;
-    let client = async_nats::ConnectOptions::new()
-        .retry_on_initial_connect()
-        .connect(&args.url)
-        .await?;
-    let mut bridge = Bridge::builder(&bus, client).name(args.role.clone());
+    let connect = Connect::to(args.url.clone()).connect_timeout(Duration::from_secs(30));
+    let mut bridge = Bridge::builder(&bus, connect).name(args.role.clone());
     if !args.core {
         bridge = bridge.durable(Durable::new("SHOP", ["orders.>", "payments.>"]));
     }
@@ -118,7 +115,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             args.url
         );
         tokio::signal::ctrl_c().await?;
-        println!("billing: {:?}", bridge.shutdown().await);
+        println!(
+            "billing: {:?}",
+            bridge.shutdown(Duration::from_secs(10)).await.stats
+        );
     } else {
         let bridge = bridge
             .export::<OrderCreated>()
@@ -171,7 +171,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!(
             "orders: {paid}/{} paid; {:?}",
             args.orders,
-            bridge.shutdown().await
+            bridge.shutdown(Duration::from_secs(10)).await.stats
         );
     }
     Ok(())

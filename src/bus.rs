@@ -513,9 +513,12 @@ impl BusBuilder {
         }
         self.registry
             .register::<DeadLetter>(self.dead_letters.clone())?;
+        // A reader of rejections that falls behind loses the oldest
+        // (counted), and never holds a bridge's imports up.
         #[cfg(feature = "nats")]
-        self.registry
-            .register::<crate::bridge::Rejected>(TopicConfig::default())?;
+        self.registry.register::<crate::bridge::Rejected>(
+            TopicConfig::default().overflow(crate::Overflow::DropOldest),
+        )?;
         // The slot belongs to this builder's registry and is set only here.
         let _ = self.registry.watch.set(Arc::new(self.watch));
         Ok(Bus {

@@ -32,6 +32,7 @@ use crate::event::EventId;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PublishOptions {
     pub(crate) key: Option<Arc<str>>,
+    pub(crate) scope: Option<Arc<str>>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) origin: Option<Arc<str>>,
 }
@@ -39,6 +40,7 @@ pub struct PublishOptions {
 impl PublishOptions {
     pub(crate) const PLAIN: PublishOptions = PublishOptions {
         key: None,
+        scope: None,
         timeout: None,
         origin: None,
     };
@@ -49,11 +51,65 @@ impl PublishOptions {
     }
 
     /// Publishes at most once per key within the topic's [`DedupWindow`].
-    /// Keys are per topic; envelopes carry theirs
+    /// Keys are per topic (and per [scope](PublishOptions::key_scope));
+    /// envelopes carry theirs
     /// ([`Envelope::idempotency_key`](crate::Envelope::idempotency_key)).
+    ///
+    /// A key is 1 to [`DedupWindow::max_key_len`] bytes (default 256) with
+    /// no control character (no CR, LF, NUL, …); anything else is refused
+    /// with [`PublishError::InvalidKey`](crate::error::PublishError::InvalidKey).
     pub fn idempotency_key(mut self, key: impl Into<Arc<str>>) -> Self {
         self.key = Some(key.into());
         self
+    }
+
+    /// Puts the idempotency key in a space of its own: a key counts as a
+    /// duplicate only of the same key in the same scope. The default (no
+    /// scope) is the application's own space. A bridge imports its peers'
+    /// keys under a scope of its own, so that a key chosen by another
+    /// process never suppresses a local publish that happens to use it.
+    /// Same rules as a key.
+    pub fn key_scope(mut self, scope: impl Into<Arc<str>>) -> Self {
+        self.scope = Some(scope.into());
+        self
+    }
+
+    /// The key the topic's window remembers: the key, or scope and key
+    /// (joined by a NUL, which neither may hold).
+    pub(crate) fn dedup_key(&self) -> Option<Arc<str>> {
+        let key = self.key.as_ref()?;
+        Some(match &self.scope {
+            None => Arc::clone(key),
+            Some(scope) => format!("{scope}\0{key}").into(),
+        })
+    }
+
+    /// Checks the key and scope against `max_len`: `Err` says what is wrong.
+    pub(crate) fn check_key(&self, max_len: usize) -> Result<(), (String, String)> {
+        for (what, value) in [("key", &self.key), ("key scope", &self.scope)] {
+            let Some(value) = value else { continue };
+            let problem = if value.is_empty() {
+                Some("is empty".to_owned())
+            } else if value.len() > max_len {
+                Some(format!(
+                    "is {} bytes long; the topic's limit is {max_len}",
+                    value.len()
+                ))
+            } else if value.chars().any(char::is_control) {
+                Some("holds a control character (CR, LF, NUL, …)".to_owned())
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                let shown: String = value
+                    .chars()
+                    .take(64)
+                    .flat_map(char::escape_debug)
+                    .collect();
+                return Err((shown, format!("the {what} {problem}")));
+            }
+        }
+        Ok(())
     }
 
     /// Says where the event came from, e.g. the bridge that imported it.
@@ -75,7 +131,9 @@ impl PublishOptions {
 
 /// How long a topic remembers idempotency keys: the last `max_keys` keys,
 /// each for at most `max_age` after its event was accepted, whichever ends
-/// first. Memory is bounded by `max_keys`.
+/// first. Memory is bounded in bytes: keys are at most `max_key_len` bytes
+/// (default 256; longer ones are refused), so a window holds at most
+/// `max_keys × (max_key_len + about 100)` bytes (2.5 MiB by default).
 ///
 /// A key that has left the window is forgotten: publishing it again
 /// delivers a new event. Size the window to cover the longest time a client
@@ -86,15 +144,29 @@ impl PublishOptions {
 pub struct DedupWindow {
     max_keys: usize,
     max_age: Duration,
+    max_key_len: usize,
 }
 
 impl DedupWindow {
-    /// The default window: 10,000 keys, 5 minutes.
+    /// The default window: 10,000 keys, 5 minutes, keys of up to 256 bytes.
     pub const fn new() -> Self {
         DedupWindow {
             max_keys: 10_000,
             max_age: Duration::from_secs(300),
+            max_key_len: 256,
         }
+    }
+
+    /// The longest key accepted, in bytes (default 256); publishing with a
+    /// longer one is refused. Bounds the window's memory with `max_keys`.
+    pub const fn max_key_len(mut self, bytes: usize) -> Self {
+        self.max_key_len = bytes;
+        self
+    }
+
+    /// The longest key accepted, in bytes.
+    pub const fn key_len_limit(&self) -> usize {
+        self.max_key_len
     }
 
     /// Remember at most this many keys (the oldest go first).

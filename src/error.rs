@@ -141,6 +141,20 @@ pub enum PublishError<E> {
         /// The event, not published.
         event: E,
     },
+    /// The idempotency key (or its scope) is empty, too long for the
+    /// topic's [`DedupWindow`](crate::DedupWindow), or holds a control
+    /// character. Nothing was enqueued.
+    #[error("{reason} (topic `{topic}`, key \"{key}\"); nothing was enqueued")]
+    InvalidKey {
+        /// The topic.
+        topic: &'static str,
+        /// The key, its first 64 characters, escaped.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+        /// The event, not published.
+        event: E,
+    },
     /// [`publish_timeout`](crate::Bus::publish_timeout) waited its whole
     /// time for room. Nothing was enqueued anywhere.
     #[error("timed out after {waited:?} waiting for room in subscription `{subscription}` on topic `{topic}` ({capacity} events); nothing was enqueued")]
@@ -167,6 +181,7 @@ impl<E> PublishError<E> {
             PublishError::UnknownTopic { event, .. }
             | PublishError::Closed { event, .. }
             | PublishError::Full { event, .. }
+            | PublishError::InvalidKey { event, .. }
             | PublishError::Timeout { event, .. } => event,
         }
     }
@@ -213,6 +228,17 @@ impl<E> PublishError<E> {
                 waited,
                 event: f(event),
             },
+            PublishError::InvalidKey {
+                topic,
+                key,
+                reason,
+                event,
+            } => PublishError::InvalidKey {
+                topic,
+                key,
+                reason,
+                event: f(event),
+            },
         }
     }
 
@@ -222,6 +248,7 @@ impl<E> PublishError<E> {
             PublishError::UnknownTopic { event, .. }
             | PublishError::Closed { event, .. }
             | PublishError::Full { event, .. }
+            | PublishError::InvalidKey { event, .. }
             | PublishError::Timeout { event, .. } => event,
         }
     }
@@ -232,6 +259,7 @@ impl<E> PublishError<E> {
             PublishError::UnknownTopic { topic, .. }
             | PublishError::Closed { topic, .. }
             | PublishError::Full { topic, .. }
+            | PublishError::InvalidKey { topic, .. }
             | PublishError::Timeout { topic, .. } => topic,
         }
     }
@@ -265,6 +293,15 @@ impl<E> fmt::Debug for PublishError<E> {
                 .field("id", id)
                 .field("capacity", capacity)
                 .field("policy", policy)
+                .field("event", &event)
+                .finish(),
+            PublishError::InvalidKey {
+                topic, key, reason, ..
+            } => f
+                .debug_struct("InvalidKey")
+                .field("topic", topic)
+                .field("key", key)
+                .field("reason", reason)
                 .field("event", &event)
                 .finish(),
             PublishError::Timeout {

@@ -381,7 +381,21 @@ impl<E: Event> TopicState<E> {
         opts: &PublishOptions,
         mut turn: Option<&mut Option<u64>>,
     ) -> Result<PublishReceipt, NotNow<E>> {
-        let key = opts.key.as_ref();
+        let key = match opts.key {
+            None => None,
+            Some(_) => match self.keyed(opts) {
+                Ok(key) => key,
+                Err((key, reason)) => {
+                    return Err(NotNow::Refused(PublishError::InvalidKey {
+                        topic: E::TOPIC,
+                        key,
+                        reason,
+                        event,
+                    }))
+                }
+            },
+        };
+        let key = key.as_ref();
         let mut guard = self.inner.lock();
         let inner = &mut *guard;
         if inner.phase != Phase::Open && !self.may_publish(inner.phase) {
@@ -613,6 +627,14 @@ impl<E: Event> TopicState<E> {
             telemetry::record_receipt(&span, receipt);
         }
         result
+    }
+
+    /// The checked key a keyed publish is remembered by.
+    #[cold]
+    #[inline(never)]
+    fn keyed(&self, opts: &PublishOptions) -> Result<Option<Arc<str>>, (String, String)> {
+        opts.check_key(self.config.dedup_window().key_len_limit())?;
+        Ok(opts.dedup_key())
     }
 
     /// Whether a publish may go ahead once the bus began to shut down: only

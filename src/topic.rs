@@ -279,10 +279,7 @@ pub(crate) trait ErasedTopic: Send + Sync {
     /// The shutdown deadline passed: closes the topic and drops what its
     /// subscriptions still hold (counted as cut off), stopping their async
     /// runners; returns those tasks, but `caller`'s, to wait for.
-    fn cut_off(
-        &self,
-        caller: Option<crate::SubscriptionId>,
-    ) -> Vec<tokio::task::JoinHandle<()>>;
+    fn cut_off(&self, caller: Option<crate::SubscriptionId>) -> Vec<tokio::task::JoinHandle<()>>;
     /// How its events are (de)serialized, if they can be.
     #[cfg_attr(not(feature = "serde"), allow(dead_code))]
     fn codec(&self) -> Option<crate::erased::Codec>;

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tidings::bridge::{Bridge, BridgeError, Durable, RejectReason, Rejected};
+use tidings::bridge::{Bridge, BridgeError, Connect, Durable, RejectReason, Rejected};
 use tidings::{Bus, Event, PublishOptions};
 
 #[derive(Debug, Clone, PartialEq, Event, serde::Serialize, serde::Deserialize)]
@@ -114,6 +114,11 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// How a bridge reaches this server.
+    fn connect(&self) -> Connect {
+        Connect::to(self.url())
+    }
+
     async fn client(&self) -> async_nats::Client {
         let client = async_nats::ConnectOptions::new()
             .retry_on_initial_connect()
@@ -134,6 +139,9 @@ impl Drop for NatsServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A generous deadline for bridge shutdowns: a guard, not a measurement.
+const LONG: Duration = Duration::from_secs(60);
 
 fn bus() -> Bus {
     Bus::builder()
@@ -167,14 +175,14 @@ async fn typed_events_round_trip_between_two_buses() {
     let server = NatsServer::start();
     let (orders, billing) = (bus(), bus());
     let mut received = billing.subscribe::<OrderCreated>().stream().unwrap();
-    let b = Bridge::builder(&billing, server.client().await)
+    let b = Bridge::builder(&billing, server.connect())
         .name("billing")
         .prefix("acme")
         .import::<OrderCreated>()
         .start()
         .await
         .unwrap();
-    let a = Bridge::builder(&orders, server.client().await)
+    let a = Bridge::builder(&orders, server.connect())
         .name("orders")
         .prefix("acme")
         .export::<OrderCreated>()
@@ -209,7 +217,7 @@ async fn typed_events_round_trip_between_two_buses() {
     let key = got.idempotency_key().expect("keyed by id");
     assert!(key.starts_with(a.origin()), "{key}");
     assert_ne!(receipt.id.get(), 0);
-    assert_eq!(a.shutdown().await.exported, 2);
+    assert_eq!(a.shutdown(LONG).await.stats.exported, 2);
     until("the imports to be counted", || b.stats().imported == 2).await;
 }
 
@@ -217,8 +225,7 @@ async fn typed_events_round_trip_between_two_buses() {
 async fn only_allow_listed_serializable_topics_can_be_bridged() {
     let server = NatsServer::start();
     let bus = bus();
-    let client = server.client().await;
-    let err = Bridge::builder(&bus, client.clone())
+    let err = Bridge::builder(&bus, server.connect())
         .export::<Unregistered>()
         .start()
         .await
@@ -232,13 +239,13 @@ async fn only_allow_listed_serializable_topics_can_be_bridged() {
         ),
         "{err}"
     );
-    let err = Bridge::builder(&bus, client.clone())
+    let err = Bridge::builder(&bus, server.connect())
         .import::<Unregistered>()
         .start()
         .await
         .unwrap_err();
     assert!(matches!(err, BridgeError::UnknownTopic { .. }), "{err}");
-    let err = Bridge::builder(&bus, client.clone())
+    let err = Bridge::builder(&bus, server.connect())
         .export::<NotSerializable>()
         .start()
         .await
@@ -247,7 +254,7 @@ async fn only_allow_listed_serializable_topics_can_be_bridged() {
         err.to_string(),
         "topic `orders.internal` (type `bridge::NotSerializable`) cannot cross the bridge: derive Serialize and Deserialize and add #[event(serde)]"
     );
-    let err = Bridge::builder(&bus, client.clone())
+    let err = Bridge::builder(&bus, server.connect())
         .export_pattern("shipping.>")
         .start()
         .await
@@ -255,7 +262,7 @@ async fn only_allow_listed_serializable_topics_can_be_bridged() {
     assert!(matches!(err, BridgeError::NoMatch { .. }), "{err}");
     // A wildcard picks up every allow-listed topic it matches, and it must
     // be able to carry them all.
-    let err = Bridge::builder(&bus, client)
+    let err = Bridge::builder(&bus, server.connect())
         .export_pattern("orders.*")
         .start()
         .await
@@ -279,7 +286,7 @@ async fn bad_input_from_the_network_is_rejected_with_its_reason_and_bytes() {
         .unwrap();
     let mut rejected = billing.subscribe::<Rejected>().stream().unwrap();
     let mut orders = billing.subscribe::<OrderCreated>().stream().unwrap();
-    let bridge = Bridge::builder(&billing, server.client().await)
+    let bridge = Bridge::builder(&billing, server.connect())
         .name("billing")
         .import_pattern("orders.>")
         .max_payload(256)
@@ -340,7 +347,7 @@ async fn an_imported_event_is_not_exported_back() {
     let mut b_orders = b_bus.subscribe::<OrderCreated>().stream().unwrap();
     let mut a_markers = a_bus.subscribe::<Marker>().stream().unwrap();
     // Both sides export and import the same topics.
-    let a = Bridge::builder(&a_bus, server.client().await)
+    let a = Bridge::builder(&a_bus, server.connect())
         .name("a")
         .export_pattern("orders.created")
         .export::<Marker>()
@@ -349,7 +356,7 @@ async fn an_imported_event_is_not_exported_back() {
         .start()
         .await
         .unwrap();
-    let b = Bridge::builder(&b_bus, server.client().await)
+    let b = Bridge::builder(&b_bus, server.connect())
         .name("b")
         .export::<OrderCreated>()
         .export::<Marker>()
@@ -393,7 +400,7 @@ async fn jetstream_drops_a_republished_event_id() {
     let billing = bus();
     let mut orders = billing.subscribe::<OrderCreated>().stream().unwrap();
     let mut markers = billing.subscribe::<Marker>().stream().unwrap();
-    let _b = Bridge::builder(&billing, server.client().await)
+    let _b = Bridge::builder(&billing, server.connect())
         .name("billing")
         .durable(Durable::new("ORDERS", ["orders.>"]))
         .import::<OrderCreated>()
@@ -441,14 +448,14 @@ async fn a_broker_restart_in_durable_mode_loses_and_duplicates_nothing() {
         .sync(move |o| log.lock().unwrap().push(o.id))
         .unwrap();
     let durable = || Durable::new("ORDERS", ["orders.>"]);
-    let b = Bridge::builder(&billing, server.client().await)
+    let b = Bridge::builder(&billing, server.connect())
         .name("billing")
         .durable(durable())
         .import::<OrderCreated>()
         .start()
         .await
         .unwrap();
-    let a = Bridge::builder(&orders, server.client().await)
+    let a = Bridge::builder(&orders, server.connect())
         .name("orders")
         .durable(durable())
         .export::<OrderCreated>()
@@ -485,7 +492,7 @@ async fn a_broker_restart_in_durable_mode_loses_and_duplicates_nothing() {
         handled.lock().unwrap().len() as u64 >= N
     })
     .await;
-    let a = a.shutdown().await;
+    let a = a.shutdown(LONG).await.stats;
     let ids = handled.lock().unwrap().clone();
     let distinct: HashSet<u64> = ids.iter().copied().collect();
     assert_eq!(distinct.len() as u64, N, "nothing lost");
@@ -508,7 +515,7 @@ async fn a_durable_importer_restarted_mid_stream_hands_every_event_over_once() {
     let server = NatsServer::start();
     let durable = || Durable::new("ORDERS", ["orders.>"]);
     let orders = bus();
-    let a = Bridge::builder(&orders, server.client().await)
+    let a = Bridge::builder(&orders, server.connect())
         .name("orders")
         .durable(durable())
         .export::<OrderCreated>()
@@ -518,11 +525,18 @@ async fn a_durable_importer_restarted_mid_stream_hands_every_event_over_once() {
     const N: u64 = 1000;
     for id in 1..=N {
         orders
-            .publish(OrderCreated { id, total_cents: id })
+            .publish(OrderCreated {
+                id,
+                total_cents: id,
+            })
             .await
             .unwrap();
     }
-    assert_eq!(a.shutdown().await.exported, N, "all stored in the stream");
+    assert_eq!(
+        a.shutdown(LONG).await.stats.exported,
+        N,
+        "all stored in the stream"
+    );
 
     let mut runs = Vec::new();
     for run in 0..2 {
@@ -540,7 +554,7 @@ async fn a_durable_importer_restarted_mid_stream_hands_every_event_over_once() {
                 log.lock().unwrap().push(o.id);
             })
             .unwrap();
-        let bridge = Bridge::builder(&billing, server.client().await)
+        let bridge = Bridge::builder(&billing, server.connect())
             .name("billing")
             .durable(durable())
             .import::<OrderCreated>()
@@ -559,7 +573,7 @@ async fn a_durable_importer_restarted_mid_stream_hands_every_event_over_once() {
             })
             .await;
         }
-        let stats = bridge.shutdown().await;
+        let stats = bridge.shutdown(LONG).await.stats;
         // Every message the importer fetched was handed over and
         // acknowledged: none waits on the broker for an ack (it would be
         // redelivered to the next run, which remembers no keys).
@@ -587,7 +601,10 @@ async fn a_durable_importer_restarted_mid_stream_hands_every_event_over_once() {
         assert_eq!(stats.duplicates, 0, "run {run}: {stats:?}");
         runs.push(handled);
     }
-    assert!(!runs[0].is_empty() && (runs[0].len() as u64) < N, "mid-stream");
+    assert!(
+        !runs[0].is_empty() && (runs[0].len() as u64) < N,
+        "mid-stream"
+    );
     let all: Vec<u64> = runs.concat();
     let distinct: HashSet<u64> = all.iter().copied().collect();
     assert_eq!(distinct.len() as u64, N, "nothing lost");
@@ -606,7 +623,7 @@ async fn an_export_the_broker_drops_as_a_duplicate_is_counted_apart() {
     // local window of one does not know the other's keys).
     for _ in 0..2 {
         let orders = bus();
-        let a = Bridge::builder(&orders, server.client().await)
+        let a = Bridge::builder(&orders, server.connect())
             .name("orders")
             .durable(durable())
             .export::<OrderCreated>()
@@ -623,7 +640,7 @@ async fn an_export_the_broker_drops_as_a_duplicate_is_counted_apart() {
             )
             .await
             .unwrap();
-        stats.push(a.shutdown().await);
+        stats.push(a.shutdown(LONG).await.stats);
     }
     assert_eq!((stats[0].exported, stats[0].export_duplicates), (1, 0));
     assert_eq!(

@@ -39,7 +39,12 @@ macro_rules! stages {
         )*
     };
 }
-stages!(S0 = "chain.s0", S1 = "chain.s1", S2 = "chain.s2", S3 = "chain.s3");
+stages!(
+    S0 = "chain.s0",
+    S1 = "chain.s1",
+    S2 = "chain.s2",
+    S3 = "chain.s3"
+);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -272,7 +277,10 @@ async fn run(plan: Plan) -> Outcome {
         if !running {
             break stats;
         }
-        assert!(guard.elapsed() < Duration::from_secs(60), "sync runs never ended");
+        assert!(
+            guard.elapsed() < Duration::from_secs(60),
+            "sync runs never ended"
+        );
         tokio::time::sleep(Duration::from_millis(1)).await;
     };
     let accepted = accepted.lock().unwrap().clone();
@@ -285,8 +293,10 @@ async fn run(plan: Plan) -> Outcome {
     }
 }
 
-fn chain<'a>(stats: &'a BusStats) -> impl Iterator<Item = &'a tidings::SubscriptionStats> {
-    stats.subscriptions().filter(|s| s.topic.starts_with("chain."))
+fn chain(stats: &BusStats) -> impl Iterator<Item = &tidings::SubscriptionStats> {
+    stats
+        .subscriptions()
+        .filter(|s| s.topic.starts_with("chain."))
 }
 
 fn check(plan: &Plan, o: &Outcome) {
@@ -294,11 +304,21 @@ fn check(plan: &Plan, o: &Outcome) {
     let ctx = format!("{plan:?}\n{report}");
     // No root twice, only accepted roots.
     let done: HashSet<u64> = o.completed.iter().copied().collect();
-    assert_eq!(done.len(), o.completed.len(), "a root completed twice: {ctx}");
-    assert!(done.is_subset(&o.accepted), "an unaccepted root completed: {ctx}");
+    assert_eq!(
+        done.len(),
+        o.completed.len(),
+        "a root completed twice: {ctx}"
+    );
+    assert!(
+        done.is_subset(&o.accepted),
+        "an unaccepted root completed: {ctx}"
+    );
     let accepted = o.accepted.len() as u64;
     let sink = |stats: &BusStats| {
-        let s = stats.subscriptions().find(|s| s.name == "sink").expect("the sink");
+        let s = stats
+            .subscriptions()
+            .find(|s| s.name == "sink")
+            .expect("the sink");
         if plan.stream_sink {
             s.delivered
         } else {

@@ -1,0 +1,275 @@
+//! The parts of the JetStream API the bridge uses, spoken over its own
+//! connection: making sure the stream and the durable consumers exist,
+//! publishing with an acknowledgement, pulling, acknowledging, the
+//! max-deliveries advisory, and fetching a stored message by sequence.
+//!
+//! Every answer is JSON from the server; it is still parsed as untrusted
+//! input (a missing or odd field is an error that names the step, never a
+//! panic).
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::conn::{Conn, ConnectError};
+use super::proto::Msg;
+
+/// How long a JetStream API request may take.
+pub(crate) const API_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An error of the JetStream API, or of reaching it.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum JsError {
+    #[error("{0}")]
+    Conn(#[from] ConnectError),
+    #[error("JetStream error {code} ({err_code}): {description}")]
+    Api {
+        code: u16,
+        err_code: u32,
+        description: String,
+    },
+    #[error("unexpected answer from JetStream: {0}")]
+    Answer(String),
+}
+
+#[derive(Deserialize)]
+struct ApiError {
+    #[serde(default)]
+    code: u16,
+    #[serde(default)]
+    err_code: u32,
+    #[serde(default)]
+    description: String,
+}
+
+#[derive(Deserialize)]
+struct Envelope<T> {
+    error: Option<ApiError>,
+    #[serde(flatten)]
+    body: Option<T>,
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(msg: &Msg) -> Result<T, JsError> {
+    if msg.payload.is_empty() {
+        // No responders: JetStream is not enabled (or not reachable).
+        return Err(JsError::Answer(
+            "no answer (is JetStream enabled on the server?)".into(),
+        ));
+    }
+    let env: Envelope<T> =
+        serde_json::from_slice(&msg.payload).map_err(|e| JsError::Answer(e.to_string()))?;
+    if let Some(e) = env.error {
+        return Err(JsError::Api {
+            code: e.code,
+            err_code: e.err_code,
+            description: e.description,
+        });
+    }
+    env.body
+        .ok_or_else(|| JsError::Answer("an empty answer".into()))
+}
+
+async fn api<T: for<'de> Deserialize<'de>>(
+    conn: &Conn,
+    subject: &str,
+    body: &serde_json::Value,
+) -> Result<T, JsError> {
+    let msg = conn
+        .request(subject, body.to_string().as_bytes(), API_TIMEOUT)
+        .await?;
+    parse(&msg)
+}
+
+#[derive(Deserialize)]
+struct Anything {}
+
+/// Makes sure stream `name` exists, holding `subjects`, with the given
+/// duplicate window; creates it (file storage) if it does not.
+pub(crate) async fn ensure_stream(
+    conn: &Conn,
+    name: &str,
+    subjects: &[String],
+    duplicate_window: Duration,
+) -> Result<(), JsError> {
+    match api::<Anything>(conn, &format!("$JS.API.STREAM.INFO.{name}"), &json!({})).await {
+        Ok(_) => return Ok(()),
+        // 10059: stream not found.
+        Err(JsError::Api {
+            err_code: 10059, ..
+        }) => {}
+        Err(e) => return Err(e),
+    }
+    let window = u64::try_from(duplicate_window.as_nanos()).unwrap_or(u64::MAX);
+    let config = json!({
+        "name": name,
+        "subjects": subjects,
+        "retention": "limits",
+        "storage": "file",
+        "discard": "old",
+        "num_replicas": 1,
+        "duplicate_window": window,
+    });
+    api::<Anything>(conn, &format!("$JS.API.STREAM.CREATE.{name}"), &config)
+        .await
+        .map(|_| ())
+}
+
+/// A durable pull consumer's settings.
+pub(crate) struct ConsumerConfig<'a> {
+    pub(crate) stream: &'a str,
+    pub(crate) name: &'a str,
+    pub(crate) filter: &'a str,
+    pub(crate) ack_wait: Duration,
+    pub(crate) max_deliver: i64,
+    pub(crate) max_ack_pending: i64,
+}
+
+/// Makes sure the durable pull consumer exists (the server keeps an
+/// existing one with the same settings).
+pub(crate) async fn ensure_consumer(conn: &Conn, c: &ConsumerConfig<'_>) -> Result<(), JsError> {
+    let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    let body = json!({
+        "stream_name": c.stream,
+        "config": {
+            "durable_name": c.name,
+            "name": c.name,
+            "deliver_policy": "all",
+            "ack_policy": "explicit",
+            "ack_wait": nanos(c.ack_wait),
+            "max_deliver": c.max_deliver,
+            "max_ack_pending": c.max_ack_pending,
+            "filter_subject": c.filter,
+            "replay_policy": "instant",
+        }
+    });
+    api::<Anything>(
+        conn,
+        &format!("$JS.API.CONSUMER.CREATE.{}.{}", c.stream, c.name),
+        &body,
+    )
+    .await
+    .map(|_| ())
+}
+
+/// The acknowledgement of a publish to a stream.
+#[derive(Debug, Deserialize)]
+pub(crate) struct PubAck {
+    #[serde(default)]
+    pub(crate) duplicate: bool,
+}
+
+/// Parses the answer to a publish.
+pub(crate) fn pub_ack(msg: &Msg) -> Result<PubAck, JsError> {
+    parse(msg)
+}
+
+/// Asks the consumer for up to `batch` messages (at most `max_bytes` in
+/// all), delivered to `inbox` within `expires`.
+pub(crate) fn pull(
+    conn: &Conn,
+    stream: &str,
+    consumer: &str,
+    inbox: &str,
+    batch: usize,
+    max_bytes: usize,
+    expires: Duration,
+) -> bool {
+    let body = json!({
+        "batch": batch,
+        "max_bytes": max_bytes,
+        "expires": u64::try_from(expires.as_nanos()).unwrap_or(u64::MAX),
+    });
+    conn.publish(
+        format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}").as_bytes(),
+        Some(inbox.as_bytes()),
+        None,
+        body.to_string().as_bytes(),
+    )
+}
+
+/// How a delivered message is acknowledged.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Done with it.
+    Ack,
+    /// Never deliver it again.
+    Term,
+    /// Deliver it again after this delay.
+    Nak(Duration),
+}
+
+/// Acknowledges a delivered message on its reply subject, which must be a
+/// JetStream ack subject: a reply subject chosen by a peer never makes the
+/// bridge publish anywhere else.
+pub(crate) fn ack(conn: &Conn, reply: &[u8], how: Verdict) -> bool {
+    if !reply.starts_with(b"$JS.ACK.") {
+        return false;
+    }
+    let body: Bytes = match how {
+        Verdict::Ack => Bytes::from_static(b"+ACK"),
+        Verdict::Term => Bytes::from_static(b"+TERM"),
+        Verdict::Nak(delay) => format!(
+            "-NAK {{\"delay\":{}}}",
+            u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX)
+        )
+        .into(),
+    };
+    conn.publish(reply, None, None, &body)
+}
+
+/// The max-deliveries advisory: a message the consumer gave up on.
+#[derive(Debug, Deserialize)]
+pub(crate) struct MaxDeliveries {
+    pub(crate) stream_seq: u64,
+    #[serde(default)]
+    pub(crate) deliveries: u64,
+}
+
+pub(crate) fn advisory_subject(stream: &str, consumer: &str) -> String {
+    format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{consumer}")
+}
+
+/// A stored message, fetched by sequence number.
+pub(crate) struct Stored {
+    pub(crate) subject: String,
+    pub(crate) headers: Option<Bytes>,
+    pub(crate) payload: Bytes,
+}
+
+#[derive(Deserialize)]
+struct GetAnswer {
+    message: StoredJson,
+}
+
+#[derive(Deserialize)]
+struct StoredJson {
+    subject: String,
+    #[serde(default)]
+    hdrs: Option<String>,
+    #[serde(default)]
+    data: Option<String>,
+}
+
+/// Fetches message `seq` of `stream`.
+pub(crate) async fn get_message(conn: &Conn, stream: &str, seq: u64) -> Result<Stored, JsError> {
+    let answer: GetAnswer = api(
+        conn,
+        &format!("$JS.API.STREAM.MSG.GET.{stream}"),
+        &json!({ "seq": seq }),
+    )
+    .await?;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let decode = |s: Option<String>| -> Result<Option<Bytes>, JsError> {
+        s.map(|s| b64.decode(s).map(Bytes::from))
+            .transpose()
+            .map_err(|e| JsError::Answer(format!("stored message: {e}")))
+    };
+    Ok(Stored {
+        subject: answer.message.subject,
+        headers: decode(answer.message.hdrs)?,
+        payload: decode(answer.message.data)?.unwrap_or_default(),
+    })
+}
