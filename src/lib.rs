@@ -143,7 +143,7 @@
 //!   and their parts; `#[event(serde)]` events (de)serialize by topic name
 //!   ([`AnyEvent`] is `Serialize`, `Bus::deserialize_event` decodes).
 //! - `nats` (implies `serde`): `tidings::bridge`, topics bridged to NATS
-//!   and JetStream (needs Rust 1.89).
+//!   and JetStream, hardened against hostile peers.
 
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]

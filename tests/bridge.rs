@@ -6,14 +6,14 @@
 //! against a hang, never as a measurement.
 #![cfg(feature = "nats")]
 
-use std::collections::HashSet;
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+mod common;
 
-use tidings::bridge::{Bridge, BridgeError, Connect, Durable, RejectReason, Rejected};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{next, until, NatsServer};
+use tidings::bridge::{Bridge, BridgeError, Durable, RejectReason, Rejected};
 use tidings::{Bus, Event, PublishOptions};
 
 #[derive(Debug, Clone, PartialEq, Event, serde::Serialize, serde::Deserialize)]
@@ -35,111 +35,6 @@ struct NotSerializable;
 #[event(topic = "payments.settled", serde)]
 struct Unregistered;
 
-/// A `nats-server -js` of the test's own.
-struct NatsServer {
-    child: Option<Child>,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl NatsServer {
-    fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "tidings-nats-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("store dir");
-        let mut server = NatsServer {
-            child: None,
-            port,
-            dir,
-        };
-        server.spawn();
-        server
-    }
-
-    fn spawn(&mut self) {
-        let bin = [
-            "nats-server",
-            "/usr/sbin/nats-server",
-            "/usr/bin/nats-server",
-        ]
-        .into_iter()
-        .find(|b| Command::new(b).arg("--version").output().is_ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "nats-server not found: the bridge tests need a real broker. \
-                     Install it with `apt-get install -y nats-server` (Debian) or put it on PATH."
-            )
-        });
-        let child = Command::new(bin)
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-sd",
-            ])
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nats-server");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nats-server did not start listening"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    /// How a bridge reaches this server.
-    fn connect(&self) -> Connect {
-        Connect::to(self.url())
-    }
-
-    async fn client(&self) -> async_nats::Client {
-        let client = async_nats::ConnectOptions::new()
-            .retry_on_initial_connect()
-            .reconnect_delay_callback(|attempts| {
-                Duration::from_millis(50 * attempts.min(10) as u64)
-            })
-            .connect(self.url())
-            .await
-            .expect("connect");
-        // The server starts JetStream before it listens: it is up now.
-        client
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// A generous deadline for bridge shutdowns: a guard, not a measurement.
 const LONG: Duration = Duration::from_secs(60);
 
@@ -150,24 +45,6 @@ fn bus() -> Bus {
         .topic::<NotSerializable>()
         .build()
         .unwrap()
-}
-
-/// The next item, or a panic naming what never came after a minute (a hang
-/// guard, not a measurement).
-async fn next<T>(what: &str, recv: impl std::future::Future<Output = Option<T>>) -> T {
-    tokio::time::timeout(Duration::from_secs(60), recv)
-        .await
-        .unwrap_or_else(|_| panic!("gave up waiting for {what}"))
-        .unwrap_or_else(|| panic!("closed while waiting for {what}"))
-}
-
-/// Waits until `done()` holds; panics after a minute (a hang, not a number).
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done() {
-        assert!(Instant::now() < deadline, "gave up waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -181,3 +181,89 @@ async fn racing_publishes_of_one_key_deliver_exactly_one_event() {
     }
     assert_eq!(delivered, 1);
 }
+
+/// Keys are checked when publishing: empty, too long for the topic's window
+/// or holding a control character (a CR or LF could not cross a bridge's
+/// headers) is a typed error naming the topic and the key, the event comes
+/// back, and nothing is enqueued or remembered.
+#[tokio::test]
+async fn bad_keys_are_refused_at_publish_and_change_nothing() {
+    let bus = Bus::builder()
+        .topic::<OrderPlaced>()
+        .topic_with::<OrderRefunded>(
+            TopicConfig::default().dedup(DedupWindow::new().max_key_len(1024)),
+        )
+        .build()
+        .unwrap();
+    let mut sub = bus.subscribe::<OrderPlaced>().stream().unwrap();
+    let long = "k".repeat(257);
+    for (bad, says) in [
+        ("", "the key is empty"),
+        ("order\r\n42", "the key holds a control character"),
+        ("order\u{0}", "the key holds a control character"),
+        (
+            long.as_str(),
+            "the key is 257 bytes long; the topic's limit is 256",
+        ),
+    ] {
+        let err = bus
+            .publish_with(OrderPlaced { id: 1 }, key(bad))
+            .await
+            .expect_err(bad);
+        assert!(err.to_string().contains(says), "{err}");
+        assert!(err.to_string().contains("topic `orders.placed`"), "{err}");
+        match &err {
+            PublishError::InvalidKey { topic, key, .. } => {
+                assert_eq!(*topic, "orders.placed");
+                assert!(key.len() <= 64 * 4, "the key is shown bounded");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(err.into_inner().id, 1, "the event comes back");
+        let err = bus
+            .try_publish_with(OrderPlaced { id: 2 }, key(bad))
+            .expect_err("refused without waiting too");
+        assert!(matches!(err, PublishError::InvalidKey { .. }));
+    }
+    // The scope follows the same rules.
+    let err = bus
+        .publish_with(OrderPlaced { id: 3 }, key("fine").key_scope("bad\nscope"))
+        .await
+        .expect_err("a bad scope");
+    assert!(
+        err.to_string()
+            .contains("the key scope holds a control character"),
+        "{err}"
+    );
+    assert!(sub.try_recv().is_err(), "nothing was enqueued");
+    assert_eq!(bus.stats().topic("orders.placed").unwrap().published, 0);
+    // A topic may allow longer keys.
+    bus.publish_with(OrderRefunded, key(&long)).await.unwrap();
+}
+
+/// A key in a scope of its own is not a duplicate of the same key in
+/// another scope (how a bridge keeps its peers' keys apart).
+#[tokio::test]
+async fn keys_are_per_scope() {
+    let bus = Bus::builder().topic::<OrderPlaced>().build().unwrap();
+    let local = bus
+        .publish_with(OrderPlaced { id: 1 }, key("order-1"))
+        .await
+        .unwrap();
+    let remote = bus
+        .publish_with(
+            OrderPlaced { id: 1 },
+            key("order-1").key_scope("bridge:orders"),
+        )
+        .await
+        .unwrap();
+    let again = bus
+        .publish_with(
+            OrderPlaced { id: 1 },
+            key("order-1").key_scope("bridge:orders"),
+        )
+        .await
+        .unwrap();
+    assert!(!local.is_duplicate() && !remote.is_duplicate());
+    assert_eq!(again.duplicate.map(|d| d.original), Some(remote.id));
+}

@@ -1,4 +1,4 @@
-//! Setting a bridge up: [`BridgeBuilder`].
+//! Setting a bridge up: [`BridgeBuilder`](crate::bridge::BridgeBuilder).
 
 use std::fmt;
 use std::sync::atomic::AtomicU64;
@@ -12,7 +12,7 @@ use super::wire::{Format, Ids, Json};
 use super::{export, import, js, Bridge, BridgeError, Connect, Durable};
 use crate::{Bus, Event, Pattern};
 
-/// Sets up a [`Bridge`]; made by [`Bridge::builder`].
+/// Sets up a [`Bridge`](crate::bridge::Bridge); made by [`Bridge::builder`](crate::bridge::Bridge::builder).
 #[must_use = "a bridge does nothing until .start().await"]
 pub struct BridgeBuilder {
     bus: Bus,
@@ -98,7 +98,7 @@ impl BridgeBuilder {
     }
 
     /// Publishes messages from every subject matching `pattern` on the local
-    /// bus; a message whose topic is not registered is [rejected](Rejected).
+    /// bus; a message whose topic is not registered is [rejected](crate::bridge::Rejected).
     pub fn import_pattern(mut self, pattern: impl Into<String>) -> Self {
         self.imports.push(pattern.into());
         self
@@ -119,7 +119,7 @@ impl BridgeBuilder {
         self
     }
 
-    /// How many bytes of a rejected payload its [`Rejected`] keeps (default
+    /// How many bytes of a rejected payload its [`Rejected`](crate::bridge::Rejected) keeps (default
     /// 4 KiB).
     pub fn raw_limit(mut self, bytes: usize) -> Self {
         self.raw_limit = bytes;
@@ -128,14 +128,14 @@ impl BridgeBuilder {
 
     /// The most bytes of messages from NATS that may wait for the importer
     /// (default 64 MiB). In core mode a delivery that would go over it is
-    /// dropped and counted ([`BridgeStats::dropped`]); in durable mode the
+    /// dropped and counted ([`BridgeStats::dropped`](crate::bridge::BridgeStats::dropped)); in durable mode the
     /// importer pulls no more than fits.
     pub fn max_held_bytes(mut self, bytes: usize) -> Self {
         self.max_held = bytes;
         self
     }
 
-    /// Durable mode, through JetStream (see the [module docs](self)).
+    /// Durable mode, through JetStream (see the [module docs](crate::bridge)).
     pub fn durable(mut self, durable: Durable) -> Self {
         self.durable = Some(durable);
         self

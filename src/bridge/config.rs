@@ -1,5 +1,5 @@
-//! Where and how a bridge connects ([`Connect`]), and its JetStream
-//! settings ([`Durable`]).
+//! Where and how a bridge connects ([`Connect`](crate::bridge::Connect)), and its JetStream
+//! settings ([`Durable`](crate::bridge::Durable)).
 
 use std::fmt;
 use std::sync::Arc;
@@ -80,7 +80,7 @@ impl Connect {
         self
     }
 
-    /// How long [`BridgeBuilder::start`] keeps trying to make the first
+    /// How long [`BridgeBuilder::start`](crate::bridge::BridgeBuilder::start) keeps trying to make the first
     /// connection. Default 10 s.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
@@ -106,7 +106,7 @@ impl fmt::Debug for Connect {
     }
 }
 
-/// JetStream settings for [durable mode](BridgeBuilder::durable). Both
+/// JetStream settings for [durable mode](crate::bridge::BridgeBuilder::durable). Both
 /// sides of a bridge name the same stream with the same subjects.
 #[derive(Clone, Debug)]
 pub struct Durable {
@@ -142,7 +142,7 @@ impl Durable {
 
     /// How often a message may be delivered to an importer without being
     /// acknowledged (default 20). Then the consumer gives up on it and the
-    /// bridge publishes a [`Rejected`] naming it ([`RejectReason::Undeliverable`]).
+    /// bridge publishes a [`Rejected`](crate::bridge::Rejected) naming it ([`RejectReason::Undeliverable`](crate::bridge::RejectReason::Undeliverable)).
     pub fn max_deliver(mut self, deliveries: u32) -> Self {
         self.max_deliver = deliveries;
         self

@@ -10,7 +10,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::panic::AssertUnwindSafe;
+
 use futures::future::Either;
+use futures::FutureExt;
 use futures::StreamExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -48,7 +51,7 @@ async fn export_loop(ctx: &Ctx, sub: &mut PatternSubscription, stopped: watch::R
     let mut stop = pin!(stopping(stopped));
     loop {
         match futures::future::select(sub.next(), stop.as_mut()).await {
-            Either::Left((Some(event), _)) => export(ctx, event).await,
+            Either::Left((Some(event), _)) => guarded(ctx, event).await,
             Either::Left((None, _)) => return,
             Either::Right(((), _)) => break,
         }
@@ -56,7 +59,31 @@ async fn export_loop(ctx: &Ctx, sub: &mut PatternSubscription, stopped: watch::R
     // Stopping: take no more, send what is queued.
     sub.close();
     while let Some(event) = sub.next().await {
-        export(ctx, event).await;
+        guarded(ctx, event).await;
+    }
+}
+
+/// Exports one event; a panic on the way (the format's code, or ours)
+/// costs that event, counted and logged, never the exporter.
+async fn guarded(ctx: &Ctx, event: AnyEvent) {
+    let topic = event.topic();
+    if let Err(panic) = AssertUnwindSafe(export(ctx, event)).catch_unwind().await {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        ctx.count(
+            &ctx.counters.export_failures,
+            "tidings_bridge_export_failures_total",
+        );
+        ctx.count(&ctx.counters.restarts, "tidings_bridge_restarts_total");
+        *ctx.last_restart.lock() = Some(std::time::Instant::now());
+        warn(
+            &ctx.name,
+            topic,
+            &format!("exporting an event failed ({why}); it was not sent, the exporter goes on"),
+        );
     }
 }
 

@@ -397,10 +397,19 @@ async fn import(ctx: &Ctx, leased: &Leased, durable: bool) -> Imported {
     let Some(topic) = topic else {
         return reject(ctx, subject, RejectReason::NotAllowed, payload, event_id).await;
     };
-    let event = match ctx.format.decode(&ctx.bus, topic, payload) {
-        Ok(event) => event,
-        Err(e) => {
+    // The format and the type's deserializer are code of the user's: a
+    // panic in them is this message's problem only.
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ctx.format.decode(&ctx.bus, topic, payload)
+    }));
+    let event = match decoded {
+        Ok(Ok(event)) => event,
+        Ok(Err(e)) => {
             let reason = RejectReason::Malformed(bounded(&e.to_string(), REJECTED_FIELD_LIMIT));
+            return reject(ctx, subject, reason, payload, event_id).await;
+        }
+        Err(_) => {
+            let reason = RejectReason::Malformed("the decoder panicked".into());
             return reject(ctx, subject, reason, payload, event_id).await;
         }
     };

@@ -47,7 +47,7 @@
 //! that is not UTF-8, a payload over [`BridgeBuilder::max_payload`], a
 //! message on a subject that is not an imported, allow-listed topic, a
 //! payload that does not decode, an id or key over
-//! [`wire::MAX_ID_LEN`](wire::MAX_ID_LEN) bytes, a message that claims this
+//! [`wire::MAX_ID_LEN`] bytes, a message that claims this
 //! bridge's origin without being its own: each is the problem of that one
 //! message. It never reaches a handler and never disappears: it is
 //! published on the bus as a [`Rejected`] event (topic [`REJECTED_TOPIC`],
@@ -134,7 +134,7 @@ impl Bridge {
             restarts: load(&c.restarts) + n.restarts,
             broken_frames: n.broken_frames,
             server_errors: n.server_errors,
-            unsent: n.unsent,
+            unwritten: n.unwritten,
         }
     }
 
@@ -207,8 +207,10 @@ impl Bridge {
     /// started again later takes up exactly where this one left off.
     ///
     /// All of that within `deadline`: if the broker is away, what could not
-    /// be sent by then is counted in the report ([`BridgeReport::unsent`])
-    /// and the bridge stops anyway.
+    /// be sent by then is counted in the report ([`BridgeReport::unsent`]:
+    /// still queued or in an exporter's hands; [`BridgeReport::unwritten`]:
+    /// handed to the connection, never written) and the bridge stops
+    /// anyway.
     pub async fn shutdown(mut self, deadline: Duration) -> BridgeReport {
         let start = Instant::now();
         let _ = self.stop.send(true);
@@ -238,11 +240,14 @@ impl Bridge {
                 task.abort();
             }
         }
-        self.ctx.conn.close();
+        // Publishes handed to the connection but never written (it was
+        // down) are lost too.
+        let unwritten = self.ctx.conn.close_and_count(Duration::from_secs(1)).await;
         BridgeReport {
             stats: self.stats(),
             deadline_hit,
             unsent,
+            unwritten,
             elapsed: start.elapsed(),
         }
     }

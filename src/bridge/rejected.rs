@@ -1,22 +1,22 @@
-//! What the bridge makes of a message it cannot import: a [`Rejected`]
+//! What the bridge makes of a message it cannot import: a [`Rejected`](crate::bridge::Rejected)
 //! event, with every field bounded.
 
 use std::fmt;
 
 use crate::Event;
 
-/// The topic bridges publish [`Rejected`] messages on. Every bus built with
+/// The topic bridges publish [`Rejected`](crate::bridge::Rejected) messages on. Every bus built with
 /// the `nats` feature registers it, with [`Overflow::DropOldest`](crate::Overflow::DropOldest)
 /// by default: a reader of rejections that falls behind loses the oldest
 /// (counted), and never holds imports up.
 pub const REJECTED_TOPIC: &str = "tidings.bridge.rejected";
 
-/// The longest subject, reason or id a [`Rejected`] keeps, in characters.
+/// The longest subject, reason or id a [`Rejected`](crate::bridge::Rejected) keeps, in characters.
 pub const REJECTED_FIELD_LIMIT: usize = 256;
 
 /// A message from NATS that a bridge could not turn into an event. Every
 /// field is bounded: text to [`REJECTED_FIELD_LIMIT`] characters, `raw` to
-/// the bridge's [`raw_limit`](BridgeBuilder::raw_limit).
+/// the bridge's [`raw_limit`](crate::bridge::BridgeBuilder::raw_limit).
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct Rejected {
@@ -26,7 +26,7 @@ pub struct Rejected {
     pub subject: String,
     /// Why it was rejected.
     pub reason: RejectReason,
-    /// The payload's first bytes ([`BridgeBuilder::raw_limit`]).
+    /// The payload's first bytes ([`BridgeBuilder::raw_limit`](crate::bridge::BridgeBuilder::raw_limit)).
     pub raw: Vec<u8>,
     /// The payload's whole length.
     pub raw_len: usize,

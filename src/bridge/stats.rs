@@ -1,5 +1,5 @@
-//! A bridge's numbers ([`BridgeStats`]), its health ([`BridgeHealth`]) and
-//! what its shutdown did ([`BridgeReport`]).
+//! A bridge's numbers ([`BridgeStats`](crate::bridge::BridgeStats)), its health ([`BridgeHealth`](crate::bridge::BridgeHealth)) and
+//! what its shutdown did ([`BridgeReport`](crate::bridge::BridgeReport)).
 
 use std::fmt;
 use std::sync::atomic::AtomicU64;
@@ -10,7 +10,9 @@ use std::time::Duration;
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct BridgeStats {
-    /// Local events sent to NATS (acknowledged by the stream in durable mode).
+    /// Local events sent to NATS: handed to the connection in core mode
+    /// (see `unwritten` for those a lost connection took with it),
+    /// acknowledged by the stream in durable mode.
     pub exported: u64,
     /// Publishes to NATS tried again (durable mode, while the broker is away).
     pub export_retries: u64,
@@ -27,13 +29,13 @@ pub struct BridgeStats {
     pub duplicates: u64,
     /// This bridge's own exports that came back to it (not imported).
     pub echoes: u64,
-    /// Messages from NATS rejected ([`Rejected`]).
+    /// Messages from NATS rejected ([`Rejected`](crate::bridge::Rejected)).
     pub rejected: u64,
     /// Of those, rejections the bus did not take (it was shut down):
     /// counted and logged only.
     pub rejected_unpublished: u64,
     /// Deliveries dropped because the bytes waiting for the importer were
-    /// at [`BridgeBuilder::max_held_bytes`] (core NATS, a flood).
+    /// at [`BridgeBuilder::max_held_bytes`](crate::bridge::BridgeBuilder::max_held_bytes) (core NATS, a flood).
     pub dropped: u64,
     /// Bytes of messages from NATS waiting for the importer now.
     pub held_bytes: usize,
@@ -46,9 +48,11 @@ pub struct BridgeStats {
     pub broken_frames: u64,
     /// Errors the server sent (`-ERR`, e.g. a permissions violation).
     pub server_errors: u64,
-    /// Commands (acknowledgements, publishes) dropped because the
-    /// connection was down or too far behind.
-    pub unsent: u64,
+    /// Publishes handed to the connection that never reached the server:
+    /// dropped because too many bytes waited (acknowledgements, pulls; the
+    /// server redelivers), or lost with a connection (core-mode exports
+    /// among them).
+    pub unwritten: u64,
 }
 
 #[derive(Default)]
@@ -65,7 +69,7 @@ pub(crate) struct Counters {
     pub(crate) restarts: AtomicU64,
 }
 
-/// What [`Bridge::health`] found.
+/// What [`Bridge::health`](crate::bridge::Bridge::health) found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct BridgeHealth {
@@ -89,7 +93,7 @@ pub struct BridgeProblem {
     pub recent: bool,
 }
 
-/// What kind of trouble a [`BridgeProblem`] is.
+/// What kind of trouble a [`BridgeProblem`](crate::bridge::BridgeProblem) is.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum BridgeProblemKind {
@@ -135,7 +139,7 @@ impl fmt::Display for BridgeHealth {
     }
 }
 
-/// What [`Bridge::shutdown`] did.
+/// What [`Bridge::shutdown`](crate::bridge::Bridge::shutdown) did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct BridgeReport {
@@ -144,9 +148,14 @@ pub struct BridgeReport {
     /// Whether the deadline passed before everything was sent and
     /// acknowledged.
     pub deadline_hit: bool,
-    /// Local events the exporters still held at the deadline, never sent
-    /// (they are counted as discarded in the bus's stats too).
+    /// Local events never handed to the connection: still queued in the
+    /// export subscriptions or in an exporter's hands at the deadline
+    /// (counted as discarded in the bus's stats too).
     pub unsent: u64,
+    /// Publishes handed to the connection but never written, because it
+    /// was down when the bridge stopped: core-mode exports (each one an
+    /// event lost), durable retries, acknowledgements.
+    pub unwritten: u64,
     /// How long it took.
     pub elapsed: Duration,
 }
@@ -154,6 +163,6 @@ pub struct BridgeReport {
 impl BridgeReport {
     /// Everything was sent and acknowledged in time.
     pub fn is_clean(&self) -> bool {
-        !self.deadline_hit && self.unsent == 0
+        !self.deadline_hit && self.unsent == 0 && self.unwritten == 0
     }
 }

@@ -132,8 +132,9 @@ pub(crate) struct ConnStats {
     pub(crate) broken_frames: u64,
     /// `-ERR` lines from the server.
     pub(crate) server_errors: u64,
-    /// Commands dropped because the connection was down or too far behind.
-    pub(crate) unsent: u64,
+    /// Publishes dropped because too many bytes waited, or never written
+    /// because the connection was lost with them.
+    pub(crate) unwritten: u64,
 }
 
 #[derive(Default)]
@@ -143,7 +144,7 @@ struct Counters {
     dropped: AtomicU64,
     broken_frames: AtomicU64,
     server_errors: AtomicU64,
-    unsent: AtomicU64,
+    unwritten: AtomicU64,
 }
 
 /// Most bytes of publishes that may wait to be written (while the socket is
@@ -174,7 +175,9 @@ enum Cmd {
     /// A publish, with the bytes of room it holds.
     Pub(Bytes, usize),
     RoundTrip(oneshot::Sender<()>),
-    Close,
+    /// Close once what is queued is written; tell how many publishes could
+    /// not be (the connection was down).
+    Close(Option<oneshot::Sender<u64>>),
 }
 
 /// State shared by the handle and the connection task.
@@ -336,7 +339,10 @@ impl Conn {
         match self.shared.room.try_acquire_many(len) {
             Ok(permit) => permit.forget(),
             Err(_) => {
-                self.shared.counters.unsent.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .counters
+                    .unwritten
+                    .fetch_add(1, Ordering::Relaxed);
                 return false;
             }
         }
@@ -443,7 +449,7 @@ impl Conn {
             dropped: c.dropped.load(Ordering::Relaxed),
             broken_frames: c.broken_frames.load(Ordering::Relaxed),
             server_errors: c.server_errors.load(Ordering::Relaxed),
-            unsent: c.unsent.load(Ordering::Relaxed),
+            unwritten: c.unwritten.load(Ordering::Relaxed),
         }
     }
 
@@ -459,7 +465,22 @@ impl Conn {
 
     /// Closes the connection (after writing what is queued).
     pub(crate) fn close(&self) {
-        let _ = self.tx.send(Cmd::Close);
+        let _ = self.tx.send(Cmd::Close(None));
+    }
+
+    /// Closes the connection once what is queued is written, and tells how
+    /// many publishes could not be (it was down); waits at most `timeout`
+    /// (then counts none it cannot know of).
+    pub(crate) async fn close_and_count(&self, timeout: Duration) -> u64 {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Cmd::Close(Some(tx))).is_err() {
+            return 0;
+        }
+        tokio::time::timeout(timeout, rx)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(0)
     }
 }
 

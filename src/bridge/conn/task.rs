@@ -80,6 +80,8 @@ pub(super) struct Task {
     /// write buffer), and how many publishes that is.
     held: usize,
     held_pubs: u64,
+    /// Set by `Close`: finish writing, then stop, and say what was lost.
+    closing: Option<Option<oneshot::Sender<u64>>>,
     shared: Arc<Shared>,
     subs: HashMap<u64, SubEntry>,
     generation: watch::Sender<u64>,
@@ -109,6 +111,7 @@ impl Task {
             while_down: BytesMut::new(),
             held: 0,
             held_pubs: 0,
+            closing: None,
             shared,
             subs: HashMap::new(),
             generation,
@@ -143,7 +146,8 @@ impl Task {
                     }
                     Err(_) => {
                         if self.drain_commands_while_down() {
-                            return;
+                            let unwritten = self.held_pubs;
+                            return self.finish(unwritten);
                         }
                         tokio::time::sleep(delay).await;
                         delay = (delay * 2).min(Duration::from_secs(2));
@@ -158,6 +162,7 @@ impl Task {
             let served =
                 futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(self.serve(t))).await;
             self.shared.connected.store(false, Ordering::Relaxed);
+            let unwritten = self.held_pubs;
             self.lost_unwritten();
             let end = served.unwrap_or_else(|panic| {
                 self.shared
@@ -173,7 +178,8 @@ impl Task {
                 End::Lost(format!("the connection task failed: {why}"))
             });
             match end {
-                End::Closed => return,
+                End::Closed => return self.finish(0),
+                End::Lost(_) if self.closing.is_some() => return self.finish(unwritten),
                 End::Lost(why) => {
                     self.shared.saw(Trouble::Disconnect);
                     self.shared
@@ -222,10 +228,22 @@ impl Task {
                     self.held_pubs += 1;
                 }
                 Cmd::RoundTrip(_) => {}
-                Cmd::Close => return true,
+                Cmd::Close(done) => {
+                    self.closing = Some(done);
+                    return true;
+                }
             }
         }
         self.rx.is_closed()
+    }
+
+    /// Stops for good: what was not written is counted, and whoever closed
+    /// the connection is told how much.
+    fn finish(mut self, lost: u64) {
+        self.lost_unwritten();
+        if let Some(Some(done)) = self.closing.take() {
+            let _ = done.send(lost);
+        }
     }
 
     /// Gives back the room of `written` bytes of publishes.
@@ -246,7 +264,7 @@ impl Task {
         if self.held > 0 {
             self.shared
                 .counters
-                .unsent
+                .unwritten
                 .fetch_add(self.held_pubs, Ordering::Relaxed);
             self.shared.room.add_permits(self.held);
             self.held = 0;
@@ -432,6 +450,9 @@ impl Task {
                     return Poll::Ready(End::Lost(e.to_string()));
                 }
             }
+            if self.closing.is_some() && write_buf.is_empty() {
+                return Poll::Ready(End::Closed);
+            }
             Poll::Pending
         })
         .await
@@ -469,7 +490,7 @@ impl Task {
                 proto::write::ping(out);
                 self.round_trips.push_back(Some(waiter));
             }
-            Cmd::Close => return Err(End::Closed),
+            Cmd::Close(done) => self.closing = Some(done),
         }
         Ok(())
     }
