@@ -323,7 +323,7 @@ async fn predicting_the_next_ids_suppresses_nothing() {
         .unwrap();
     let spy = server.client().await;
     let mut seen = spy.subscribe("orders.created").await.unwrap();
-    spy.flush().await.unwrap();
+    common::round_trip(&spy).await;
     orders.publish(OrderCreated { id: 1 }).await.unwrap();
     let msg = next("the spied message", seen.next()).await;
     let id = msg
@@ -516,7 +516,7 @@ async fn a_copied_origin_is_rejected_and_echoes_are_counted() {
         .unwrap();
     let spy = server.client().await;
     let mut seen = spy.subscribe("orders.created").await.unwrap();
-    spy.flush().await.unwrap();
+    common::round_trip(&spy).await;
     b.bus.publish(OrderCreated { id: 1 }).await.unwrap();
     let msg = next("the exported order", seen.next()).await;
     let origin = msg
@@ -791,6 +791,11 @@ async fn a_panic_in_the_exporter_costs_one_event_counted_and_it_goes_on() {
     }
     assert_eq!(next("order 1", b.orders.recv()).await.id, 1);
     assert_eq!(next("order 3", b.orders.recv()).await.id, 3);
+    // Counted once its publish returned, which may be just after delivery.
+    until("the exports to be counted", || {
+        exporter.stats().exported == 2
+    })
+    .await;
     let stats = exporter.stats();
     assert_eq!(
         (stats.exported, stats.export_failures, stats.restarts),

@@ -76,6 +76,13 @@ impl Ctx {
         }
     }
 
+    /// A task of the bridge failed and goes on: counted, reported.
+    pub(crate) fn restarted(&self, topic: &str, message: &str) {
+        self.count(&self.counters.restarts, "tidings_bridge_restarts_total");
+        *self.last_restart.lock() = Some(Instant::now());
+        warn(&self.name, topic, message);
+    }
+
     pub(crate) fn count(&self, counter: &AtomicU64, metric: &'static str) {
         counter.fetch_add(1, Ordering::Relaxed);
         #[cfg(feature = "metrics")]
@@ -96,17 +103,12 @@ where
         match std::panic::AssertUnwindSafe(work()).catch_unwind().await {
             Ok(()) => return,
             Err(panic) => {
-                let why = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                ctx.count(&ctx.counters.restarts, "tidings_bridge_restarts_total");
-                *ctx.last_restart.lock() = Some(Instant::now());
-                warn(
-                    &ctx.name,
+                ctx.restarted(
                     what,
-                    &format!("the {what} task failed ({why}); starting it again"),
+                    &format!(
+                        "the {what} task failed ({}); starting it again",
+                        panic_message(&*panic)
+                    ),
                 );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -117,6 +119,17 @@ where
 /// A name unique to this bridge in this process run.
 pub(crate) fn origin_id(name: &str) -> String {
     format!("{name}.{}", conn::random_token())
+}
+
+/// What a panic said.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&'static str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
 }
 
 /// Ready once the bridge is told to stop.

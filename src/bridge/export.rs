@@ -68,21 +68,16 @@ async fn export_loop(ctx: &Ctx, sub: &mut PatternSubscription, stopped: watch::R
 async fn guarded(ctx: &Ctx, event: AnyEvent) {
     let topic = event.topic();
     if let Err(panic) = AssertUnwindSafe(export(ctx, event)).catch_unwind().await {
-        let why = panic
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
         ctx.count(
             &ctx.counters.export_failures,
             "tidings_bridge_export_failures_total",
         );
-        ctx.count(&ctx.counters.restarts, "tidings_bridge_restarts_total");
-        *ctx.last_restart.lock() = Some(std::time::Instant::now());
-        warn(
-            &ctx.name,
+        ctx.restarted(
             topic,
-            &format!("exporting an event failed ({why}); it was not sent, the exporter goes on"),
+            &format!(
+                "exporting an event failed ({}); it was not sent, the exporter goes on",
+                super::ctx::panic_message(&*panic)
+            ),
         );
     }
 }

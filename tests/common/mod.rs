@@ -250,3 +250,14 @@ pub fn resident_bytes() -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
 }
+
+/// Waits until the server has processed everything `client` sent so far
+/// (`Client::flush` only writes the socket): a message it sends itself
+/// comes back only after the server handled every command before it.
+pub async fn round_trip(client: &async_nats::Client) {
+    use futures::StreamExt;
+    let inbox = client.new_inbox();
+    let mut probe = client.subscribe(inbox.clone()).await.expect("subscribe");
+    client.publish(inbox, "".into()).await.expect("publish");
+    next("the round trip", probe.next()).await;
+}

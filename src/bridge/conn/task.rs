@@ -69,6 +69,16 @@ pub(super) struct SubEntry {
     sink: Sink,
 }
 
+impl SubEntry {
+    fn new(subject: String, queue: Option<String>, sink: Sink) -> Self {
+        SubEntry {
+            subject,
+            queue,
+            sink,
+        }
+    }
+}
+
 /// The task that owns the socket.
 pub(super) struct Task {
     spec: Spec,
@@ -123,14 +133,8 @@ impl Task {
     /// Makes subscription `sid` on `subject` the one replies to requests
     /// arrive on.
     pub(super) fn take_replies(&mut self, sid: u64, subject: String) {
-        self.subs.insert(
-            sid,
-            SubEntry {
-                subject,
-                queue: None,
-                sink: Sink::Replies,
-            },
-        );
+        self.subs
+            .insert(sid, SubEntry::new(subject, None, Sink::Replies));
     }
 
     pub(super) async fn run(mut self, first: Transport) {
@@ -170,12 +174,10 @@ impl Task {
                     .restarts
                     .fetch_add(1, Ordering::Relaxed);
                 self.shared.saw(Trouble::Restart);
-                let why = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                End::Lost(format!("the connection task failed: {why}"))
+                End::Lost(format!(
+                    "the connection task failed: {}",
+                    super::super::ctx::panic_message(&*panic)
+                ))
             });
             match end {
                 End::Closed => return self.finish(0),
@@ -210,14 +212,7 @@ impl Task {
                     queue,
                     sink,
                 } => {
-                    self.subs.insert(
-                        sid,
-                        SubEntry {
-                            subject,
-                            queue,
-                            sink,
-                        },
-                    );
+                    self.subs.insert(sid, SubEntry::new(subject, queue, sink));
                 }
                 Cmd::Unsub { sid } => {
                     self.subs.remove(&sid);
@@ -467,14 +462,7 @@ impl Task {
                 sink,
             } => {
                 proto::write::sub(out, &subject, queue.as_deref(), sid);
-                self.subs.insert(
-                    sid,
-                    SubEntry {
-                        subject,
-                        queue,
-                        sink,
-                    },
-                );
+                self.subs.insert(sid, SubEntry::new(subject, queue, sink));
             }
             Cmd::Unsub { sid } => {
                 if self.subs.remove(&sid).is_some() {
