@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use tidings::{Bus, Event, Watch};
+use tidings::{Bus, Event, WatchConfig};
 
 #[derive(Debug, Event)]
 #[event(topic = "orders.placed")]
@@ -59,7 +59,7 @@ async fn run(bus: &Bus, orders: u64) {
 fn new_bus() -> Bus {
     Bus::builder()
         .topic::<OrderPlaced>()
-        .watch(Watch::default().slow_poll(Some(Duration::from_millis(10))))
+        .watch(WatchConfig::default().slow_poll(Some(Duration::from_millis(10))))
         .build()
         .expect("valid allow-list")
 }

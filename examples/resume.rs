@@ -52,7 +52,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .name("map")
         .from(StartAt::Seq(last + 1))
         .stream()?;
-    let start = sub.start().clone();
+    let start = sub.started().clone();
     println!(
         "map: resumed at seq {}: {} retained events replayed, live from seq {}, unrecoverable {:?}",
         start.requested, start.replayed, start.live_from, start.unrecoverable
@@ -79,8 +79,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .stream()?;
     println!(
         "a subscriber resuming at seq 100 is told seq {:?} are gone and gets {} retained events",
-        late.start().unrecoverable,
-        late.start().replayed
+        late.started().unrecoverable,
+        late.started().replayed
     );
     Ok(())
 }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tidings::{Bus, CircuitBreaker, Event, RetryPolicy};
+use tidings::{BreakerPolicy, Bus, Event, RetryPolicy};
 
 #[derive(Debug, Event)]
 #[event(topic = "orders.created")]
@@ -71,7 +71,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .jitter(true),
         )
         .timeout(Duration::from_millis(100))
-        .circuit_breaker(CircuitBreaker::new(5, Duration::from_millis(200)))
+        .circuit_breaker(BreakerPolicy::new(5, Duration::from_millis(200)))
         .handler(move |order| {
             let relay = Arc::clone(&r);
             async move { relay.send(order.id).await }

@@ -14,22 +14,9 @@
 use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
-use crate::subscribe::SubscriptionId;
-
-/// A process-wide unique identifier of one bus.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct BusId(u64);
-
-impl BusId {
-    pub(crate) fn next() -> Self {
-        // Only uniqueness is needed: `Relaxed` suffices.
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        BusId(NEXT.fetch_add(1, Ordering::Relaxed))
-    }
-}
+use crate::id::{BusId, SubscriptionId};
 
 /// The handler runner a thread is working for.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]

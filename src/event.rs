@@ -2,11 +2,10 @@
 
 use std::fmt;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::erased::{AnyEvent, ErasedPublished};
+use crate::id::EventId;
 
 /// A type that can travel on a [`Bus`](crate::Bus): it has exactly one topic.
 ///
@@ -41,36 +40,8 @@ pub trait Event: Send + Sync + 'static {
     /// unless the derive says `#[event(serde)]`. Not meant to be written by
     /// hand.
     #[doc(hidden)]
-    fn __codec() -> Option<crate::erased::Codec> {
+    fn __codec() -> Option<crate::codec::Codec> {
         None
-    }
-}
-
-/// A process-wide unique identifier of one published event.
-///
-/// Ids are handed out in increasing order by every bus of the process, so no
-/// two events ever share one, even across buses.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
-pub struct EventId(u64);
-
-impl EventId {
-    /// The id as a number.
-    pub fn get(self) -> u64 {
-        self.0
-    }
-
-    pub(crate) fn next() -> Self {
-        // Uniqueness only needs the read-modify-write to be atomic; no other
-        // memory is published through this counter, so `Relaxed` is enough.
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        EventId(NEXT.fetch_add(1, Ordering::Relaxed))
-    }
-}
-
-impl fmt::Display for EventId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ev-{}", self.0)
     }
 }
 
@@ -202,14 +173,6 @@ impl<E: Event> Envelope<E> {
     /// for a stream subscription.
     pub fn attempt(&self) -> u32 {
         self.attempt
-    }
-
-    /// The same event, type-erased (for code that handles many topics).
-    pub fn erase(&self) -> AnyEvent {
-        AnyEvent::new(
-            Arc::clone(&self.inner) as Arc<dyn ErasedPublished>,
-            self.missed,
-        )
     }
 
     /// How many events this subscription lost (to its overflow policy) since

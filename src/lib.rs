@@ -87,7 +87,7 @@
 //!    ([`PublishOptions::idempotency_key`]).
 //! 10. Gap-free replay: a subscription starting in a topic's retained log
 //!     ([`StartAt`]) gets a contiguous run of sequence numbers, and is told
-//!     exactly which of those it asked for are gone ([`Start::unrecoverable`]).
+//!     exactly which of those it asked for are gone ([`Started::unrecoverable`](crate::Started::unrecoverable)).
 //!
 //! Each has a property or integration test in the crate's `tests/`.
 //!
@@ -112,7 +112,7 @@
 //! ## Observability
 //! - **Stats**: [`Bus::stats`] is a snapshot per topic and subscription that
 //!   prints as a table; every event is in exactly one of its counts.
-//! - **Blocked-runtime watch** (on by default, see [`Watch`]): every poll of
+//! - **Blocked-runtime watch** (on by default, see [`WatchConfig`]): every poll of
 //!   an async handler is timed; one that holds the runtime's thread longer
 //!   than the threshold is a [`Finding`] naming the subscription, as are sync
 //!   handlers over budget and publishers kept waiting by a full subscription.
@@ -142,8 +142,10 @@
 //! - `serde`: `Serialize` for [`BusStats`], [`ShutdownReport`], [`Health`]
 //!   and their parts; `#[event(serde)]` events (de)serialize by topic name
 //!   ([`AnyEvent`] is `Serialize`, `Bus::deserialize_event` decodes).
-//! - `nats` (implies `serde`): `tidings::bridge`, topics bridged to NATS
-//!   and JetStream, hardened against hostile peers.
+//!
+//! Topics that cross processes through NATS and JetStream live in a crate of
+//! their own, [`tidings-nats`](https://docs.rs/tidings-nats), which builds
+//! on the `serde` feature and registers its own topics.
 
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
@@ -153,45 +155,63 @@
 #[allow(unused_extern_crates)]
 extern crate self as tidings;
 
-#[cfg(feature = "nats")]
-pub mod bridge;
+mod any;
 mod bus;
+mod codec;
+mod config;
 mod context;
-mod dedup;
-mod erased;
-pub mod error;
+mod dead_letter;
+mod errors;
 mod event;
 mod handler;
-mod publish;
-mod queue;
-mod replay;
-mod retry;
-mod shutdown;
+mod id;
+mod info;
+mod name;
+mod outcome;
+mod publisher;
+mod receipt;
+mod report;
+mod resume;
 mod stats;
 mod subscribe;
 mod telemetry;
-pub mod topic;
+mod topic;
 #[cfg(feature = "tune")]
 pub mod tune;
 mod watch;
 
+/// Error types, one per operation.
+pub mod error {
+    pub use crate::bus::AlreadySet;
+    pub use crate::errors::{
+        BuildError, DecodeError, PatternError, PublishError, Refusal, SubscribeError, TopicError,
+        TryRecvError, UnknownTopic,
+    };
+}
+
+pub use any::{AnyEvent, DynEvent};
 pub use bus::{global, set_global, try_global, Bus, BusBuilder};
-pub use dedup::{DedupWindow, Duplicate, PublishOptions};
-pub use erased::{AnyEvent, Codec, DynEvent, Pattern};
-pub use event::{Envelope, Event, EventId, SharedEvent};
-pub use handler::HandlerResult;
-pub use publish::{PublishReceipt, Publisher};
-pub use queue::Overflow;
-pub use replay::{Replayed, Start, StartAt};
-pub use retry::{BreakerState, CircuitBreaker, DeadLetter, RetryPolicy, DEAD_LETTER_TOPIC};
-pub use shutdown::{ShutdownReport, Unclean, UncleanKind};
-pub use stats::{BusStats, SubscriptionStats, TopicStats};
-pub use subscribe::{
-    PatternBuilder, PatternSubscription, SubscribeBuilder, SubscriberKind, Subscription,
-    SubscriptionHandle, SubscriptionId, MAX_CONCURRENCY,
+pub use codec::Codec;
+pub use config::{
+    BreakerPolicy, Clock, DedupWindow, Overflow, PublishOptions, RetryPolicy, StartAt, TopicConfig,
+    WatchConfig,
 };
-pub use topic::{Clock, Topic, TopicConfig};
-pub use watch::{Finding, FindingKind, Health, Watch};
+pub use dead_letter::{DeadLetter, DEAD_LETTER_TOPIC};
+pub use event::{Envelope, Event, SharedEvent};
+pub use handler::HandlerResult;
+pub use id::{EventId, SubscriptionId};
+pub use info::{SubscriberKind, TopicInfo};
+pub use name::{Pattern, Topic, MAX_TOPIC_LEN};
+pub use publisher::Publisher;
+pub use receipt::{Duplicate, PublishReceipt};
+pub use report::{ShutdownReport, Unclean, UncleanKind};
+pub use resume::{Replayed, Started};
+pub use stats::{BreakerState, BusStats, SubscriptionStats, TopicStats};
+pub use subscribe::{
+    HandlerBuilder, PatternBuilder, PatternSubscription, SubscribeBuilder, Subscription,
+    SubscriptionHandle, MAX_CONCURRENCY,
+};
+pub use watch::{Finding, FindingKind, Health};
 
 #[cfg(feature = "derive")]
 pub use tidings_macros::Event;

@@ -3,8 +3,31 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::queue::Overflow;
-use crate::subscribe::{SubscriberKind, SubscriptionId};
+use crate::config::Overflow;
+use crate::id::SubscriptionId;
+use crate::info::SubscriberKind;
+
+/// Where a subscription's circuit breaker stands.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub enum BreakerState {
+    /// Events flow to the handler.
+    Closed,
+    /// The handler is not called until the cool-down ends.
+    Open,
+    /// One probe attempt is (or is about to be) running.
+    HalfOpen,
+}
+
+impl fmt::Display for BreakerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half-open",
+        })
+    }
+}
 
 /// A snapshot of every topic on the bus; made by [`Bus::stats`](crate::Bus::stats).
 ///
@@ -66,7 +89,7 @@ pub struct TopicStats {
     /// draining, and so never delivered.
     pub discarded_on_unsubscribe: u64,
     /// Publishes refused because the bus was shutting down or shut down
-    /// ([`PublishError::Closed`](crate::error::PublishError::Closed)), each
+    /// ([`Refusal::Closed`](crate::error::Refusal::Closed)), each
     /// event handed back to its caller.
     pub refused: u64,
     /// The current subscriptions (and, after shutdown, the ones shut down).
@@ -153,7 +176,7 @@ pub struct SubscriptionStats {
     /// failure, and [`Bus::health`](crate::Bus::health) reports it.
     pub runner_failures: u64,
     /// Its circuit breaker's state, if it has one.
-    pub breaker: Option<crate::BreakerState>,
+    pub breaker: Option<BreakerState>,
     /// How often its circuit breaker has opened.
     pub breaker_opened: u64,
     /// Retained events it was given when it subscribed
@@ -161,16 +184,16 @@ pub struct SubscriptionStats {
     pub replayed: u64,
     /// The message of the last failed attempt.
     pub last_error: Option<String>,
-    /// Polls of an async handler longer than [`Watch::slow_poll`](crate::Watch::slow_poll).
+    /// Polls of an async handler longer than [`WatchConfig::slow_poll`](crate::WatchConfig::slow_poll).
     pub slow_polls: u64,
     /// The longest single poll of an async handler (zero for other kinds,
     /// or with the poll watch off).
     pub worst_poll: Duration,
-    /// Sync handler runs longer than [`Watch::sync_budget`](crate::Watch::sync_budget).
+    /// Sync handler runs longer than [`WatchConfig::sync_budget`](crate::WatchConfig::sync_budget).
     pub over_budget: u64,
     /// The longest of those runs.
     pub worst_run: Duration,
-    /// Publishes that waited longer than [`Watch::publish_wait`](crate::Watch::publish_wait)
+    /// Publishes that waited longer than [`WatchConfig::publish_wait`](crate::WatchConfig::publish_wait)
     /// for room in this subscription.
     pub publishers_blocked: u64,
     /// The longest of those waits.
@@ -188,7 +211,7 @@ impl SubscriptionStats {
     /// failed).
     pub fn failed_attempts(&self) -> u64 {
         let cancelled = match self.kind {
-            crate::SubscriberKind::Async => self.timeouts,
+            SubscriberKind::Async => self.timeouts,
             _ => 0,
         };
         self.failures + self.panics + cancelled
@@ -300,7 +323,7 @@ impl fmt::Display for BusStats {
                     s.failed_attempts().to_string(),
                     s.retried.to_string(),
                     s.dead_lettered.to_string(),
-                    if s.kind == crate::SubscriberKind::Async {
+                    if s.kind == SubscriberKind::Async {
                         ms(s.worst_poll)
                     } else {
                         "-".to_owned()

@@ -10,29 +10,10 @@
 
 use std::time::Duration;
 
-use crate::queue::SubInfo;
-use crate::watch::Due;
-
-/// How a handler run ended, for spans and metrics.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub(crate) enum RunOutcome {
-    Ok,
-    Failed,
-    Panicked,
-    TimedOut,
-}
-
-impl RunOutcome {
-    #[cfg(feature = "tracing")]
-    fn as_str(self) -> &'static str {
-        match self {
-            RunOutcome::Ok => "ok",
-            RunOutcome::Failed => "failed",
-            RunOutcome::Panicked => "panicked",
-            RunOutcome::TimedOut => "timed_out",
-        }
-    }
-}
+use crate::info::SubInfo;
+use crate::outcome::Outcome;
+use crate::stats::BreakerState;
+use crate::watch::{Due, FindingKind};
 
 /// A span, or nothing when the `tracing` feature is off.
 #[cfg(feature = "tracing")]
@@ -66,7 +47,7 @@ pub(crate) fn publish_span(topic: &'static str) -> Span {
 }
 
 #[inline]
-pub(crate) fn record_receipt(span: &Span, receipt: &crate::PublishReceipt) {
+pub(crate) fn record_receipt(span: &Span, receipt: &crate::receipt::PublishReceipt) {
     #[cfg(feature = "tracing")]
     if !span.is_disabled() {
         span.record("event_id", receipt.id.get());
@@ -104,10 +85,10 @@ pub(crate) fn handler_span(info: &SubInfo, event_id: u64, seq: u64, attempt: u32
 }
 
 #[inline]
-pub(crate) fn record_run(span: &Span, outcome: RunOutcome, took: Duration) {
+pub(crate) fn record_run(span: &Span, outcome: &Outcome, took: Duration) {
     #[cfg(feature = "tracing")]
     if !span.is_disabled() {
-        span.record("outcome", outcome.as_str());
+        span.record("outcome", outcome.label());
         span.record("duration_us", took.as_micros() as u64);
     }
     #[cfg(not(feature = "tracing"))]
@@ -205,10 +186,10 @@ pub(crate) fn warn_unheard_dead_letter(info: &SubInfo, event_id: u64, error: &st
     let _ = (info, event_id, error);
 }
 
-pub(crate) fn breaker_changed(info: &SubInfo, to: crate::BreakerState, consecutive: u32) {
+pub(crate) fn breaker_changed(info: &SubInfo, to: BreakerState, consecutive: u32) {
     #[cfg(feature = "tracing")]
     match to {
-        crate::BreakerState::Open => tracing::warn!(
+        BreakerState::Open => tracing::warn!(
             subscription = &*info.name,
             topic = info.topic,
             consecutive_failures = consecutive,
@@ -312,15 +293,15 @@ impl SubMetrics {
     }
 
     #[inline]
-    pub(crate) fn handled(&self, outcome: RunOutcome, took: Duration) {
+    pub(crate) fn handled(&self, outcome: &Outcome, took: Duration) {
         #[cfg(feature = "metrics")]
         {
             self.m.duration.record(took.as_secs_f64());
             match outcome {
-                RunOutcome::Ok => {}
-                RunOutcome::Failed => self.m.failures.increment(1),
-                RunOutcome::Panicked => self.m.panics.increment(1),
-                RunOutcome::TimedOut => self.m.timeouts.increment(1),
+                Outcome::Ok => {}
+                Outcome::Failed(_) => self.m.failures.increment(1),
+                Outcome::Panicked(_) => self.m.panics.increment(1),
+                Outcome::TimedOut(_) => self.m.timeouts.increment(1),
             }
         }
         #[cfg(not(feature = "metrics"))]
@@ -340,7 +321,7 @@ impl SubMetrics {
     }
 
     /// A finding occurred; `worst` is the worst of its kind so far.
-    pub(crate) fn finding(&self, kind: crate::watch::FindingKind, worst: Duration) {
+    pub(crate) fn finding(&self, kind: FindingKind, worst: Duration) {
         #[cfg(feature = "metrics")]
         self.m.finding(kind, worst);
         #[cfg(not(feature = "metrics"))]
@@ -391,8 +372,8 @@ mod metrics_impl {
 
     use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 
-    use crate::queue::{Overflow, SubInfo};
-    use crate::subscribe::SubscriberKind;
+    use crate::config::Overflow;
+    use crate::info::{SubInfo, SubscriberKind};
     use crate::watch::FindingKind;
 
     pub(super) struct Sub {

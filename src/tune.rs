@@ -37,8 +37,10 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use crate::bus::Bus;
+use crate::config::Overflow;
 use crate::error::BuildError;
-use crate::{Bus, Event, Overflow};
+use crate::event::Event;
 
 /// The workload to size for.
 #[derive(Clone, Debug, PartialEq, Eq)]

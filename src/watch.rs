@@ -10,119 +10,27 @@ use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 
-use crate::queue::SubInfo;
-use crate::subscribe::SubscriptionId;
-
-/// What the bus watches for, and how often it speaks up. Set it with
-/// [`BusBuilder::watch`](crate::BusBuilder::watch); the defaults are on.
-///
-/// ```
-/// use std::time::Duration;
-/// use tidings::{Bus, Watch};
-///
-/// let bus = Bus::builder()
-///     .watch(
-///         Watch::default()
-///             .slow_poll(Some(Duration::from_millis(5)))
-///             .sync_budget(None) // sync handlers may take as long as they like
-///             .report_every(Duration::from_secs(30)),
-///     )
-///     .build()?;
-/// assert!(bus.health().is_healthy());
-/// # Ok::<(), tidings::error::BuildError>(())
-/// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Watch {
-    slow_poll: Option<Duration>,
-    sync_budget: Option<Duration>,
-    publish_wait: Option<Duration>,
-    report_every: Duration,
-}
-
-impl Watch {
-    /// Watches nothing: no timing is taken on any path.
-    pub fn off() -> Self {
-        Watch {
-            slow_poll: None,
-            sync_budget: None,
-            publish_wait: None,
-            report_every: Duration::from_secs(10),
-        }
-    }
-
-    /// A single poll of an async handler longer than this blocks the
-    /// runtime's worker thread: every other task on it waits. Default 10 ms;
-    /// `None` stops timing polls.
-    pub fn slow_poll(mut self, threshold: Option<Duration>) -> Self {
-        self.slow_poll = threshold;
-        self
-    }
-
-    /// A sync handler run longer than this is reported (it cannot be
-    /// stopped, but its subscription falls behind). Default 1 s; `None`
-    /// stops timing runs.
-    pub fn sync_budget(mut self, budget: Option<Duration>) -> Self {
-        self.sync_budget = budget;
-        self
-    }
-
-    /// A publish that waited longer than this for room in a full
-    /// [`Overflow::Block`](crate::Overflow::Block) subscription is reported,
-    /// naming that subscription. Default 100 ms; `None` stops timing waits.
-    pub fn publish_wait(mut self, threshold: Option<Duration>) -> Self {
-        self.publish_wait = threshold;
-        self
-    }
-
-    /// Reports a finding at most once per subscription and kind in this
-    /// interval (the stats count every occurrence). Also how long a finding
-    /// counts as recent for [`Health::is_healthy`]. Default 10 s.
-    pub fn report_every(mut self, interval: Duration) -> Self {
-        self.report_every = interval;
-        self
-    }
-
-    pub(crate) fn slow_poll_threshold(&self) -> Option<Duration> {
-        self.slow_poll
-    }
-
-    pub(crate) fn sync_budget_threshold(&self) -> Option<Duration> {
-        self.sync_budget
-    }
-
-    pub(crate) fn publish_wait_threshold(&self) -> Option<Duration> {
-        self.publish_wait
-    }
-}
-
-impl Default for Watch {
-    fn default() -> Self {
-        Watch {
-            slow_poll: Some(Duration::from_millis(10)),
-            sync_budget: Some(Duration::from_secs(1)),
-            publish_wait: Some(Duration::from_millis(100)),
-            report_every: Duration::from_secs(10),
-        }
-    }
-}
+use crate::config::WatchConfig;
+use crate::id::SubscriptionId;
+use crate::info::SubInfo;
 
 /// What kind of trouble a [`Finding`] is.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub enum FindingKind {
     /// An async handler held a runtime worker thread for one poll longer
-    /// than [`Watch::slow_poll`]: it does blocking or CPU-heavy work inside
+    /// than [`WatchConfig::slow_poll`](crate::WatchConfig::slow_poll): it does blocking or CPU-heavy work inside
     /// `async` code.
     SlowPoll,
-    /// A sync handler ran longer than [`Watch::sync_budget`].
+    /// A sync handler ran longer than [`WatchConfig::sync_budget`](crate::WatchConfig::sync_budget).
     SyncOverBudget,
-    /// A publisher waited longer than [`Watch::publish_wait`] for room in
+    /// A publisher waited longer than [`WatchConfig::publish_wait`](crate::WatchConfig::publish_wait) for room in
     /// this (full, `Block`) subscription.
     PublisherBlocked,
     /// The bus's own runner code around the handler failed (a panic outside
     /// the handler, e.g. in the handler error's `Display` or an event's
     /// `Drop`); the event it held became a dead letter naming the failure.
-    /// Always reported, whatever the [`Watch`] settings.
+    /// Always reported, whatever the [`WatchConfig`](crate::WatchConfig) settings.
     RunnerFailed,
 }
 
@@ -150,7 +58,7 @@ impl FindingKind {
                 "move the blocking or CPU-heavy work to a `.sync()` handler, or into `tokio::task::spawn_blocking`"
             }
             FindingKind::SyncOverBudget => {
-                "raise the handler's `.concurrency()`, make the work cheaper, or raise `Watch::sync_budget` if this is expected"
+                "raise the handler's `.concurrency()`, make the work cheaper, or raise `WatchConfig::sync_budget` if this is expected"
             }
             FindingKind::PublisherBlocked => {
                 "this subscription cannot keep up: raise its capacity or concurrency, or choose a lossy overflow policy"
@@ -284,11 +192,11 @@ pub(crate) struct Due {
 
 /// Per-subscription findings.
 #[derive(Default)]
-pub(crate) struct Watcher {
+pub(crate) struct FindingLog {
     records: Mutex<[Record; 4]>,
 }
 
-impl Watcher {
+impl FindingLog {
     /// Records one occurrence; returns a report if one is due.
     pub(crate) fn record(&self, kind: FindingKind, took: Duration, every: Duration) -> Option<Due> {
         let now = Instant::now();
@@ -343,14 +251,8 @@ impl Watcher {
 }
 
 /// The watch configuration shared by a bus's topics; set once the bus is built.
-pub(crate) type WatchSlot = Arc<std::sync::OnceLock<Arc<Watch>>>;
+pub(crate) type WatchSlot = Arc<std::sync::OnceLock<Arc<WatchConfig>>>;
 
-pub(crate) fn current(slot: &WatchSlot) -> Arc<Watch> {
+pub(crate) fn current(slot: &WatchSlot) -> Arc<WatchConfig> {
     slot.get().cloned().unwrap_or_default()
-}
-
-impl Watch {
-    pub(crate) fn report_interval(&self) -> Duration {
-        self.report_every
-    }
 }

@@ -1,6 +1,6 @@
 //! The allow-list: what may be published and subscribed, and how refusals read.
 
-use tidings::error::{BuildError, PublishError, SubscribeError, TopicError};
+use tidings::error::{BuildError, Refusal, SubscribeError, TopicError};
 use tidings::{Bus, Event, Overflow, Topic, TopicConfig};
 
 #[derive(Debug, PartialEq, Event)]
@@ -117,8 +117,8 @@ async fn publishing_an_unregistered_type_fails_and_hands_the_event_back() {
         .await
         .expect_err("not registered");
     assert!(matches!(
-        err,
-        PublishError::UnknownTopic {
+        err.reason(),
+        Refusal::UnknownTopic {
             topic: "orders.shipped",
             ..
         }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use std::future::Future;
 
 use futures::{poll, FutureExt};
-use tidings::error::PublishError;
+use tidings::error::Refusal;
 use tidings::{Bus, Event, Overflow};
 
 #[derive(Debug, PartialEq, Event)]
@@ -58,8 +58,8 @@ async fn try_publish_never_waits_and_hands_the_event_back() {
         .unwrap();
     bus.try_publish(Tick(1)).unwrap();
     let err = bus.try_publish(Tick(2)).expect_err("full under Block");
-    match &err {
-        PublishError::Full {
+    match err.reason() {
+        Refusal::Full {
             topic,
             subscription,
             capacity,
@@ -98,7 +98,7 @@ async fn publish_timeout_gives_up_and_hands_the_event_back() {
         .await
         .expect_err("no room within 5 ms");
     assert!(
-        matches!(&err, PublishError::Timeout { subscription, waited, .. }
+        matches!(err.reason(), Refusal::Timeout { subscription, waited, .. }
             if &**subscription == "stuck" && *waited == Duration::from_millis(5)),
         "{err:?}"
     );
@@ -192,7 +192,7 @@ async fn fail_refuses_the_publish_everywhere() {
     bus.publish(Tick(1)).await.unwrap();
     let err = bus.publish(Tick(2)).await.expect_err("strict is full");
     assert!(
-        matches!(&err, PublishError::Full { subscription, policy: Overflow::Fail, .. } if &**subscription == "strict"),
+        matches!(err.reason(), Refusal::Full { subscription, policy: Overflow::Fail, .. } if &**subscription == "strict"),
         "{err:?}"
     );
     assert_eq!(err.into_inner(), Tick(2));
@@ -274,15 +274,15 @@ async fn a_publisher_handle_resolves_once_and_behaves_like_the_bus() {
     let clone = ticks.clone();
     ticks.publish(Tick(1)).await.unwrap();
     assert!(matches!(
-        clone.try_publish(Tick(2)),
-        Err(PublishError::Full { .. })
+        clone.try_publish(Tick(2)).map_err(|e| e.reason().clone()),
+        Err(Refusal::Full { .. })
     ));
     assert_eq!(sub.recv().await.map(|e| e.0), Some(1));
     clone
         .publish_timeout(Tick(3), Duration::from_secs(1))
         .await
         .unwrap();
-    assert_eq!(ticks.subscriptions().len(), 1);
+    assert_eq!(ticks.subscription_stats().len(), 1);
     assert_eq!(ticks.topic(), "ticks");
 }
 

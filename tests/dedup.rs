@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use tidings::error::PublishError;
+use tidings::error::Refusal;
 use tidings::{Bus, DedupWindow, Event, Overflow, PublishOptions, TopicConfig};
 
 #[derive(Debug, Event)]
@@ -86,8 +86,8 @@ async fn a_refused_publish_leaves_no_key_behind() {
         .publish_with(OrderPlaced { id: 2 }, key("order-2"))
         .await
         .unwrap_err();
-    let PublishError::Full { event, .. } = err else {
-        panic!("expected Full, got {err:?}")
+    let (Refusal::Full { .. }, event) = err.into_parts() else {
+        panic!("expected Full")
     };
     strict.recv().await.unwrap();
     // The client retries with the same key: it was never accepted, so it is
@@ -212,8 +212,8 @@ async fn bad_keys_are_refused_at_publish_and_change_nothing() {
             .expect_err(bad);
         assert!(err.to_string().contains(says), "{err}");
         assert!(err.to_string().contains("topic `orders.placed`"), "{err}");
-        match &err {
-            PublishError::InvalidKey { topic, key, .. } => {
+        match err.reason() {
+            Refusal::InvalidKey { topic, key, .. } => {
                 assert_eq!(*topic, "orders.placed");
                 assert!(key.len() <= 64 * 4, "the key is shown bounded");
             }
@@ -223,7 +223,7 @@ async fn bad_keys_are_refused_at_publish_and_change_nothing() {
         let err = bus
             .try_publish_with(OrderPlaced { id: 2 }, key(bad))
             .expect_err("refused without waiting too");
-        assert!(matches!(err, PublishError::InvalidKey { .. }));
+        assert!(matches!(err.reason(), Refusal::InvalidKey { .. }));
     }
     // The scope follows the same rules.
     let err = bus

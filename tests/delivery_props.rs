@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use futures::poll;
 use proptest::prelude::*;
-use tidings::error::PublishError;
+use tidings::error::Refusal;
 use tidings::{Bus, Event, Overflow, SubscriptionStats};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Event)]
@@ -200,8 +200,7 @@ async fn run(plan: Plan) -> (Outcome, Vec<(SubPlan, Vec<Got>, SubscriptionStats)
         let builder = bus
             .subscribe::<Ev>()
             .capacity(sp.capacity)
-            .overflow(sp.policy)
-            .concurrency(sp.concurrency);
+            .overflow(sp.policy);
         match sp.kind {
             Kind::Stream => {
                 let mut sub = builder.stream().unwrap();
@@ -239,6 +238,7 @@ async fn run(plan: Plan) -> (Outcome, Vec<(SubPlan, Vec<Got>, SubscriptionStats)
                         }
                     }
                 };
+                let builder = builder.concurrency(sp.concurrency);
                 let handle = if sp.kind == Kind::Async {
                     builder
                         .handler(move |e| {
@@ -306,7 +306,7 @@ async fn run(plan: Plan) -> (Outcome, Vec<(SubPlan, Vec<Got>, SubscriptionStats)
                         accepted_count.fetch_add(1, Ordering::SeqCst);
                     }
                     Some(Err(err)) => {
-                        let closed = matches!(err, PublishError::Closed { .. });
+                        let closed = matches!(err.reason(), Refusal::Closed { .. });
                         assert_eq!(err.into_inner(), ev, "the refused event is handed back");
                         o.not_accepted.insert(ev);
                         if closed {

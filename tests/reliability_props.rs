@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
 use proptest::prelude::*;
-use tidings::{Bus, CircuitBreaker, Event, PublishOptions, RetryPolicy, StartAt, TopicConfig};
+use tidings::{BreakerPolicy, Bus, Event, PublishOptions, RetryPolicy, StartAt, TopicConfig};
 
 #[derive(Debug, Event)]
 #[event(topic = "props.job")]
@@ -141,7 +141,7 @@ async fn run_retries(events: u64, plan: Vec<RetrySub>) {
             .retry(RetryPolicy::fixed(Duration::from_micros(200)).max_attempts(sp.attempts));
         if let Some(threshold) = sp.breaker {
             builder =
-                builder.circuit_breaker(CircuitBreaker::new(threshold, Duration::from_millis(1)));
+                builder.circuit_breaker(BreakerPolicy::new(threshold, Duration::from_millis(1)));
         }
         let handle = if sp.sync {
             builder.sync(move |e| handle(e.n, e.attempt()))
@@ -437,7 +437,7 @@ async fn run_replay(plan: ReplayPlan) {
     for p in publishers {
         p.await.expect("publisher");
     }
-    let info = sub.start().clone();
+    let info = sub.started().clone();
     let ctx = format!("{plan:?} {info:?}");
     if let StartAt::Seq(s) = start {
         assert_eq!(info.requested, s, "{ctx}");

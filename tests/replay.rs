@@ -54,7 +54,7 @@ async fn each_start_gets_the_retained_events_it_asked_for_then_live_ones() {
     assert_eq!(seqs(&mut last2, 3).await, [7, 8, 9]);
     assert_eq!(seqs(&mut seq6, 4).await, [6, 7, 8, 9]);
     assert_eq!(seqs(&mut latest, 1).await, [9]);
-    let start = seq6.start();
+    let start = seq6.started();
     assert_eq!(
         (start.requested, start.replayed, start.live_from),
         (6, 3, 9)
@@ -74,7 +74,7 @@ async fn a_start_before_the_retained_log_is_told_exactly_what_is_gone() {
         .from(StartAt::Seq(5))
         .stream()
         .unwrap();
-    assert_eq!(sub.start().unrecoverable, 5..8);
+    assert_eq!(sub.started().unrecoverable, 5..8);
     assert_eq!(seqs(&mut sub, 3).await, [8, 9, 10]);
     let sub = bus
         .subscribe::<Tick>()
@@ -82,7 +82,7 @@ async fn a_start_before_the_retained_log_is_told_exactly_what_is_gone() {
         .stream()
         .unwrap();
     assert_eq!(
-        (sub.start().requested, sub.start().unrecoverable.clone()),
+        (sub.started().requested, sub.started().unrecoverable.clone()),
         (5, 5..8)
     );
 }
@@ -103,7 +103,7 @@ async fn a_subscriber_that_drops_resumes_from_its_last_seq_without_loss() {
         .unwrap();
     publish(&bus, 10..=10).await;
     assert_eq!(seqs(&mut back, 7).await, [4, 5, 6, 7, 8, 9, 10]);
-    assert!(back.start().unrecoverable.is_empty());
+    assert!(back.started().unrecoverable.is_empty());
 }
 
 #[tokio::test]
@@ -180,7 +180,7 @@ async fn starting_early_needs_a_retaining_topic_and_a_seq_already_reached() {
         .from(StartAt::Seq(3))
         .stream()
         .unwrap();
-    assert_eq!(sub.start().replayed, 0);
+    assert_eq!(sub.started().replayed, 0);
 }
 
 #[tokio::test]
@@ -194,7 +194,7 @@ async fn handlers_start_where_they_are_told_too() {
         .from(StartAt::Seq(3))
         .sync(move |e| log.lock().unwrap().push(e.seq()))
         .unwrap();
-    assert_eq!(h.start().replayed, 2);
+    assert_eq!(h.started().replayed, 2);
     publish(&bus, 5..=5).await;
     let stats = h.unsubscribe().await;
     assert_eq!(*seen.lock().unwrap(), [3, 4, 5]);

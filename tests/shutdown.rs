@@ -5,7 +5,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use futures::poll;
-use tidings::error::{PublishError, SubscribeError};
+use tidings::error::{Refusal, SubscribeError};
 use tidings::{Bus, Event, UncleanKind};
 
 #[derive(Debug, PartialEq, Event)]
@@ -92,8 +92,8 @@ async fn after_shutdown_publishing_fails_and_hands_the_event_back() {
     bus.shutdown(LONG).await;
     let err = bus.publish(Item(1)).await.expect_err("closed");
     assert!(matches!(
-        err,
-        PublishError::Closed {
+        err.reason(),
+        Refusal::Closed {
             topic: "work.item",
             ..
         }
@@ -104,12 +104,14 @@ async fn after_shutdown_publishing_fails_and_hands_the_event_back() {
     );
     assert_eq!(err.into_inner(), Item(1));
     assert!(matches!(
-        bus.try_publish(Item(2)),
-        Err(PublishError::Closed { .. })
+        bus.try_publish(Item(2)).map_err(|e| e.reason().clone()),
+        Err(Refusal::Closed { .. })
     ));
     assert!(matches!(
-        publisher.try_publish(Item(3)),
-        Err(PublishError::Closed { .. })
+        publisher
+            .try_publish(Item(3))
+            .map_err(|e| e.reason().clone()),
+        Err(Refusal::Closed { .. })
     ));
     assert!(matches!(
         bus.subscribe::<Item>().stream(),
@@ -362,7 +364,7 @@ async fn outside_publishes_during_the_drain_are_refused_and_reported() {
     );
     // From outside any handler: refused, the event handed back.
     let err = bus.publish(OrderCreated(2)).await.expect_err("refused");
-    assert!(matches!(err, PublishError::Closed { .. }));
+    assert!(matches!(err.reason(), Refusal::Closed { .. }));
     assert_eq!(err.into_inner().0, 2);
     assert!(bus.try_publish(InvoiceRendered(3)).is_err());
     gate.add_permits(1);

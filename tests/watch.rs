@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use tidings::{Bus, Event, FindingKind, Watch};
+use tidings::{Bus, Event, FindingKind, WatchConfig};
 
 #[derive(Debug, Event)]
 #[event(topic = "jobs")]
@@ -14,7 +14,7 @@ struct Job;
 const THRESHOLD: Duration = Duration::from_millis(50);
 const BLOCK: Duration = Duration::from_millis(300);
 
-fn bus(watch: Watch) -> Bus {
+fn bus(watch: WatchConfig) -> Bus {
     Bus::builder()
         .topic::<Job>()
         .watch(watch)
@@ -22,8 +22,8 @@ fn bus(watch: Watch) -> Bus {
         .expect("valid")
 }
 
-fn strict() -> Watch {
-    Watch::default()
+fn strict() -> WatchConfig {
+    WatchConfig::default()
         .slow_poll(Some(THRESHOLD))
         .sync_budget(Some(THRESHOLD))
         .publish_wait(Some(THRESHOLD))
@@ -142,7 +142,7 @@ async fn a_publisher_kept_waiting_names_the_full_subscription() {
 
 #[tokio::test]
 async fn watch_off_times_nothing() {
-    let bus = bus(Watch::off());
+    let bus = bus(WatchConfig::off());
     let h = bus
         .subscribe::<Job>()
         .handler(|_| async { std::thread::sleep(BLOCK) })
@@ -155,7 +155,7 @@ async fn watch_off_times_nothing() {
 
 #[tokio::test]
 async fn default_names_come_from_the_call_site() {
-    let bus = bus(Watch::default());
+    let bus = bus(WatchConfig::default());
     let sub = bus.subscribe::<Job>().stream().unwrap();
     let line = line!() - 1;
     assert_eq!(sub.name(), format!("jobs@tests/watch.rs:{line}"));

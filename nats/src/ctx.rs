@@ -1,0 +1,153 @@
+//! What a bridge's tasks share, and the helpers they use.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+
+use super::conn::{self, Conn};
+use super::stats::Counters;
+use super::wire::{Format, Ids};
+use super::Durable;
+use tidings::{Bus, Pattern};
+
+/// What a bridge's tasks share.
+pub(crate) struct Ctx {
+    pub(crate) name: String,
+    pub(crate) ids: Ids,
+    pub(crate) bus: Bus,
+    pub(crate) conn: Conn,
+    pub(crate) durable: Option<Durable>,
+    pub(crate) prefix: Option<String>,
+    pub(crate) imports: Vec<Pattern>,
+    pub(crate) format: Arc<dyn Format>,
+    pub(crate) max_payload: usize,
+    pub(crate) raw_limit: usize,
+    pub(crate) share_keys: bool,
+    pub(crate) queue_group: Option<String>,
+    pub(crate) counters: Counters,
+    /// Events an exporter holds between its subscription and the server.
+    pub(crate) in_hand: AtomicU64,
+    pub(crate) last_restart: parking_lot::Mutex<Option<Instant>>,
+    pub(crate) max_held: usize,
+    /// When a rejection was last logged, and how many since were not.
+    pub(crate) rejection_log: parking_lot::Mutex<(Option<Instant>, u64)>,
+}
+
+impl Ctx {
+    pub(crate) fn origin(&self) -> &str {
+        self.ids.origin()
+    }
+
+    pub(crate) fn subject(&self, topic: &str) -> String {
+        match &self.prefix {
+            Some(prefix) => format!("{prefix}.{topic}"),
+            None => topic.to_owned(),
+        }
+    }
+
+    pub(crate) fn topic_of<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        match &self.prefix {
+            Some(prefix) => subject.strip_prefix(prefix.as_str())?.strip_prefix('.'),
+            None => Some(subject),
+        }
+    }
+
+    /// The bytes of deliveries that may wait for the importer.
+    pub(crate) fn conn_budget(&self) -> usize {
+        self.max_held
+    }
+
+    /// Whether to log a rejection now (at most one line a second): then
+    /// `Some` of how many were not logged since the last line.
+    pub(crate) fn log_rejection(&self) -> Option<u64> {
+        let mut log = self.rejection_log.lock();
+        let now = Instant::now();
+        match log.0 {
+            Some(at) if now.duration_since(at) < Duration::from_secs(1) => {
+                log.1 += 1;
+                None
+            }
+            _ => {
+                log.0 = Some(now);
+                Some(std::mem::take(&mut log.1))
+            }
+        }
+    }
+
+    /// A task of the bridge failed and goes on: counted, reported.
+    pub(crate) fn restarted(&self, topic: &str, message: &str) {
+        self.count(&self.counters.restarts, "tidings_bridge_restarts_total");
+        *self.last_restart.lock() = Some(Instant::now());
+        warn(&self.name, topic, message);
+    }
+
+    pub(crate) fn count(&self, counter: &AtomicU64, metric: &'static str) {
+        counter.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!(metric, "bridge" => self.name.clone()).increment(1);
+        #[cfg(not(feature = "metrics"))]
+        let _ = metric;
+    }
+}
+
+/// Runs `work` again whenever it fails (a panic in the bridge's own code),
+/// counting and reporting each restart; returns once it finishes.
+pub(crate) async fn supervised<F, Fut>(ctx: Arc<Ctx>, what: &'static str, mut work: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    loop {
+        match std::panic::AssertUnwindSafe(work()).catch_unwind().await {
+            Ok(()) => return,
+            Err(panic) => {
+                ctx.restarted(
+                    what,
+                    &format!(
+                        "the {what} task failed ({}); starting it again",
+                        panic_message(&*panic)
+                    ),
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// A name unique to this bridge in this process run.
+pub(crate) fn origin_id(name: &str) -> String {
+    format!("{name}.{}", conn::random_token())
+}
+
+/// What a panic said.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&'static str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
+
+/// Ready once the bridge is told to stop.
+pub(crate) async fn stopping(mut stopped: tokio::sync::watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|stop| *stop).await;
+}
+
+/// Cuts `text` to at most `limit` characters.
+pub(crate) fn bounded(text: &str, limit: usize) -> String {
+    match text.char_indices().nth(limit) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
+pub(crate) fn warn(bridge: &str, topic: &str, message: &str) {
+    #[cfg(feature = "tracing")]
+    tracing::warn!(bridge, topic, "tidings bridge: {message}");
+    #[cfg(not(feature = "tracing"))]
+    let _ = (bridge, topic, message);
+}

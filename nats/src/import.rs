@@ -1,0 +1,514 @@
+//! Imports: messages from NATS, checked, turned into events and published
+//! on the local bus.
+//!
+//! Every message is checked in this order, and the first problem decides:
+//! its size, its headers (well formed; ids and keys short, printable UTF-8),
+//! whether it is this bridge's own export coming back (an echo: counted,
+//! skipped) or only claims to be (rejected), its subject (an imported,
+//! allow-listed topic), its payload (decodes as the topic's type). Only then
+//! is it published, under the bridge's own key scope. A message that fails
+//! becomes a [`Rejected`] event; it never reaches a handler, never takes
+//! the connection down, and is never lost without a count.
+
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::Either;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::conn::{Delivery, Leased, Subscription};
+use super::proto::Headers;
+use super::{
+    bounded, js, stopping, supervised, warn, wire, BridgeError, Ctx, RejectReason, Rejected,
+    REJECTED_FIELD_LIMIT,
+};
+use tidings::error::Refusal;
+use tidings::{Pattern, PublishOptions};
+
+/// How many messages an importer pulls at once, and how long a pull waits
+/// for them: also how long a stopping importer may take to see the stop.
+const IMPORT_BATCH: usize = 256;
+const IMPORT_WAIT: Duration = Duration::from_millis(250);
+
+/// What became of one message.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Imported {
+    /// Published, found to be a duplicate or an echo: done with.
+    Done,
+    /// Rejected for good: terminate it (durable).
+    Rejected,
+    /// The bus refused it for now: have it redelivered (durable).
+    Retry,
+}
+
+/// Subscribes to what `pattern` imports and starts its importer (and, in
+/// durable mode, the reader of the consumer's max-deliveries advisories).
+pub(super) async fn start(
+    ctx: &Arc<Ctx>,
+    pattern: &Pattern,
+    stopped: &watch::Receiver<bool>,
+) -> Result<Vec<JoinHandle<()>>, BridgeError> {
+    let subject = ctx.subject(pattern.as_str());
+    let mut tasks = Vec::new();
+    match &ctx.durable {
+        None => {
+            let sub = ctx.conn.subscribe(&subject, ctx.queue_group.as_deref());
+            let sub = Arc::new(tokio::sync::Mutex::new(sub));
+            let (c, stopped) = (Arc::clone(ctx), stopped.clone());
+            tasks.push(tokio::spawn(async move {
+                let ctx = Arc::clone(&c);
+                supervised(c, "import", || {
+                    let (ctx, sub, stopped) = (Arc::clone(&ctx), Arc::clone(&sub), stopped.clone());
+                    async move { core_loop(&ctx, &mut *sub.lock().await, stopped).await }
+                })
+                .await;
+            }));
+        }
+        Some(durable) => {
+            let consumer = consumer_name(&ctx.name, &subject);
+            let nats = |what| {
+                move |e: js::JsError| BridgeError::Nats {
+                    what,
+                    message: e.to_string(),
+                }
+            };
+            js::ensure_consumer(
+                &ctx.conn,
+                &js::ConsumerConfig {
+                    stream: &durable.stream,
+                    name: &consumer,
+                    filter: &subject,
+                    ack_wait: durable.ack_wait,
+                    max_deliver: i64::from(durable.max_deliver),
+                    max_ack_pending: (IMPORT_BATCH * 4) as i64,
+                },
+            )
+            .await
+            .map_err(nats("create the durable consumer"))?;
+            let inbox = ctx.conn.inbox(&format!("pull.{consumer}"));
+            let sub = Arc::new(tokio::sync::Mutex::new(ctx.conn.subscribe(&inbox, None)));
+            let pull = Pull {
+                stream: durable.stream.clone(),
+                consumer: consumer.clone(),
+                inbox,
+            };
+            let (c, stopped_pull) = (Arc::clone(ctx), stopped.clone());
+            tasks.push(tokio::spawn(async move {
+                let ctx = Arc::clone(&c);
+                supervised(c, "import", || {
+                    let (ctx, sub, stopped) =
+                        (Arc::clone(&ctx), Arc::clone(&sub), stopped_pull.clone());
+                    let pull = pull.clone();
+                    async move { durable_loop(&ctx, &pull, &mut *sub.lock().await, stopped).await }
+                })
+                .await;
+            }));
+            let advisories = ctx
+                .conn
+                .subscribe(&js::advisory_subject(&durable.stream, &consumer), None);
+            let advisories = Arc::new(tokio::sync::Mutex::new(advisories));
+            let (c, stopped) = (Arc::clone(ctx), stopped.clone());
+            let stream = durable.stream.clone();
+            tasks.push(tokio::spawn(async move {
+                let ctx = Arc::clone(&c);
+                supervised(c, "advisories", || {
+                    let (ctx, sub, stopped) = (Arc::clone(&ctx), Arc::clone(&advisories), stopped.clone());
+                    let stream = stream.clone();
+                    async move { advisory_loop(&ctx, &stream, &mut *sub.lock().await, stopped).await }
+                })
+                .await;
+            }));
+        }
+    }
+    Ok(tasks)
+}
+
+/// The durable consumer's name: the bridge's and the subject's, in the
+/// characters consumer names allow.
+fn consumer_name(bridge: &str, subject: &str) -> String {
+    format!("{bridge}-{subject}")
+        .chars()
+        .map(|c| match c {
+            '.' => '_',
+            '*' => 'S',
+            '>' => 'T',
+            c if c.is_ascii_alphanumeric() || c == '-' || c == '_' => c,
+            _ => '_',
+        })
+        .collect()
+}
+
+async fn core_loop(ctx: &Ctx, sub: &mut Subscription, stopped: watch::Receiver<bool>) {
+    let mut stop = pin!(stopping(stopped));
+    loop {
+        match futures::future::select(pin!(sub.next()), stop.as_mut()).await {
+            Either::Left((Some(leased), _)) => {
+                import(ctx, &leased, false).await;
+            }
+            Either::Left((None, _)) => return,
+            Either::Right(((), _)) => break,
+        }
+    }
+    // Stopping: take no more, finish what was already received.
+    sub.unsubscribe();
+    while let Some(leased) = sub.try_next() {
+        import(ctx, &leased, false).await;
+    }
+}
+
+#[derive(Clone)]
+struct Pull {
+    stream: String,
+    consumer: String,
+    inbox: String,
+}
+
+/// Pulls batches from the durable consumer and imports them one by one,
+/// each acknowledged once the local bus has it. Once stopped it asks for no
+/// more, but finishes the pull it has out: every message fetched is handed
+/// to the bus, counted and acknowledged, so a restart takes up exactly
+/// where this left off.
+async fn durable_loop(
+    ctx: &Ctx,
+    pull: &Pull,
+    sub: &mut Subscription,
+    stopped: watch::Receiver<bool>,
+) {
+    let mut generation = ctx.conn.generation();
+    // Ask for no more bytes than may wait; at least one whole message.
+    let max_bytes = (ctx.conn_budget() / 2).max(ctx.max_payload);
+    while !*stopped.borrow() {
+        generation.borrow_and_update();
+        if !js::pull(
+            &ctx.conn,
+            &pull.stream,
+            &pull.consumer,
+            &pull.inbox,
+            IMPORT_BATCH,
+            max_bytes,
+            IMPORT_WAIT,
+        ) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        // Read this pull's answers until it is over: its batch is full, the
+        // server says it expired, or it cannot be answered any more (the
+        // connection was made again: the pull went with the old one).
+        let over = tokio::time::Instant::now() + IMPORT_WAIT + Duration::from_secs(2);
+        let mut got = 0;
+        loop {
+            let next = {
+                let recv = pin!(sub.next());
+                let changed = pin!(generation.changed());
+                match tokio::time::timeout_at(over, futures::future::select(recv, changed)).await {
+                    Err(_) | Ok(Either::Right(_)) => None,
+                    Ok(Either::Left((None, _))) => return,
+                    Ok(Either::Left((Some(leased), _))) => Some(leased),
+                }
+            };
+            let Some(leased) = next else {
+                break;
+            };
+            match pulled(&leased) {
+                Pulled::Heartbeat => {}
+                Pulled::Over => break,
+                Pulled::Message(reply) => {
+                    got += 1;
+                    let how = match import(ctx, &leased, true).await {
+                        Imported::Done => js::Verdict::Ack,
+                        Imported::Rejected => js::Verdict::Term,
+                        Imported::Retry => js::Verdict::Nak(Duration::from_millis(200)),
+                    };
+                    js::ack(&ctx.conn, &reply, how);
+                    if got >= IMPORT_BATCH {
+                        break;
+                    }
+                }
+                Pulled::Stray => {
+                    import(ctx, &leased, true).await;
+                }
+            }
+        }
+    }
+}
+
+/// What arrived on a pull's inbox.
+enum Pulled {
+    /// A stored message to import and acknowledge on this subject.
+    Message(Bytes),
+    /// The server is still there.
+    Heartbeat,
+    /// The pull is over (expired, no messages, or refused).
+    Over,
+    /// Something that is not JetStream's (someone else published to the
+    /// inbox): imported like any message, so it is checked and rejected.
+    Stray,
+}
+
+fn pulled(leased: &Leased) -> Pulled {
+    let Delivery::Msg(msg) = &leased.delivery else {
+        return match &leased.delivery {
+            Delivery::Oversize { reply: Some(r), .. } if r.starts_with(b"$JS.ACK.") => {
+                Pulled::Message(r.clone())
+            }
+            _ => Pulled::Stray,
+        };
+    };
+    if let Some(reply) = &msg.reply {
+        if reply.starts_with(b"$JS.ACK.") {
+            return Pulled::Message(reply.clone());
+        }
+        return Pulled::Stray;
+    }
+    let status = msg
+        .headers
+        .as_ref()
+        .and_then(|h| Headers::parse(h).ok())
+        .and_then(|h| h.status);
+    match status {
+        Some(100) => Pulled::Heartbeat,
+        Some(404 | 408 | 409) => Pulled::Over,
+        _ => Pulled::Stray,
+    }
+}
+
+/// Reads the consumer's max-deliveries advisories: each names a message the
+/// consumer gave up on, which becomes a [`Rejected`] with its bytes.
+async fn advisory_loop(
+    ctx: &Ctx,
+    stream: &str,
+    sub: &mut Subscription,
+    stopped: watch::Receiver<bool>,
+) {
+    let mut stop = pin!(stopping(stopped));
+    loop {
+        let leased = match futures::future::select(pin!(sub.next()), stop.as_mut()).await {
+            Either::Left((Some(leased), _)) => leased,
+            Either::Left((None, _)) | Either::Right(_) => return,
+        };
+        let Delivery::Msg(msg) = &leased.delivery else {
+            continue;
+        };
+        let Ok(advisory) = serde_json::from_slice::<js::MaxDeliveries>(&msg.payload) else {
+            continue;
+        };
+        let reason = RejectReason::Undeliverable {
+            deliveries: advisory.deliveries,
+        };
+        match js::get_message(&ctx.conn, stream, advisory.stream_seq).await {
+            Ok(stored) => {
+                let id = stored
+                    .headers
+                    .as_ref()
+                    .and_then(|h| Headers::parse(h).ok())
+                    .and_then(|h| h.get(wire::EVENT_ID).map(lossy));
+                reject(ctx, stored.subject.as_bytes(), reason, &stored.payload, id).await;
+            }
+            Err(e) => {
+                let subject = format!("{stream} seq {} (not readable: {e})", advisory.stream_seq);
+                reject(ctx, subject.as_bytes(), reason, &[], None).await;
+            }
+        }
+    }
+}
+
+/// A header value as text, bounded.
+fn lossy(value: &Bytes) -> String {
+    bounded(&String::from_utf8_lossy(value), REJECTED_FIELD_LIMIT)
+}
+
+/// A header that must be short, printable UTF-8: `Ok(None)` if absent.
+fn id_header(headers: &Headers, name: &str) -> Result<Option<String>, String> {
+    let Some(value) = headers.get(name) else {
+        return Ok(None);
+    };
+    let text = std::str::from_utf8(value).map_err(|_| format!("{name} is not UTF-8"))?;
+    if text.is_empty() || text.len() > wire::MAX_ID_LEN {
+        return Err(format!(
+            "{name} is {} bytes long (1 to {} allowed)",
+            text.len(),
+            wire::MAX_ID_LEN
+        ));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(format!("{name} holds a control character"));
+    }
+    Ok(Some(text.to_owned()))
+}
+
+/// Checks one message and publishes it on the bus; see the module docs.
+async fn import(ctx: &Ctx, leased: &Leased, durable: bool) -> Imported {
+    let (subject, headers, payload) = match &leased.delivery {
+        Delivery::Oversize {
+            subject, len, head, ..
+        } => {
+            let limit = ctx.max_payload;
+            return reject_sized(
+                ctx,
+                subject,
+                RejectReason::Oversize { limit },
+                head,
+                *len,
+                None,
+            )
+            .await;
+        }
+        Delivery::Msg(msg) => (&msg.subject, msg.headers.as_ref(), &msg.payload),
+    };
+    let headers = match headers.map(Headers::parse).transpose() {
+        Ok(headers) => headers.unwrap_or_default(),
+        Err(e) => {
+            return reject(
+                ctx,
+                subject,
+                RejectReason::BadHeaders(e.to_string()),
+                payload,
+                None,
+            )
+            .await
+        }
+    };
+    let (event_id, key) = match (
+        id_header(&headers, wire::EVENT_ID),
+        id_header(&headers, wire::IDEMPOTENCY_KEY),
+    ) {
+        (Ok(id), Ok(key)) => (id, key),
+        (Err(e), _) | (_, Err(e)) => {
+            let id = headers.get(wire::EVENT_ID).map(lossy);
+            return reject(ctx, subject, RejectReason::BadHeaders(e), payload, id).await;
+        }
+    };
+    // Its own export coming back, or a message claiming to be one.
+    if event_id.as_deref().is_some_and(|id| ctx.ids.is_ours(id)) {
+        ctx.count(&ctx.counters.echoes, "tidings_bridge_echoes_total");
+        return Imported::Done;
+    }
+    if headers.get(wire::ORIGIN).map(|o| &o[..]) == Some(ctx.origin().as_bytes()) {
+        return reject(ctx, subject, RejectReason::SpoofedOrigin, payload, event_id).await;
+    }
+    let topic = std::str::from_utf8(subject)
+        .ok()
+        .and_then(|s| ctx.topic_of(s))
+        .filter(|t| !t.starts_with("tidings.") && ctx.imports.iter().any(|p| p.matches(t)))
+        .filter(|t| ctx.bus.topic_info(t).is_some());
+    let Some(topic) = topic else {
+        return reject(ctx, subject, RejectReason::NotAllowed, payload, event_id).await;
+    };
+    // The format and the type's deserializer are code of the user's: a
+    // panic in them is this message's problem only.
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ctx.format.decode(&ctx.bus, topic, payload)
+    }));
+    let event = match decoded {
+        Ok(Ok(event)) => event,
+        Ok(Err(e)) => {
+            let reason = RejectReason::Malformed(bounded(&e.to_string(), REJECTED_FIELD_LIMIT));
+            return reject(ctx, subject, reason, payload, event_id).await;
+        }
+        Err(_) => {
+            let reason = RejectReason::Malformed("the decoder panicked".into());
+            return reject(ctx, subject, reason, payload, event_id).await;
+        }
+    };
+    let mut options = PublishOptions::new().origin(ctx.origin());
+    if let Some(key) = key.as_deref().or(event_id.as_deref()) {
+        options = options.idempotency_key(key);
+        if !ctx.share_keys {
+            options = options.key_scope(format!("bridge:{}", ctx.name));
+        }
+    }
+    match ctx.bus.publish_dyn(event, options).await {
+        Ok(receipt) if receipt.is_duplicate() => {
+            ctx.count(&ctx.counters.duplicates, "tidings_bridge_duplicates_total");
+            Imported::Done
+        }
+        Ok(_) => {
+            ctx.count(&ctx.counters.imported, "tidings_bridge_imported_total");
+            Imported::Done
+        }
+        Err(e) if matches!(e.reason(), Refusal::InvalidKey { .. }) => {
+            let reason = RejectReason::BadHeaders(e.to_string());
+            reject(ctx, subject, reason, payload, event_id).await
+        }
+        Err(_) if durable => Imported::Retry,
+        Err(e) => {
+            let reason = RejectReason::Refused(bounded(&e.to_string(), REJECTED_FIELD_LIMIT));
+            reject(ctx, subject, reason, payload, event_id).await
+        }
+    }
+}
+
+async fn reject(
+    ctx: &Ctx,
+    subject: &[u8],
+    reason: RejectReason,
+    payload: &[u8],
+    event_id: Option<String>,
+) -> Imported {
+    reject_sized(ctx, subject, reason, payload, payload.len(), event_id).await
+}
+
+/// Publishes a [`Rejected`] (never waiting: the topic drops its oldest
+/// when a reader falls behind), counts it and logs it (at most one line a
+/// second per bridge, with how many were not logged).
+async fn reject_sized(
+    ctx: &Ctx,
+    subject: &[u8],
+    reason: RejectReason,
+    raw: &[u8],
+    raw_len: usize,
+    event_id: Option<String>,
+) -> Imported {
+    ctx.counters
+        .rejected
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    #[cfg(feature = "metrics")]
+    metrics::counter!(
+        "tidings_bridge_rejected_total",
+        "bridge" => ctx.name.clone(),
+        "reason" => reason.label()
+    )
+    .increment(1);
+    let subject = bounded(&String::from_utf8_lossy(subject), REJECTED_FIELD_LIMIT);
+    if let Some(quiet) = ctx.log_rejection() {
+        let more = if quiet > 0 {
+            format!(" ({quiet} more not logged)")
+        } else {
+            String::new()
+        };
+        warn(
+            &ctx.name,
+            &subject,
+            &format!("message rejected: {reason}{more}"),
+        );
+    }
+    let rejected = Rejected {
+        bridge: ctx.name.clone(),
+        subject,
+        reason,
+        raw: raw[..raw.len().min(ctx.raw_limit)].to_vec(),
+        raw_len,
+        event_id: event_id.map(|id| bounded(&id, REJECTED_FIELD_LIMIT)),
+    };
+    if ctx.bus.try_publish(rejected).is_err() {
+        ctx.counters
+            .rejected_unpublished
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    Imported::Rejected
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consumer_names_keep_to_the_allowed_characters() {
+        assert_eq!(consumer_name("billing", "orders.>"), "billing-orders_T");
+        assert_eq!(consumer_name("b", "a.*.c"), "b-a_S_c");
+        assert_eq!(consumer_name("b", "a b"), "b-a_b");
+    }
+}

@@ -1,0 +1,218 @@
+//! What crosses the wire: the payload [`Format`] (JSON by default), the
+//! headers that carry an event's metadata, and the event ids.
+//!
+//! An exported event's id is `<origin>-<n>-<tag>`: the exporting bridge's
+//! origin, a counter, and a 64-bit tag that only that bridge can compute (a
+//! keyed hash of the origin and the counter, with a key drawn from the
+//! operating system's randomness when the bridge starts). Nobody else can
+//! predict the id of an event not yet exported, so no peer can publish it
+//! first to have the real one dropped as a duplicate; and a bridge tells
+//! its own exports coming back (an echo) from a peer that only copied its
+//! origin.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, UNIX_EPOCH};
+
+use bytes::{BufMut, BytesMut};
+
+use tidings::error::DecodeError;
+use tidings::{AnyEvent, Bus, DynEvent};
+
+/// Header: the event's id, unique across processes (see the module docs).
+pub const EVENT_ID: &str = "Tidings-Event-Id";
+/// Header: the event's topic.
+pub const TOPIC: &str = "Tidings-Topic";
+/// Header: the event's sequence number on its topic, in the publishing bus.
+pub const SEQ: &str = "Tidings-Seq";
+/// Header: when the publishing bus accepted it, in nanoseconds since the
+/// Unix epoch.
+pub const PUBLISHED_AT: &str = "Tidings-Published-At";
+/// Header: the idempotency key it was published with, if any.
+pub const IDEMPOTENCY_KEY: &str = "Tidings-Idempotency-Key";
+/// Header: the Rust type of the topic in the publishing process.
+pub const TYPE: &str = "Tidings-Type";
+/// Header: the bridge that exported it.
+pub const ORIGIN: &str = "Tidings-Origin";
+/// Header: the payload's format, e.g. `application/json`.
+pub const CONTENT_TYPE: &str = "Content-Type";
+/// Header: JetStream's message id, for the stream's duplicate window.
+pub const NATS_MSG_ID: &str = "Nats-Msg-Id";
+
+/// The longest event id and idempotency key accepted from the wire, in
+/// bytes; a message with a longer one is rejected.
+pub const MAX_ID_LEN: usize = 256;
+
+/// How event payloads are written to and read from the wire. The bridge
+/// uses [`Json`] unless told otherwise
+/// ([`BridgeBuilder::format`](crate::BridgeBuilder::format)); a format works
+/// through the event types' serde codecs (`#[event(serde)]`).
+pub trait Format: Send + Sync + 'static {
+    /// Its name, sent as the `Content-Type` header.
+    fn content_type(&self) -> &'static str;
+    /// Writes the event (its payload, not its metadata).
+    ///
+    /// # Errors
+    /// The format's message, when the event does not serialize.
+    fn encode(&self, event: &AnyEvent) -> Result<Vec<u8>, String>;
+    /// Reads an event of `topic` through `bus`'s allow-list.
+    ///
+    /// # Errors
+    /// [`DecodeError`] naming the topic.
+    fn decode(&self, bus: &Bus, topic: &str, payload: &[u8]) -> Result<DynEvent, DecodeError>;
+}
+
+/// JSON, through `serde_json`.
+#[derive(Copy, Clone, Debug, Default)]
+pub struct Json;
+
+impl Format for Json {
+    fn content_type(&self) -> &'static str {
+        "application/json"
+    }
+
+    fn encode(&self, event: &AnyEvent) -> Result<Vec<u8>, String> {
+        serde_json::to_vec(event).map_err(|e| e.to_string())
+    }
+
+    fn decode(&self, bus: &Bus, topic: &str, payload: &[u8]) -> Result<DynEvent, DecodeError> {
+        let mut de = serde_json::Deserializer::from_slice(payload);
+        let event = bus.deserialize_event(topic, &mut de)?;
+        // Trailing bytes are a malformed payload too.
+        de.end().map_err(|e| DecodeError::Payload {
+            topic: event.topic(),
+            type_name: event.type_name(),
+            message: e.to_string(),
+        })?;
+        Ok(event)
+    }
+}
+
+/// Mints and recognises one bridge's event ids.
+pub(crate) struct Ids {
+    origin: String,
+    key: RandomState,
+    next: AtomicU64,
+}
+
+impl Ids {
+    pub(crate) fn new(origin: String) -> Self {
+        Ids {
+            origin,
+            key: RandomState::new(),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    pub(crate) fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    fn tag(&self, n: u64) -> u64 {
+        let mut h = self.key.build_hasher();
+        h.write(self.origin.as_bytes());
+        h.write_u64(n);
+        h.finish()
+    }
+
+    /// A fresh id: `<origin>-<n>-<tag>`.
+    pub(crate) fn mint(&self) -> String {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n:x}-{:016x}", self.origin, self.tag(n))
+    }
+
+    /// Whether `id` was minted by this bridge.
+    pub(crate) fn is_ours(&self, id: &str) -> bool {
+        let Some(rest) = id
+            .strip_prefix(self.origin.as_str())
+            .and_then(|r| r.strip_prefix('-'))
+        else {
+            return false;
+        };
+        let Some((n, tag)) = rest.split_once('-') else {
+            return false;
+        };
+        match (u64::from_str_radix(n, 16), u64::from_str_radix(tag, 16)) {
+            (Ok(n), Ok(tag)) => tag == self.tag(n) && tag_width(rest),
+            _ => false,
+        }
+    }
+}
+
+/// The tag is written with exactly 16 hex digits.
+fn tag_width(rest: &str) -> bool {
+    rest.rsplit_once('-')
+        .is_some_and(|(_, tag)| tag.len() == 16)
+}
+
+/// The header block of an exported event known across processes as `id`;
+/// with `msg_id`, the JetStream message id too. Every value is ours or
+/// checked at publish (keys hold no control character).
+pub(crate) fn headers(
+    origin: &str,
+    id: &str,
+    event: &AnyEvent,
+    content_type: &str,
+    msg_id: Option<&str>,
+) -> BytesMut {
+    let mut h = BytesMut::with_capacity(256);
+    let mut field = |name: &str, value: &str| {
+        h.put_slice(name.as_bytes());
+        h.put_slice(b": ");
+        h.put_slice(value.as_bytes());
+        h.put_slice(b"\r\n");
+    };
+    field(EVENT_ID, id);
+    field(TOPIC, event.topic());
+    field(SEQ, &event.seq().to_string());
+    let at = event
+        .published_at()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_nanos();
+    field(PUBLISHED_AT, &at.to_string());
+    if let Some(key) = event.idempotency_key() {
+        field(IDEMPOTENCY_KEY, key);
+    }
+    field(TYPE, event.type_name());
+    field(ORIGIN, origin);
+    field(CONTENT_TYPE, content_type);
+    if let Some(msg_id) = msg_id {
+        field(NATS_MSG_ID, msg_id);
+    }
+    let mut block = BytesMut::with_capacity(h.len() + 14);
+    block.put_slice(b"NATS/1.0\r\n");
+    block.put_slice(&h);
+    block.put_slice(b"\r\n");
+    block
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_recognised_by_their_minter_only() {
+        let a = Ids::new("billing.0123".into());
+        let b = Ids::new("billing.0123".into()); // same origin, other key
+        let id = a.mint();
+        assert!(id.starts_with("billing.0123-1-"), "{id}");
+        assert!(a.is_ours(&id));
+        assert!(!b.is_ours(&id), "a copied origin is not enough");
+        let next = a.mint();
+        assert_ne!(id, next);
+        // The next id cannot be guessed from the last one.
+        let forged = format!("billing.0123-2-{}", &id[id.len() - 16..]);
+        assert!(!a.is_ours(&forged) || forged == next);
+        for bad in [
+            "",
+            "billing.0123",
+            "billing.0123-",
+            "billing.0123-x-y",
+            "other-1-0000000000000000",
+        ] {
+            assert!(!a.is_ours(bad), "{bad}");
+        }
+    }
+}

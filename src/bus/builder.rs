@@ -1,0 +1,121 @@
+//! Building a bus: [`BusBuilder`], where the allow-list is made.
+
+use std::fmt;
+use std::sync::Arc;
+
+use super::{Bus, Registry};
+use crate::config::{TopicConfig, WatchConfig};
+use crate::dead_letter::DeadLetter;
+use crate::errors::BuildError;
+use crate::event::Event;
+
+/// Builds a [`Bus`]: every topic it will carry is registered here.
+///
+/// Registering the same type twice with the same configuration is allowed, so
+/// that independent modules can each register what they use.
+///
+/// ```
+/// use tidings::{Bus, Event, TopicConfig};
+/// # #[derive(Event)] #[event(topic = "orders.created")] struct OrderCreated;
+/// # #[derive(Event)] #[event(topic = "audit.line")] struct AuditLine;
+/// # #[derive(Event)] #[event(topic = "orders.created")] struct Impostor;
+///
+/// let bus = Bus::builder()
+///     .topic::<OrderCreated>()
+///     .topic_with::<AuditLine>(TopicConfig::default().capacity(4096))
+///     .build()?;
+/// // Yours, then tidings' own (`tidings.dead_letters`, …).
+/// assert_eq!(bus.topics()[..2], ["audit.line", "orders.created"]);
+/// assert!(bus.topics().contains(&"tidings.dead_letters"));
+///
+/// let err = Bus::builder().topic::<OrderCreated>().topic::<Impostor>().build().unwrap_err();
+/// assert!(err.to_string().contains("claimed by two types"));
+/// # Ok::<(), tidings::error::BuildError>(())
+/// ```
+#[must_use = "a bus builder does nothing until .build()"]
+pub struct BusBuilder {
+    registry: Registry,
+    watch: WatchConfig,
+    dead_letters: TopicConfig,
+    error: Option<BuildError>,
+}
+
+impl BusBuilder {
+    pub(super) fn new() -> Self {
+        BusBuilder {
+            registry: Registry::new(),
+            watch: WatchConfig::default(),
+            dead_letters: TopicConfig::default(),
+            error: None,
+        }
+    }
+
+    /// Adds `E`'s topic to the allow-list with the default [`TopicConfig`].
+    pub fn topic<E: Event>(self) -> Self {
+        self.topic_with::<E>(TopicConfig::default())
+    }
+
+    /// Adds `E`'s topic to the allow-list with `config`.
+    pub fn topic_with<E: Event>(mut self, config: TopicConfig) -> Self {
+        if self.error.is_none() {
+            if let Err(err) = self.registry.register::<E>(config) {
+                self.error = Some(err);
+            }
+        }
+        self
+    }
+
+    /// Configures the dead-letter topic ([`DEAD_LETTER_TOPIC`](crate::DEAD_LETTER_TOPIC)), which every
+    /// bus registers: its subscriptions' default capacity and overflow
+    /// policy, and how many dead letters it retains for late readers.
+    ///
+    /// ```
+    /// # use tidings::{Bus, StartAt, TopicConfig};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let bus = Bus::builder()
+    ///     .dead_letters(TopicConfig::default().retain(100))
+    ///     .build()?;
+    /// let _all = bus.dead_letters().from(StartAt::Earliest).stream()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn dead_letters(mut self, config: TopicConfig) -> Self {
+        self.dead_letters = config;
+        self
+    }
+
+    /// Sets what the blocked-runtime watch looks for (see [`WatchConfig`];
+    /// on by default).
+    pub fn watch(mut self, watch: WatchConfig) -> Self {
+        self.watch = watch;
+        self
+    }
+
+    /// Builds the bus.
+    ///
+    /// # Errors
+    /// The first problem met while registering: [`BuildError::TopicConflict`]
+    /// (two types, one topic), [`BuildError::ConfigConflict`],
+    /// [`BuildError::InvalidTopic`], [`BuildError::ZeroCapacity`].
+    pub fn build(mut self) -> Result<Bus, BuildError> {
+        if let Some(err) = self.error {
+            return Err(err);
+        }
+        self.registry
+            .register::<DeadLetter>(self.dead_letters.clone())?;
+        // The slot belongs to this builder's registry and is set only here.
+        let _ = self.registry.watch.set(Arc::new(self.watch));
+        Ok(Bus::new(self.registry))
+    }
+}
+
+impl fmt::Debug for BusBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BusBuilder")
+            .field(
+                "topics",
+                &self.registry.entries().map(|e| e.name).collect::<Vec<_>>(),
+            )
+            .field("error", &self.error)
+            .finish()
+    }
+}

@@ -1,0 +1,187 @@
+//! Options of one publish ([`PublishOptions`]: an idempotency key, its
+//! scope, an origin, a timeout) and how long a topic remembers keys
+//! ([`DedupWindow`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Options of one publish ([`Bus::publish_with`](crate::Bus::publish_with)).
+///
+/// ```
+/// # use tidings::{Bus, Event, PublishOptions};
+/// # #[derive(Event)] #[event(topic = "orders.placed")] struct OrderPlaced { id: u64 }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let bus = Bus::builder().topic::<OrderPlaced>().build()?;
+/// let first = bus.publish_with(OrderPlaced { id: 42 }, PublishOptions::new().idempotency_key("order-42")).await?;
+/// let again = bus.publish_with(OrderPlaced { id: 42 }, PublishOptions::new().idempotency_key("order-42")).await?;
+/// assert_eq!(first.duplicate, None);
+/// assert_eq!(again.duplicate.map(|d| d.original), Some(first.id)); // not delivered again
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PublishOptions {
+    pub(crate) key: Option<Arc<str>>,
+    pub(crate) scope: Option<Arc<str>>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) origin: Option<Arc<str>>,
+}
+
+impl PublishOptions {
+    pub(crate) const PLAIN: PublishOptions = PublishOptions {
+        key: None,
+        scope: None,
+        timeout: None,
+        origin: None,
+    };
+
+    /// A plain publish that waits at most `timeout`.
+    pub(crate) fn waiting_at_most(timeout: Duration) -> Self {
+        PublishOptions {
+            timeout: Some(timeout),
+            ..PublishOptions::PLAIN
+        }
+    }
+
+    /// No key, no timeout: a plain publish.
+    pub fn new() -> Self {
+        PublishOptions::default()
+    }
+
+    /// Publishes at most once per key within the topic's [`DedupWindow`].
+    /// Keys are per topic (and per [scope](PublishOptions::key_scope));
+    /// envelopes carry theirs
+    /// ([`Envelope::idempotency_key`](crate::Envelope::idempotency_key)).
+    ///
+    /// A key is 1 to [`DedupWindow::max_key_len`] bytes (default 256) with
+    /// no control character (no CR, LF, NUL, …); anything else is refused
+    /// with [`Refusal::InvalidKey`](crate::error::Refusal::InvalidKey).
+    pub fn idempotency_key(mut self, key: impl Into<Arc<str>>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Puts the idempotency key in a space of its own: a key counts as a
+    /// duplicate only of the same key in the same scope. The default (no
+    /// scope) is the application's own space. A bridge imports its peers'
+    /// keys under a scope of its own, so that a key chosen by another
+    /// process never suppresses a local publish that happens to use it.
+    /// Same rules as a key.
+    pub fn key_scope(mut self, scope: impl Into<Arc<str>>) -> Self {
+        self.scope = Some(scope.into());
+        self
+    }
+
+    /// The key the topic's window remembers: the key, or scope and key
+    /// (joined by a NUL, which neither may hold).
+    pub(crate) fn dedup_key(&self) -> Option<Arc<str>> {
+        let key = self.key.as_ref()?;
+        Some(match &self.scope {
+            None => Arc::clone(key),
+            Some(scope) => format!("{scope}\0{key}").into(),
+        })
+    }
+
+    /// Checks the key and scope against `max_len`: `Err` says what is wrong.
+    pub(crate) fn check_key(&self, max_len: usize) -> Result<(), (String, String)> {
+        for (what, value) in [("key", &self.key), ("key scope", &self.scope)] {
+            let Some(value) = value else { continue };
+            let problem = if value.is_empty() {
+                Some("is empty".to_owned())
+            } else if value.len() > max_len {
+                Some(format!(
+                    "is {} bytes long; the topic's limit is {max_len}",
+                    value.len()
+                ))
+            } else if value.chars().any(char::is_control) {
+                Some("holds a control character (CR, LF, NUL, …)".to_owned())
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                let shown: String = value
+                    .chars()
+                    .take(64)
+                    .flat_map(char::escape_debug)
+                    .collect();
+                return Err((shown, format!("the {what} {problem}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Says where the event came from, e.g. the bridge that imported it.
+    /// Envelopes carry it ([`Envelope::origin`](crate::Envelope::origin)); a
+    /// bridge never exports an event carrying its own origin, which is how
+    /// imported events are kept from going round in a loop.
+    pub fn origin(mut self, origin: impl Into<Arc<str>>) -> Self {
+        self.origin = Some(origin.into());
+        self
+    }
+
+    /// Waits at most `timeout` for room, as
+    /// [`Bus::publish_timeout`](crate::Bus::publish_timeout).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+}
+
+/// How long a topic remembers idempotency keys: the last `max_keys` keys,
+/// each for at most `max_age` after its event was accepted, whichever ends
+/// first. Memory is bounded in bytes: keys are at most `max_key_len` bytes
+/// (default 256; longer ones are refused), so a window holds at most
+/// `max_keys × (max_key_len + about 100)` bytes (2.5 MiB by default).
+///
+/// A key that has left the window is forgotten: publishing it again
+/// delivers a new event. Size the window to cover the longest time a client
+/// may retry (and its number of keys at peak rate).
+///
+/// The default keeps 10,000 keys for 5 minutes.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct DedupWindow {
+    pub(crate) max_keys: usize,
+    pub(crate) max_age: Duration,
+    pub(crate) max_key_len: usize,
+}
+
+impl DedupWindow {
+    /// The default window: 10,000 keys, 5 minutes, keys of up to 256 bytes.
+    pub const fn new() -> Self {
+        DedupWindow {
+            max_keys: 10_000,
+            max_age: Duration::from_secs(300),
+            max_key_len: 256,
+        }
+    }
+
+    /// The longest key accepted, in bytes (default 256); publishing with a
+    /// longer one is refused. Bounds the window's memory with `max_keys`.
+    pub const fn max_key_len(mut self, bytes: usize) -> Self {
+        self.max_key_len = bytes;
+        self
+    }
+
+    /// The longest key accepted, in bytes.
+    pub const fn key_len_limit(&self) -> usize {
+        self.max_key_len
+    }
+
+    /// Remember at most this many keys (the oldest go first).
+    pub const fn max_keys(mut self, n: usize) -> Self {
+        self.max_keys = n;
+        self
+    }
+
+    /// Remember a key at most this long after its event was accepted.
+    pub const fn max_age(mut self, age: Duration) -> Self {
+        self.max_age = age;
+        self
+    }
+}
+
+impl Default for DedupWindow {
+    fn default() -> Self {
+        DedupWindow::new()
+    }
+}

@@ -1,0 +1,170 @@
+//! Per-topic settings: [`TopicConfig`] and the [`Clock`] a topic stamps its
+//! events with.
+
+use super::{DedupWindow, Overflow};
+
+/// Per-topic settings, given at registration with
+/// [`BusBuilder::topic_with`](crate::BusBuilder::topic_with).
+///
+/// They are the defaults for every subscription of the topic; a subscription
+/// can override them with
+/// [`SubscribeBuilder::capacity`](crate::SubscribeBuilder::capacity) and
+/// [`SubscribeBuilder::overflow`](crate::SubscribeBuilder::overflow).
+///
+/// ```
+/// use tidings::{Overflow, TopicConfig};
+///
+/// let config = TopicConfig::default().capacity(4096).overflow(Overflow::DropOldest);
+/// assert_eq!(config.default_capacity(), 4096);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicConfig {
+    capacity: usize,
+    overflow: Overflow,
+    retain: usize,
+    dedup: DedupWindow,
+    clock: Clock,
+}
+
+/// How a topic stamps [`Envelope::published_at`](crate::Envelope::published_at).
+///
+/// Reading the precise wall clock is one of the larger costs of a publish:
+/// about 20 ns of the roughly 95 ns a publish takes on one thread of the
+/// 2-core development VM (`cargo run --release --example op_cost` and
+/// `bench_report` show both clocks side by side). A hot topic whose
+/// subscribers do not measure sub-millisecond latencies from
+/// `published_at` can trade that precision away.
+///
+/// ```
+/// use tidings::{Clock, TopicConfig};
+///
+/// let ticks = TopicConfig::default().clock(Clock::Coarse);
+/// assert_eq!(ticks.timestamp_clock(), Clock::Coarse);
+/// ```
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Clock {
+    /// [`SystemTime::now`](std::time::SystemTime::now) for every publish:
+    /// the clock's full resolution (nanoseconds on Linux).
+    #[default]
+    Precise,
+    /// The operating system's coarse wall clock, which returns the time of
+    /// the last timer tick: a few nanoseconds to read, but a resolution of
+    /// one tick (1 to 10 ms, 4 ms on most Linux kernels), so events
+    /// published within one tick share a timestamp. Linux only (`CLOCK_REALTIME_COARSE`);
+    /// elsewhere it is the same as [`Clock::Precise`].
+    Coarse,
+}
+
+impl Clock {
+    /// The current time as this clock reads it.
+    #[inline]
+    pub(crate) fn now(self) -> std::time::SystemTime {
+        match self {
+            Clock::Precise => std::time::SystemTime::now(),
+            Clock::Coarse => coarse_now(),
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn coarse_now() -> std::time::SystemTime {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
+    match (u64::try_from(ts.tv_sec), u32::try_from(ts.tv_nsec)) {
+        (Ok(secs), Ok(nanos)) => std::time::UNIX_EPOCH + std::time::Duration::new(secs, nanos),
+        // Before 1970: not worth a fast path.
+        _ => std::time::SystemTime::now(),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn coarse_now() -> std::time::SystemTime {
+    std::time::SystemTime::now()
+}
+
+impl TopicConfig {
+    /// The default queue capacity of a subscription: 1024 events.
+    pub const DEFAULT_CAPACITY: usize = 1024;
+
+    /// Sets the default queue capacity of the topic's subscriptions. 0 is
+    /// refused by [`BusBuilder::build`](crate::BusBuilder::build).
+    ///
+    /// It also sizes the ring that the topic's lossless subscriptions
+    /// ([`Overflow::Block`], [`Overflow::Fail`]) read from: the next power of
+    /// two at or above it (at most 65,536). A lossless subscription with a
+    /// larger capacity gets a queue of its own.
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity;
+        self
+    }
+
+    /// Sets the default overflow policy of the topic's subscriptions.
+    pub fn overflow(mut self, overflow: Overflow) -> Self {
+        self.overflow = overflow;
+        self
+    }
+
+    /// Keeps the last `n` accepted events of the topic (default 0: none),
+    /// whether or not anyone is subscribed, so that subscriptions can start
+    /// before the live end ([`StartAt`](crate::StartAt)) and lossy ones can
+    /// recover what they missed ([`Bus::replay`](crate::Bus::replay)).
+    /// `retain(1)` makes a last-value topic: late subscribers starting at
+    /// [`StartAt::Last(1)`](crate::StartAt::Last) get the current state.
+    /// The cost is `n` shared pointers and the events they keep alive.
+    pub fn retain(mut self, n: usize) -> Self {
+        self.retain = n;
+        self
+    }
+
+    /// The window within which an idempotency key is remembered (see
+    /// [`DedupWindow`]; default 10,000 keys or 5 minutes). Only publishes
+    /// with a key use it.
+    pub fn dedup(mut self, window: DedupWindow) -> Self {
+        self.dedup = window;
+        self
+    }
+
+    /// How the topic stamps its events' publish time (default
+    /// [`Clock::Precise`]).
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The clock the topic stamps its events with.
+    pub fn timestamp_clock(&self) -> Clock {
+        self.clock
+    }
+
+    /// How many events the topic retains.
+    pub fn retained(&self) -> usize {
+        self.retain
+    }
+
+    /// The topic's idempotency-key window.
+    pub fn dedup_window(&self) -> DedupWindow {
+        self.dedup
+    }
+
+    /// The default queue capacity of the topic's subscriptions.
+    pub fn default_capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// The default overflow policy of the topic's subscriptions.
+    pub fn default_overflow(&self) -> Overflow {
+        self.overflow
+    }
+}
+
+impl Default for TopicConfig {
+    fn default() -> Self {
+        TopicConfig {
+            capacity: TopicConfig::DEFAULT_CAPACITY,
+            overflow: Overflow::Block,
+            retain: 0,
+            dedup: DedupWindow::new(),
+            clock: Clock::Precise,
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! Running handlers: async handlers as tokio tasks, sync handlers on threads
+//! owned by the bus. Both run the same loop ([`run`]): wait for the circuit
+//! breaker, take an event, attempt it, retry it after the policy's delay or
+//! give it up as a dead letter. What differs, how the handler is called and
+//! how a runner waits, is the [`Invoke`] trait: [`AsyncHandler`] awaits the
+//! handler's future (timed for the blocked-runtime watch, cancelled by a
+//! timeout), [`SyncHandler`] calls it on the runner's own thread, which
+//! drives the loop with a minimal blocking executor.
+//!
+//! Nothing the runner holds is lost to a panic. The handler's panics (and
+//! those of its error's `Display`) are a failed attempt like an error. A
+//! panic in the runner's own code while it holds an event makes that event a
+//! dead letter naming the failure; the runner counts it, reports it as a
+//! finding, and goes on with the next event.
+
+mod invoke;
+mod run;
+
+use std::error::Error;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use invoke::{AsyncHandler, SyncHandler};
+use run::run;
+
+use crate::config::RetryPolicy;
+use crate::context::{InRunner, RunnerOf};
+use crate::dead_letter::DeadLetter;
+use crate::event::Envelope;
+use crate::event::Event;
+use crate::id::BusId;
+use crate::topic::{Breaker, SubscriptionState, TopicState};
+
+/// What a handler may return: `()` or `Result<(), Err>` with
+/// `Err: Into<Box<dyn Error + Send + Sync>>`. An `Err` is counted as a
+/// handler failure in the subscription's stats, with its message kept as
+/// `last_error`.
+pub trait HandlerResult: Send + 'static {
+    /// The error, if the handler failed.
+    fn into_result(self) -> Result<(), Box<dyn Error + Send + Sync>>;
+}
+
+impl HandlerResult for () {
+    fn into_result(self) -> Result<(), Box<dyn Error + Send + Sync>> {
+        Ok(())
+    }
+}
+
+impl<Err> HandlerResult for Result<(), Err>
+where
+    Err: Into<Box<dyn Error + Send + Sync>> + Send + 'static,
+{
+    fn into_result(self) -> Result<(), Box<dyn Error + Send + Sync>> {
+        self.map_err(Into::into)
+    }
+}
+
+/// How a handler subscription's runners retry, time out and dead-letter:
+/// its plan, fixed when it subscribes.
+pub(crate) struct HandlerPlan {
+    pub(crate) retry: RetryPolicy,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) breaker: Option<Arc<Breaker>>,
+    /// Where its dead letters go (`None` for the dead-letter topic itself).
+    pub(crate) dead_letters: Option<Arc<TopicState<DeadLetter>>>,
+    /// The bus it belongs to: its runners work in its context.
+    pub(crate) bus: BusId,
+}
+
+/// Starts `concurrency` tokio tasks that feed `queue` to `f`.
+pub(crate) fn spawn_async<E, F, Fut>(
+    runtime: &tokio::runtime::Handle,
+    queue: &Arc<SubscriptionState<E>>,
+    concurrency: usize,
+    plan: HandlerPlan,
+    f: F,
+) where
+    E: Event,
+    F: Fn(Envelope<E>) -> Fut + Send + Sync + 'static,
+    Fut: Future + Send + 'static,
+    Fut::Output: HandlerResult,
+{
+    let kind = Arc::new(AsyncHandler(f));
+    let of = RunnerOf {
+        bus: plan.bus,
+        subscription: queue.info.id,
+    };
+    let plan = Arc::new(plan);
+    for consumer in 0..concurrency {
+        let task = runtime.spawn(InRunner::new(
+            of,
+            run(
+                Arc::clone(queue),
+                Arc::clone(&plan),
+                Arc::clone(&kind),
+                consumer,
+            ),
+        ));
+        queue.add_task(task);
+    }
+}
+
+/// Starts `concurrency` threads that feed `queue` to `f`. If a thread cannot
+/// be started, the ones already started end when the queue is closed.
+pub(crate) fn spawn_sync<E, F, R>(
+    queue: &Arc<SubscriptionState<E>>,
+    concurrency: usize,
+    plan: HandlerPlan,
+    f: F,
+) -> std::io::Result<()>
+where
+    E: Event,
+    F: Fn(Envelope<E>) -> R + Send + Sync + 'static,
+    R: HandlerResult,
+{
+    let kind = Arc::new(SyncHandler(f));
+    let of = RunnerOf {
+        bus: plan.bus,
+        subscription: queue.info.id,
+    };
+    let plan = Arc::new(plan);
+    for consumer in 0..concurrency {
+        let work = run(
+            Arc::clone(queue),
+            Arc::clone(&plan),
+            Arc::clone(&kind),
+            consumer,
+        );
+        std::thread::Builder::new()
+            .name(format!("tidings:{}", queue.info.name).replace('\0', " "))
+            .spawn(move || block_on(InRunner::new(of, work)))?;
+    }
+    Ok(())
+}
+
+/// Drives `fut` to completion on this thread, parking it while the future
+/// waits. Unlike `futures::executor::block_on` it does not mark the thread
+/// as inside an executor, so a sync handler may still call `block_on` of
+/// its own.
+fn block_on<F: Future>(fut: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = pin!(fut);
+    loop {
+        if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::park();
+    }
+}
+
+#[cfg(all(test, feature = "derive"))]
+mod tests {
+    use std::time::Duration;
+
+    use crate::{Bus, Event, FindingKind, RetryPolicy};
+
+    #[derive(Debug, Event)]
+    #[event(topic = "unit.jobs")]
+    struct Job(#[allow(dead_code)] u64);
+
+    /// A panic in the runner's own code while it holds an event: the event
+    /// becomes a dead letter naming the failure, the subscription reports it
+    /// in its stats and in the bus's health, and the runner goes on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_runner_failure_dead_letters_the_event_and_the_runner_goes_on() {
+        let bus = Bus::builder().topic::<Job>().build().expect("valid");
+        let mut dead = bus.dead_letters().stream().expect("subscribed");
+        super::run::fault::arm("faulty-async", 1);
+        super::run::fault::arm("faulty-sync", 1);
+        let handles = [
+            bus.subscribe::<Job>()
+                .name("faulty-async")
+                .retry(RetryPolicy::fixed(Duration::ZERO).max_attempts(3))
+                .handler(|_| async {}),
+            bus.subscribe::<Job>()
+                .name("faulty-sync")
+                .retry(RetryPolicy::fixed(Duration::ZERO).max_attempts(3))
+                .sync(|_| ()),
+        ]
+        .map(|h| h.expect("subscribed"));
+        for i in 0..3 {
+            bus.publish(Job(i)).await.expect("published");
+        }
+        for handle in handles {
+            let stats = handle.unsubscribe().await;
+            assert_eq!(
+                (stats.handled, stats.dead_lettered, stats.runner_failures),
+                (2, 1, 1),
+                "{stats}"
+            );
+            assert_eq!(stats.in_flight, 0);
+            assert_eq!(
+                stats.last_error.as_deref(),
+                Some("runner failed: injected runner fault")
+            );
+        }
+        let mut errors = Vec::new();
+        for _ in 0..2 {
+            let letter = dead.recv().await.expect("a dead letter");
+            assert_eq!(letter.seq, 1, "the first event was the one held");
+            errors.push(letter.error.clone());
+        }
+        assert_eq!(errors, ["runner failed: injected runner fault"; 2]);
+        let health = bus.health();
+        assert!(!health.is_healthy(), "{health}");
+        let mut failed: Vec<_> = health
+            .findings
+            .iter()
+            .filter(|f| f.kind == FindingKind::RunnerFailed)
+            .map(|f| f.subscription.as_str())
+            .collect();
+        failed.sort_unstable();
+        assert_eq!(failed, ["faulty-async", "faulty-sync"]);
+    }
+}

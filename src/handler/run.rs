@@ -1,0 +1,289 @@
+//! The one attempt loop every runner runs: wait for the circuit breaker,
+//! take an event, attempt it, retry it after the policy's delay or give it
+//! up as a dead letter; a panic in the runner's own code dead-letters the
+//! event it held and the runner goes on.
+
+use std::future::poll_fn;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+
+use super::invoke::{panic_message, Invoke};
+use super::HandlerPlan;
+use crate::config::PublishOptions;
+use crate::dead_letter::DeadLetter;
+use crate::event::Envelope;
+use crate::event::Event;
+use crate::outcome::Outcome;
+use crate::telemetry::{self, Span};
+use crate::topic::{Breaker, Final, Permit, SubscriptionState};
+
+/// What comes after an attempt.
+enum Next {
+    Handled,
+    /// Try again after this delay.
+    Retry(Duration),
+    /// The attempts are used up: publish this and count the event given up.
+    GiveUp(DeadLetter),
+}
+
+/// Books an attempt's outcome: breaker, counters, and what comes next.
+fn after_attempt<E: Event>(
+    queue: &SubscriptionState<E>,
+    plan: &HandlerPlan,
+    env: &Envelope<E>,
+    probe: bool,
+    outcome: Outcome,
+    took: Duration,
+    span: &Span,
+) -> Next {
+    #[cfg(test)]
+    fault::hit(&queue.info.name);
+    let ok = matches!(outcome, Outcome::Ok);
+    if let Some(breaker) = &plan.breaker {
+        queue.breaker_changed(breaker.record(probe, ok));
+    }
+    let attempt = env.attempt();
+    let error = queue.attempted(env.id().get(), &outcome, took);
+    telemetry::record_run(span, &outcome, took);
+    let Some(error) = error else {
+        return Next::Handled;
+    };
+    let policy = &plan.retry;
+    if attempt < policy.attempts() {
+        queue.retrying();
+        let seed =
+            env.id().get() ^ (u64::from(attempt) << 48) ^ queue.info.id.get().rotate_left(24);
+        return Next::Retry(policy.wait_after(attempt, seed));
+    }
+    Next::GiveUp(dead_letter(queue, env, error))
+}
+
+fn dead_letter<E: Event>(
+    queue: &SubscriptionState<E>,
+    env: &Envelope<E>,
+    error: String,
+) -> DeadLetter {
+    DeadLetter {
+        topic: E::TOPIC,
+        event_id: env.id(),
+        seq: env.seq(),
+        subscription: queue.info.name.to_string(),
+        subscription_id: queue.info.id,
+        attempts: env.attempt(),
+        error,
+        event: env.erase(),
+    }
+}
+
+/// Publishes a dead letter on the bus's dead-letter topic; whether it was
+/// heard (reached a subscription, or is retained). One that was not is
+/// logged once per subscription, and counted when the event is done.
+async fn send_dead_letter<E>(
+    queue: &SubscriptionState<E>,
+    plan: &HandlerPlan,
+    letter: DeadLetter,
+) -> bool {
+    let (event_id, error) = (letter.event_id.get(), letter.error.clone());
+    let topic = plan.dead_letters.as_deref();
+    let receipt = match topic {
+        Some(topic) => topic.publish(letter, &PublishOptions::PLAIN).await.ok(),
+        None => None,
+    };
+    let retained = topic.is_some_and(|t| t.config.retained() > 0);
+    let heard = receipt.is_some_and(|r| r.enqueued > 0 || retained);
+    if !heard {
+        queue.unheard(event_id, &error);
+    }
+    heard
+}
+
+/// Waits until the breaker (if any) lets an attempt run: `Some(true)` if it
+/// is the probe, `None` if the queue was cut off meanwhile.
+async fn permit<E, K: Invoke<E>>(
+    queue: &SubscriptionState<E>,
+    breaker: Option<&Breaker>,
+    kind: &K,
+) -> Option<bool> {
+    let Some(breaker) = breaker else {
+        return Some(false);
+    };
+    loop {
+        let (permit, change) = poll_fn(|cx| breaker.poll_permit(cx)).await;
+        queue.breaker_changed(change);
+        match permit {
+            Permit::Go => return Some(false),
+            Permit::Probe => return Some(true),
+            Permit::WaitUntil(until) => {
+                let wait = until.saturating_duration_since(tokio::time::Instant::now());
+                if !kind.sleep(queue, wait).await {
+                    return None;
+                }
+            }
+            Permit::WaitProbe => {}
+        }
+    }
+}
+
+/// The event a runner works on, as far as a panic needs to know.
+struct Holding {
+    probe: bool,
+    /// `done` was called: the event is accounted for.
+    finished: bool,
+}
+
+/// Every attempt at one event: `false` if the queue was cut off while it
+/// waited to retry (the runner stops, the run is left unfinished).
+async fn attempts<E: Event, K: Invoke<E>>(
+    queue: &SubscriptionState<E>,
+    plan: &HandlerPlan,
+    kind: &K,
+    mut env: Envelope<E>,
+    holding: &mut Holding,
+) -> bool {
+    let limit = plan.timeout;
+    let breaker = plan.breaker.as_deref();
+    loop {
+        // The run's span closes at the end of this block, before the run
+        // counts as done, so whoever waits for the subscription to drain
+        // sees it closed.
+        let next = {
+            let span =
+                telemetry::handler_span(&queue.info, env.id().get(), env.seq(), env.attempt());
+            let (outcome, took) = kind.invoke(queue, limit, env.clone(), &span).await;
+            after_attempt(queue, plan, &env, holding.probe, outcome, took, &span)
+        };
+        match next {
+            Next::Handled => {
+                queue.done(Final::Handled);
+                holding.finished = true;
+                return true;
+            }
+            Next::GiveUp(letter) => {
+                let heard = send_dead_letter(queue, plan, letter).await;
+                queue.done(Final::DeadLettered { heard });
+                holding.finished = true;
+                return true;
+            }
+            Next::Retry(delay) => {
+                if !kind.sleep(queue, delay).await {
+                    return false;
+                }
+                match permit(queue, breaker, kind).await {
+                    Some(probe) => holding.probe = probe,
+                    None => return false,
+                }
+                env = env.for_attempt(env.attempt().saturating_add(1));
+            }
+        }
+    }
+}
+
+/// The runner's own code failed while it held `env`: the event becomes a
+/// dead letter naming the failure, and is done.
+async fn give_up<E: Event>(
+    queue: &SubscriptionState<E>,
+    plan: &HandlerPlan,
+    env: &Envelope<E>,
+    probe: bool,
+    message: &str,
+) {
+    queue.runner_failed(Some(env.id().get()), message);
+    if probe {
+        if let Some(breaker) = &plan.breaker {
+            queue.breaker_changed(breaker.record(true, false));
+        }
+    }
+    let letter = dead_letter(queue, env, format!("runner failed: {message}"));
+    let heard = AssertUnwindSafe(send_dead_letter(queue, plan, letter))
+        .catch_unwind()
+        .await
+        .unwrap_or(false);
+    queue.done(Final::DeadLettered { heard });
+}
+
+/// One runner: takes events from `queue` until it is closed and drained.
+pub(super) async fn run<E: Event, K: Invoke<E>>(
+    queue: Arc<SubscriptionState<E>>,
+    plan: Arc<HandlerPlan>,
+    kind: Arc<K>,
+    consumer: usize,
+) {
+    let breaker = plan.breaker.as_deref();
+    loop {
+        let taken = AssertUnwindSafe(async {
+            let probe = permit(&queue, breaker, &*kind).await?;
+            let Some(env) = poll_fn(|cx| queue.poll_pop(cx, consumer)).await else {
+                if probe {
+                    breaker.inspect(|b| b.release_probe());
+                }
+                return None;
+            };
+            Some((env, probe))
+        })
+        .catch_unwind()
+        .await;
+        let (env, probe) = match taken {
+            Ok(Some(taken)) => taken,
+            Ok(None) => return,
+            Err(panic) => {
+                // Between events: nothing is held. Count it, and do not spin
+                // if it keeps failing.
+                queue.runner_failed(None, &panic_message(&*panic));
+                if !kind.sleep(&queue, Duration::from_millis(10)).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        let mut holding = Holding {
+            probe,
+            finished: false,
+        };
+        let went = AssertUnwindSafe(attempts(&queue, &plan, &*kind, env.clone(), &mut holding))
+            .catch_unwind()
+            .await;
+        match went {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(panic) => {
+                let message = panic_message(&*panic);
+                if holding.finished {
+                    queue.runner_failed(Some(env.id().get()), &message);
+                } else {
+                    give_up(&queue, &plan, &env, holding.probe, &message).await;
+                }
+            }
+        }
+    }
+}
+
+/// Fault injection for the crate's own tests: makes the runner's code panic
+/// after an attempt, as a bug in it would.
+#[cfg(test)]
+pub(super) mod fault {
+    use std::sync::Mutex;
+
+    static ARMED: Mutex<Vec<(String, u32)>> = Mutex::new(Vec::new());
+
+    /// The next `times` attempts of `subscription` end in a runner panic.
+    #[cfg(feature = "derive")]
+    pub(crate) fn arm(subscription: &str, times: u32) {
+        let mut armed = ARMED.lock().unwrap_or_else(|e| e.into_inner());
+        armed.push((subscription.to_owned(), times));
+    }
+
+    pub(crate) fn hit(subscription: &str) {
+        let mut armed = ARMED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, times)) = armed
+            .iter_mut()
+            .find(|(name, times)| name == subscription && *times > 0)
+        {
+            *times -= 1;
+            drop(armed);
+            panic!("injected runner fault");
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! What kind of consumer a subscription has, and its fixed facts.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::config::Overflow;
+use crate::id::SubscriptionId;
+
+/// How a subscription consumes its queue.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub enum SubscriberKind {
+    /// A [`Subscription`](crate::Subscription) read by the application.
+    Stream,
+    /// An async handler run as tokio tasks.
+    Async,
+    /// A blocking handler run on threads owned by the bus.
+    Sync,
+}
+
+impl fmt::Display for SubscriberKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            SubscriberKind::Stream => "stream",
+            SubscriberKind::Async => "async",
+            SubscriberKind::Sync => "sync",
+        })
+    }
+}
+
+/// The fixed facts of a subscription.
+#[derive(Debug)]
+pub(crate) struct SubInfo {
+    pub(crate) id: SubscriptionId,
+    pub(crate) name: Arc<str>,
+    pub(crate) topic: &'static str,
+    pub(crate) kind: SubscriberKind,
+    pub(crate) policy: Overflow,
+    pub(crate) capacity: usize,
+}
+
+/// What a bus knows of one registered topic, by name
+/// ([`Bus::topic_info`](crate::Bus::topic_info)).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TopicInfo {
+    /// The topic.
+    pub name: &'static str,
+    /// The Rust type registered for it, as `std::any::type_name` gives it.
+    pub type_name: &'static str,
+    /// Whether that type (de)serializes by topic name (`#[event(serde)]`).
+    pub serializable: bool,
+}

@@ -1,0 +1,323 @@
+//! The topic core: one registered topic at run time, its subscriptions and
+//! everything a publish and a subscriber meet.
+//!
+//! A publish takes the topic's lock, checks that every `Block` and `Fail`
+//! subscription has room, and only then gives the event a sequence number
+//! and enqueues it everywhere (`publish.rs`). Room only grows while the
+//! lock is held (only publishers add, and they hold the lock), so the check
+//! cannot go stale before the enqueue. A publisher that has to wait leaves
+//! nothing behind: dropping its future enqueues nothing; waiting publishers
+//! take turns (`line.rs`).
+//!
+//! One file per role: the state of the topic (here), the publish path
+//! (`publish.rs`), the line of waiting publishers (`line.rs`), subscribing
+//! and leaving (`attach.rs`), the ring lossless subscriptions read
+//! (`ring.rs`), a subscription's bounded queue (`queue.rs`) and its state
+//! (`subscription.rs`, handler side in `handling.rs`), the retained log
+//! (`retained.rs`), the idempotency-key window (`keys.rs`), and a
+//! subscription's circuit breaker at run time (`breaker.rs`).
+
+mod attach;
+mod breaker;
+mod handling;
+mod keys;
+mod line;
+mod publish;
+mod queue;
+mod retained;
+mod ring;
+mod subscription;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::task::{Context, Waker};
+
+use parking_lot::Mutex;
+
+pub(crate) use attach::{SubName, SubRequest};
+pub(crate) use breaker::{Breaker, Change, Permit};
+pub(crate) use handling::Final;
+use keys::Dedup;
+use queue::RingView;
+use ring::Ring;
+pub(crate) use subscription::{ErasedQueue, SubscriptionState};
+
+use crate::any::DynEvent;
+use crate::codec::Codec;
+use crate::config::{PublishOptions, TopicConfig};
+use crate::errors::{PublishError, Refusal};
+use crate::event::Event;
+use crate::event::Published;
+use crate::id::{BusId, SubscriptionId};
+use crate::receipt::PublishReceipt;
+use crate::stats::TopicStats;
+use crate::telemetry::TopicMetrics;
+use crate::watch::{Finding, WatchSlot};
+
+/// A subscription as its topic's publishers see it.
+pub(crate) struct SubEntry<E> {
+    pub(crate) queue: Arc<SubscriptionState<E>>,
+    /// For a subscription that reads the topic's ring: what publishers know
+    /// of it without taking its lock.
+    pub(crate) ring: Option<RingRoom>,
+}
+
+pub(crate) struct RingRoom {
+    /// Room left when last looked at; only publishes use it up, so while it
+    /// is above 0 there is room without looking again.
+    pub(crate) room: usize,
+}
+
+impl<E> SubEntry<E> {
+    pub(crate) fn view(&self, tail: u64) -> Option<RingView> {
+        self.ring.as_ref().map(|_| RingView { tail })
+    }
+}
+
+/// Where a topic stands in the bus's life.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Open,
+    /// The bus is shutting down: publishes from the bus's own handlers are
+    /// accepted (chains of handlers finish), all others refused.
+    Draining,
+    /// Shut down: every publish is refused.
+    Closed,
+}
+
+pub(crate) struct TopicInner<E> {
+    pub(crate) subs: Vec<SubEntry<E>>,
+    /// Subscriptions that left with `unsubscribe()` while they still held
+    /// events or ran their handler: shutdown waits for them and reports
+    /// them. Pruned once idle, except after shutdown began.
+    pub(crate) draining: Vec<Arc<SubscriptionState<E>>>,
+    /// Publishes refused because the bus was shutting down or shut down.
+    pub(crate) refused: u64,
+    /// The last accepted events, when the topic retains any.
+    pub(crate) retained: VecDeque<Arc<Published<E>>>,
+    /// Idempotency keys seen within the topic's window.
+    pub(crate) dedup: Dedup,
+    /// The ring read by lossless subscriptions, while there are any.
+    pub(crate) ring: Option<Arc<Ring<E>>>,
+    pub(crate) ring_subs: usize,
+    pub(crate) phase: Phase,
+    pub(crate) next_seq: u64,
+    published: u64,
+    pub(crate) unsubscribed: u64,
+    pub(crate) discarded_on_unsubscribe: u64,
+    /// The last subscriptions that left, for their watch findings (a
+    /// handler may still be finishing when its subscription leaves).
+    pub(crate) retired: std::collections::VecDeque<Arc<SubscriptionState<E>>>,
+    /// Publishers waiting for room, oldest first, with their wakers. Only
+    /// the first looks for room (and is woken by the subscription that
+    /// makes some); the others wait their turn, so room goes to publishers
+    /// in the order they started waiting instead of to whoever wins a race.
+    pub(crate) line: VecDeque<(u64, Waker)>,
+    pub(crate) next_ticket: u64,
+    /// The subscription the first in line last found full: what a waiting
+    /// publisher's timeout names.
+    pub(crate) blocking: Option<Arc<SubscriptionState<E>>>,
+}
+
+/// How many departed subscriptions a topic keeps for their findings.
+pub(crate) const RETIRED: usize = 64;
+
+/// A registered topic at run time: its subscriptions and sequence counter.
+pub(crate) struct TopicState<E> {
+    pub(crate) config: TopicConfig,
+    /// The bus it belongs to: whose handlers may still publish while it
+    /// drains.
+    pub(crate) bus: BusId,
+    pub(crate) inner: Mutex<TopicInner<E>>,
+    pub(crate) watch: WatchSlot,
+    pub(crate) metrics: TopicMetrics,
+}
+
+impl<E: Event> TopicState<E> {
+    pub(crate) fn new(config: TopicConfig, watch: WatchSlot, bus: BusId) -> Self {
+        TopicState {
+            config: config.clone(),
+            bus,
+            watch,
+            metrics: TopicMetrics::new(E::TOPIC),
+            inner: Mutex::new(TopicInner {
+                subs: Vec::new(),
+                draining: Vec::new(),
+                refused: 0,
+                retained: VecDeque::new(),
+                dedup: Dedup::new(config.dedup_window()),
+                ring: None,
+                ring_subs: 0,
+                phase: Phase::Open,
+                next_seq: 1,
+                published: 0,
+                unsubscribed: 0,
+                discarded_on_unsubscribe: 0,
+                retired: std::collections::VecDeque::new(),
+                line: VecDeque::new(),
+                next_ticket: 0,
+                blocking: None,
+            }),
+        }
+    }
+}
+
+/// What the bus needs of a topic without knowing its event type.
+pub(crate) trait ErasedTopic: Send + Sync {
+    fn stats(&self) -> TopicStats;
+    /// Adds the findings of the blocked-runtime watch to `out`.
+    fn findings(&self, out: &mut Vec<Finding>);
+    /// Shutdown begins: publishes from outside the bus's handlers are
+    /// refused from now on, and publishers waiting for room look again.
+    fn begin_drain(&self);
+    /// Whether no subscription of the topic (listed, or unsubscribed and
+    /// still draining) holds an event or runs its handler, `caller`'s own
+    /// run aside; then `Some` of the topic's count of accepted publishes.
+    /// If not, `cx` is woken when that may have changed.
+    fn poll_quiet(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        caller: Option<SubscriptionId>,
+    ) -> Option<u64>;
+    /// Shutdown ends: every publish is refused and every subscription
+    /// closed, so that streams and runners end once drained.
+    fn finish(&self);
+    /// The shutdown deadline passed: closes the topic and drops what its
+    /// subscriptions still hold (counted as cut off), stopping their async
+    /// runners; returns those tasks, but `caller`'s, to wait for.
+    fn cut_off(&self, caller: Option<SubscriptionId>) -> Vec<tokio::task::JoinHandle<()>>;
+    /// How its events are (de)serialized, if they can be.
+    #[cfg_attr(not(feature = "serde"), allow(dead_code))]
+    fn codec(&self) -> Option<Codec>;
+    /// Publishes a type-erased event of this topic.
+    fn publish_dyn(
+        &self,
+        event: DynEvent,
+        options: PublishOptions,
+    ) -> futures::future::BoxFuture<'_, Result<PublishReceipt, PublishError<DynEvent>>>;
+}
+
+impl<E: Event> ErasedTopic for TopicState<E> {
+    fn stats(&self) -> TopicStats {
+        let mut inner = self.inner.lock();
+        inner.prune_draining();
+        TopicStats {
+            topic: E::TOPIC,
+            published: inner.published,
+            unsubscribed: inner.unsubscribed,
+            discarded_on_unsubscribe: inner.discarded_on_unsubscribe,
+            refused: inner.refused,
+            subscriptions: inner
+                .subs
+                .iter()
+                .map(|e| e.queue.stats(e.view(inner.next_seq)))
+                .collect(),
+            draining: inner.draining.iter().map(|q| q.stats(None)).collect(),
+        }
+    }
+
+    fn findings(&self, out: &mut Vec<Finding>) {
+        let inner = self.inner.lock();
+        for queue in &inner.retired {
+            queue.findings(out);
+        }
+        for entry in &inner.subs {
+            entry.queue.findings(out);
+        }
+    }
+
+    fn codec(&self) -> Option<Codec> {
+        E::__codec()
+    }
+
+    fn publish_dyn(
+        &self,
+        event: DynEvent,
+        options: PublishOptions,
+    ) -> futures::future::BoxFuture<'_, Result<PublishReceipt, PublishError<DynEvent>>> {
+        Box::pin(async move {
+            match event.downcast::<E>() {
+                Ok(event) => self
+                    .publish(event, &options)
+                    .await
+                    .map_err(|err| err.map_event(DynEvent::new)),
+                Err(event) => Err(PublishError::new(
+                    Refusal::UnknownTopic {
+                        topic: event.topic(),
+                    },
+                    event,
+                )),
+            }
+        })
+    }
+
+    fn begin_drain(&self) {
+        let mut wake = Vec::new();
+        let queues: Vec<_> = {
+            let mut inner = self.inner.lock();
+            if inner.phase == Phase::Open {
+                inner.phase = Phase::Draining;
+            }
+            // Everyone waiting looks again: publishers from outside the
+            // bus's handlers leave with `Closed`, handlers wait on.
+            wake.extend(inner.line.iter().map(|(_, waker)| waker.clone()));
+            inner.subs.iter().map(|e| Arc::clone(&e.queue)).collect()
+        };
+        wake.into_iter().for_each(Waker::wake);
+        for queue in queues {
+            queue.wake_publishers();
+        }
+    }
+
+    fn poll_quiet(&self, cx: &mut Context<'_>, caller: Option<SubscriptionId>) -> Option<u64> {
+        let inner = self.inner.lock();
+        let tail = inner.next_seq;
+        let own = |q: &SubscriptionState<E>| usize::from(caller == Some(q.info.id));
+        for e in &inner.subs {
+            if !e.queue.poll_quiet(e.view(tail), own(&e.queue), cx) {
+                return None;
+            }
+        }
+        for q in &inner.draining {
+            if !q.poll_quiet(None, own(q), cx) {
+                return None;
+            }
+        }
+        Some(inner.published)
+    }
+
+    fn finish(&self) {
+        let mut inner = self.inner.lock();
+        inner.phase = Phase::Closed;
+        let tail = inner.next_seq;
+        for e in &inner.subs {
+            e.queue.close(false, false, e.view(tail));
+        }
+    }
+
+    fn cut_off(&self, caller: Option<SubscriptionId>) -> Vec<tokio::task::JoinHandle<()>> {
+        let queues: Vec<Arc<SubscriptionState<E>>> = {
+            let mut inner = self.inner.lock();
+            inner.phase = Phase::Closed;
+            let tail = inner.next_seq;
+            for e in &inner.subs {
+                e.queue.close(false, false, e.view(tail));
+            }
+            inner
+                .subs
+                .iter()
+                .map(|e| Arc::clone(&e.queue))
+                .chain(inner.draining.iter().cloned())
+                .collect()
+        };
+        let mut tasks = Vec::new();
+        for queue in queues {
+            let stopped = ErasedQueue::cut_off(&*queue);
+            // The caller's own task cannot wait for itself.
+            if caller != Some(queue.info.id) {
+                tasks.extend(stopped);
+            }
+        }
+        tasks
+    }
+}

@@ -1,0 +1,381 @@
+//! The publish path: one attempt under the topic lock (all or nothing),
+//! and the two ways every publish comes to it: waiting for room, or not.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use super::keys::Dedup;
+use super::line::{leave_line, wait_in_line, Turn};
+use super::queue::Push;
+use super::{Phase, SubscriptionState, TopicState};
+use crate::config::{Overflow, PublishOptions};
+use crate::errors::{PublishError, Refusal};
+use crate::event::Event;
+use crate::event::{Meta, Published};
+use crate::id::EventId;
+use crate::receipt::{Duplicate, PublishReceipt};
+use crate::telemetry;
+use crate::watch::FindingKind;
+
+/// The receipt of a publish whose key is within the window, if it is.
+#[cold]
+#[inline(never)]
+fn duplicate_of(dedup: &mut Dedup, key: &str, now: Instant) -> Option<PublishReceipt> {
+    let original = dedup.check(key, now)?;
+    Some(PublishReceipt {
+        id: original.original,
+        seq: original.original_seq,
+        enqueued: 0,
+        evicted_oldest: 0,
+        dropped_newest: 0,
+        duplicate: Some(original),
+    })
+}
+
+/// Records the key of an accepted publish.
+#[cold]
+#[inline(never)]
+fn remember(dedup: &mut Dedup, key: &Arc<str>, id: EventId, seq: u64, now: Instant) {
+    let original = Duplicate {
+        original: id,
+        original_seq: seq,
+    };
+    dedup.record(Arc::clone(key), original, now);
+}
+
+/// The metadata of a publish with a key or an origin.
+#[cold]
+#[inline(never)]
+fn meta(opts: &PublishOptions) -> Box<Meta> {
+    Box::new(Meta {
+        key: opts.key.clone(),
+        origin: opts.origin.clone(),
+    })
+}
+
+/// Adds an accepted event to a topic's retained log of `retain` events.
+#[inline(never)]
+fn keep<E>(log: &mut VecDeque<Arc<Published<E>>>, retain: usize, published: &Arc<Published<E>>) {
+    if log.len() == retain {
+        log.pop_front();
+    }
+    log.push_back(Arc::clone(published));
+}
+
+/// A subscription with no room, as found by a publish.
+pub(super) struct FullSub<E> {
+    pub(super) queue: Arc<SubscriptionState<E>>,
+}
+
+impl<E: Event> FullSub<E> {
+    fn of(queue: &Arc<SubscriptionState<E>>) -> Self {
+        FullSub {
+            queue: Arc::clone(queue),
+        }
+    }
+
+    /// The refusal of a publish that could not wait for this subscription.
+    fn refuse(self, event: E) -> PublishError<E> {
+        let info = &self.queue.info;
+        let reason = Refusal::Full {
+            topic: E::TOPIC,
+            subscription: Arc::clone(&info.name),
+            id: info.id,
+            capacity: info.capacity,
+            policy: info.policy,
+        };
+        PublishError::new(reason, event)
+    }
+
+    /// The refusal of a publish that waited `waited` and gave up.
+    fn timed_out(self, event: E, waited: Duration) -> PublishError<E> {
+        let info = &self.queue.info;
+        let reason = Refusal::Timeout {
+            topic: E::TOPIC,
+            subscription: Arc::clone(&info.name),
+            id: info.id,
+            capacity: info.capacity,
+            waited,
+        };
+        PublishError::new(reason, event)
+    }
+}
+
+/// A publish that did not happen (yet).
+pub(super) enum NotNow<E> {
+    /// A `Block` subscription is full; the caller may wait (its waker is
+    /// registered when a context was given).
+    Wait(E, FullSub<E>),
+    Refused(PublishError<E>),
+}
+
+impl<E: Event> TopicState<E> {
+    /// One attempt to publish. With `cx`, a full `Block` subscription
+    /// registers the caller to be woken when it has room.
+    ///
+    /// `turn` is the caller's place in the line of waiting publishers, for a
+    /// publish that may wait (a `try_publish` passes `None` and never
+    /// queues). A caller that has to wait joins the line; while others are
+    /// ahead of it, it waits its turn without looking for room.
+    pub(super) fn try_enqueue(
+        &self,
+        mut cx: Option<&mut Context<'_>>,
+        event: E,
+        opts: &PublishOptions,
+        mut turn: Option<&mut Option<u64>>,
+    ) -> Result<PublishReceipt, NotNow<E>> {
+        let key = match opts.key {
+            None => None,
+            Some(_) => match self.keyed(opts) {
+                Ok(key) => key,
+                Err((key, problem)) => {
+                    let reason = Refusal::InvalidKey {
+                        topic: E::TOPIC,
+                        key,
+                        problem,
+                    };
+                    return Err(NotNow::Refused(PublishError::new(reason, event)));
+                }
+            },
+        };
+        let key = key.as_ref();
+        let mut guard = self.inner.lock();
+        let inner = &mut *guard;
+        if inner.phase != Phase::Open && !self.may_publish(inner.phase) {
+            inner.refused += 1;
+            let reason = Refusal::Closed { topic: E::TOPIC };
+            return Err(NotNow::Refused(PublishError::new(reason, event)));
+        }
+        if !inner.line.is_empty() {
+            if let (Some(turn), Some(cx)) = (turn.as_deref_mut(), cx.as_deref_mut()) {
+                if let Some(full) = wait_in_line(inner, turn, cx) {
+                    return Err(NotNow::Wait(event, full));
+                }
+            }
+        }
+        // Keyed publishes read the clock once, for the window.
+        let now = key.map(|_| Instant::now());
+        if let (Some(key), Some(now)) = (key, now) {
+            if let Some(receipt) = duplicate_of(&mut inner.dedup, key, now) {
+                return Ok(receipt);
+            }
+        }
+        let tail = inner.next_seq;
+        let mut blocked = None;
+        for entry in &mut inner.subs {
+            let q = &entry.queue;
+            let policy = q.info.policy;
+            if !matches!(policy, Overflow::Block | Overflow::Fail) {
+                continue;
+            }
+            let wait = match policy {
+                Overflow::Block => cx.as_deref_mut(),
+                _ => None,
+            };
+            let has_room = match &mut entry.ring {
+                Some(r) => {
+                    if r.room == 0 {
+                        r.room = q.ring_room(tail, wait);
+                    }
+                    r.room > 0
+                }
+                None => q.has_room(wait),
+            };
+            if !has_room {
+                if policy == Overflow::Fail {
+                    return Err(NotNow::Refused(FullSub::of(q).refuse(event)));
+                }
+                blocked.get_or_insert_with(|| FullSub::of(q));
+            }
+        }
+        if let Some(full) = blocked {
+            if let (Some(turn), Some(cx)) = (turn, cx) {
+                if turn.is_none() {
+                    let ticket = inner.next_ticket;
+                    inner.next_ticket += 1;
+                    inner.line.push_back((ticket, cx.waker().clone()));
+                    *turn = Some(ticket);
+                }
+                inner.blocking = Some(Arc::clone(&full.queue));
+            }
+            return Err(NotNow::Wait(event, full));
+        }
+        // The caller's turn is over: the next in line looks for room now.
+        let next = match turn {
+            Some(turn @ Some(_)) => leave_line(inner, turn),
+            _ => None,
+        };
+
+        let seq = inner.next_seq;
+        inner.next_seq += 1;
+        inner.published += 1;
+        self.metrics.published();
+        let id = EventId::next();
+        let meta = (key.is_some() || opts.origin.is_some()).then(|| meta(opts));
+        let published = Arc::new(Published {
+            event,
+            id,
+            seq,
+            at: self.config.timestamp_clock().now(),
+            meta,
+        });
+        if let (Some(key), Some(now)) = (key, now) {
+            remember(&mut inner.dedup, key, id, seq, now);
+        }
+        let retain = self.config.retained();
+        if retain > 0 {
+            keep(&mut inner.retained, retain, &published);
+        }
+        let mut receipt = PublishReceipt {
+            id,
+            seq,
+            enqueued: 0,
+            evicted_oldest: 0,
+            dropped_newest: 0,
+            duplicate: None,
+        };
+        for entry in &mut inner.subs {
+            if let Some(r) = &mut entry.ring {
+                r.room = r.room.saturating_sub(1);
+                receipt.enqueued += 1;
+                continue;
+            }
+            match entry.queue.push(&published) {
+                Push::Enqueued => receipt.enqueued += 1,
+                Push::EvictedOldest => {
+                    receipt.enqueued += 1;
+                    receipt.evicted_oldest += 1;
+                }
+                Push::DroppedNewest => receipt.dropped_newest += 1,
+                Push::Closed => {}
+            }
+        }
+        // Last, so that the ring takes the publisher's own reference to the
+        // event instead of another one (an atomic increment and decrement
+        // fewer per publish).
+        if inner.ring_subs > 0 {
+            if let Some(ring) = &inner.ring {
+                ring.write(published, inner.ring_subs);
+            }
+        }
+        drop(guard);
+        if let Some(next) = next {
+            next.wake();
+        }
+        Ok(receipt)
+    }
+
+    /// Publishes without ever waiting: where a `Block` subscription is
+    /// full, refuses instead. What every `try_publish` of the bus and of a
+    /// [`Publisher`](crate::Publisher) comes to.
+    pub(crate) fn try_publish(
+        &self,
+        event: E,
+        opts: &PublishOptions,
+    ) -> Result<PublishReceipt, PublishError<E>> {
+        let span = telemetry::publish_span(E::TOPIC);
+        let result = telemetry::in_span(&span, || self.try_enqueue(None, event, opts, None))
+            .map_err(|not_now| match not_now {
+                NotNow::Refused(err) => err,
+                NotNow::Wait(event, full) => full.refuse(event),
+            });
+        if let Ok(receipt) = &result {
+            telemetry::record_receipt(&span, receipt);
+        }
+        result
+    }
+
+    /// Publishes, waiting for room under `Block` at most `opts.timeout`
+    /// (forever when `None`): what every waiting publish of the bus and of
+    /// a [`Publisher`](crate::Publisher) comes to. The event lives in this
+    /// future until it is enqueued, so dropping the future enqueues
+    /// nothing.
+    pub(crate) async fn publish(
+        &self,
+        event: E,
+        opts: &PublishOptions,
+    ) -> Result<PublishReceipt, PublishError<E>> {
+        let timeout = opts.timeout;
+        // The timer starts at the first wait, so a publish that never waits
+        // needs no timer (nor a runtime to drive one), and no clock reading.
+        let mut sleep: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        let mut waiting: Option<(Instant, FullSub<E>)> = None;
+        let mut pending = Some(event);
+        // Its place in the line; leaving it (done, timed out, or dropped)
+        // hands the turn on.
+        let mut turn = Turn::new(self);
+        let span = telemetry::publish_span(E::TOPIC);
+        let result = telemetry::instrument(
+            poll_fn(|cx| {
+                let event = pending
+                    .take()
+                    .expect("publish future polled after it completed");
+                match self.try_enqueue(Some(cx), event, opts, Some(&mut turn.ticket)) {
+                    Ok(receipt) => Poll::Ready(Ok(receipt)),
+                    Err(NotNow::Refused(err)) => Poll::Ready(Err(err)),
+                    Err(NotNow::Wait(event, full)) => {
+                        let expired = match timeout {
+                            Some(timeout) => sleep
+                                .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)))
+                                .as_mut()
+                                .poll(cx)
+                                .is_ready(),
+                            None => false,
+                        };
+                        if expired {
+                            return Poll::Ready(Err(
+                                full.timed_out(event, timeout.unwrap_or_default())
+                            ));
+                        }
+                        let since = waiting.take().map_or_else(Instant::now, |(t, _)| t);
+                        waiting = Some((since, full));
+                        pending = Some(event);
+                        Poll::Pending
+                    }
+                }
+            }),
+            &span,
+        )
+        .await;
+        if let Some((since, full)) = waiting {
+            self.waited(since.elapsed(), &full.queue);
+        }
+        if let Ok(receipt) = &result {
+            telemetry::record_receipt(&span, receipt);
+        }
+        result
+    }
+
+    /// The checked key a keyed publish is remembered by.
+    #[cold]
+    #[inline(never)]
+    fn keyed(&self, opts: &PublishOptions) -> Result<Option<Arc<str>>, (String, String)> {
+        opts.check_key(self.config.dedup_window().key_len_limit())?;
+        Ok(opts.dedup_key())
+    }
+
+    /// Whether a publish may go ahead once the bus began to shut down: only
+    /// one made by this bus's own handlers, while it drains.
+    #[cold]
+    #[inline(never)]
+    fn may_publish(&self, phase: Phase) -> bool {
+        phase == Phase::Draining && crate::context::inside(self.bus)
+    }
+
+    /// A publish waited `took` for room in `queue`.
+    fn waited(&self, took: Duration, queue: &SubscriptionState<E>) {
+        self.metrics.waited(took);
+        if queue
+            .watch
+            .publish_wait_threshold()
+            .is_some_and(|threshold| took > threshold)
+        {
+            queue.finding(FindingKind::PublisherBlocked, took);
+        }
+    }
+}

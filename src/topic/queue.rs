@@ -1,0 +1,274 @@
+//! The bounded queue of one subscription: where its events wait, either a
+//! cursor into the topic's ring (lossless subscriptions) or a `VecDeque`
+//! of its own (the lossy policies, which evict or skip per subscription,
+//! and lossless subscriptions larger than the ring); its numbers; and the
+//! wakers of whoever waits on it. Everything here lives under the
+//! subscription's one lock.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::task::Waker;
+
+use super::ring::Ring;
+use super::Breaker;
+use crate::event::Published;
+use crate::resume::Started;
+
+/// What was decided about one event for one subscription.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Push {
+    Enqueued,
+    /// Enqueued after evicting the oldest queued event.
+    EvictedOldest,
+    /// Not enqueued: the queue was full under `DropNewest`.
+    DroppedNewest,
+    /// Not enqueued: the subscription is closing.
+    Closed,
+}
+
+/// How a queue is set up, beyond its fixed facts.
+pub(crate) struct QueueSetup<E> {
+    /// Runners taking from it (stream: 1, handlers: their concurrency).
+    pub(crate) consumers: usize,
+    pub(crate) breaker: Option<Arc<Breaker>>,
+    /// Retained events it asked for, delivered before live ones.
+    pub(crate) replay: VecDeque<Arc<Published<E>>>,
+    pub(crate) start: Started,
+}
+
+pub(super) struct Slot<E> {
+    pub(super) published: Arc<Published<E>>,
+    /// Events this subscription lost just before this one.
+    pub(super) missed_before: u64,
+}
+
+/// Where a subscription's events wait.
+pub(super) enum Buf<E> {
+    Own(VecDeque<Slot<E>>),
+    Ring {
+        ring: Arc<Ring<E>>,
+        /// The first sequence number this subscription accepted.
+        start: u64,
+        /// The next sequence number to read.
+        next: u64,
+        /// One past the last sequence number it accepted, once closed;
+        /// `u64::MAX` while it takes events.
+        end: u64,
+    },
+}
+
+/// What the publisher side knows of a ring subscription: the topic's next
+/// sequence number.
+#[derive(Copy, Clone, Debug)]
+pub(crate) struct RingView {
+    pub(crate) tail: u64,
+}
+
+/// A subscription's numbers. All of them live under its lock and change in
+/// the same critical sections as the queue and `in_flight`, so that every
+/// snapshot, taken while handlers run or not, satisfies the identities the
+/// stats promise (`delivered == handled + dead_lettered + in_flight`, …).
+#[derive(Default)]
+pub(super) struct Counters {
+    pub(super) accepted: u64,
+    pub(super) delivered: u64,
+    pub(super) dropped_oldest: u64,
+    pub(super) dropped_newest: u64,
+    pub(super) discarded: u64,
+    pub(super) cut_off: u64,
+    pub(super) high_water: usize,
+    /// Retained events queued for it when it subscribed (counted in
+    /// `accepted`).
+    pub(super) replayed: u64,
+    pub(super) handled: u64,
+    pub(super) failures: u64,
+    pub(super) panics: u64,
+    pub(super) timeouts: u64,
+    pub(super) retried: u64,
+    pub(super) dead_lettered: u64,
+    pub(super) dead_letters_unheard: u64,
+    pub(super) runner_failures: u64,
+    pub(super) last_error: Option<String>,
+}
+
+pub(super) struct State<E> {
+    /// Retained events it asked for, read before `buf`.
+    pub(super) replay: VecDeque<Arc<Published<E>>>,
+    pub(super) buf: Buf<E>,
+    pub(super) closed: bool,
+    /// Losses after the last queued event, not yet attached to an envelope.
+    pub(super) pending_missed: u64,
+    /// Handler runs started and not yet finished.
+    pub(super) in_flight: usize,
+    /// The shutdown deadline cut it off: runners stop.
+    pub(super) cut: bool,
+    pub(super) counters: Counters,
+    /// One slot per consumer (stream: 1, handlers: their concurrency).
+    pub(super) consumers: Vec<Option<Waker>>,
+    pub(super) publishers: Vec<Waker>,
+    pub(super) idle: Vec<Waker>,
+}
+
+impl<E> State<E> {
+    /// Whether nothing is left to read. Exact for a closed subscription; for
+    /// an open ring subscription only the slot itself can tell.
+    pub(super) fn drained(&self) -> bool {
+        if !self.replay.is_empty() {
+            return false;
+        }
+        match &self.buf {
+            Buf::Own(buf) => buf.is_empty(),
+            Buf::Ring { next, end, .. } => next >= end,
+        }
+    }
+
+    /// The queue depth after a take: exact for an own queue, sampled from
+    /// the ring's tail for a ring reader.
+    pub(super) fn depth_hint(&self) -> usize {
+        self.replay.len()
+            + match &self.buf {
+                Buf::Own(buf) => buf.len(),
+                Buf::Ring {
+                    ring, next, end, ..
+                } => ring.depth(*next, *end),
+            }
+    }
+
+    pub(super) fn is_idle(&self) -> bool {
+        self.closed && self.drained() && self.in_flight == 0
+    }
+
+    /// Whether nothing may be queued and no handler runs: exact for a queue
+    /// of its own and a closed ring subscription; an open ring reader's
+    /// sampled depth errs low, so this may say yes too early, never too
+    /// late. Used to wake shutdown and `unsubscribe`, which then look
+    /// exactly.
+    pub(super) fn maybe_quiet(&self) -> bool {
+        self.in_flight == 0 && self.depth_hint() == 0
+    }
+
+    /// Whether nothing is queued and at most `own_runs` handler runs are
+    /// going; `view` (the topic's next sequence number) makes it exact for
+    /// an open ring subscription.
+    pub(super) fn is_quiet(&self, view: Option<RingView>, own_runs: usize) -> bool {
+        if self.in_flight > own_runs || !self.replay.is_empty() {
+            return false;
+        }
+        match &self.buf {
+            Buf::Own(buf) => buf.is_empty(),
+            Buf::Ring { next, end, .. } => {
+                let end = match view {
+                    Some(view) => view.tail.min(*end),
+                    None => *end,
+                };
+                *next >= end
+            }
+        }
+    }
+
+    /// Wakes shutdown and `unsubscribe` if they may have something to see.
+    #[inline]
+    pub(super) fn wake_idle(&mut self, wakeups: &mut Wakeups) {
+        if !self.idle.is_empty() && (self.is_idle() || self.maybe_quiet()) {
+            wakeups.take_all(&mut self.idle);
+        }
+    }
+
+    /// Empties the queue, moving the in-band loss counts of what it held to
+    /// `pending_missed` so that none of them goes uncounted. A ring
+    /// subscription must be closed first (its `end` set).
+    pub(super) fn clear(&mut self) -> u64 {
+        let replay = self.replay.len() as u64;
+        self.replay.clear();
+        replay
+            + match &mut self.buf {
+                Buf::Own(buf) => {
+                    let n = buf.len() as u64;
+                    for slot in buf.drain(..) {
+                        self.pending_missed += slot.missed_before;
+                    }
+                    n
+                }
+                Buf::Ring {
+                    ring, next, end, ..
+                } => {
+                    if *end == u64::MAX {
+                        return replay; // still open: nothing in the ring is its own to clear
+                    }
+                    let n = end.saturating_sub(*next);
+                    for seq in *next..*end {
+                        ring.release(seq);
+                    }
+                    *next = (*next).max(*end);
+                    n
+                }
+            }
+    }
+
+    /// Takes the next event, if there is one to take now.
+    pub(super) fn take(&mut self) -> Option<Slot<E>> {
+        if let Some(published) = self.replay.pop_front() {
+            return Some(Slot {
+                published,
+                missed_before: 0,
+            });
+        }
+        match &mut self.buf {
+            Buf::Own(buf) => buf.pop_front(),
+            Buf::Ring {
+                ring, next, end, ..
+            } => {
+                if next >= end {
+                    return None;
+                }
+                let published = ring.read(*next)?;
+                // The depth just before this take, sampled.
+                let depth = ring.depth(*next, *end);
+                self.counters.high_water = self.counters.high_water.max(depth);
+                *next += 1;
+                Some(Slot {
+                    published,
+                    missed_before: 0,
+                })
+            }
+        }
+    }
+}
+
+/// Wakers taken out under the lock, woken after it is released. Taking a
+/// list moves its buffer instead of copying it; on the hot path (nobody
+/// waiting) everything here is a no-op.
+#[derive(Default)]
+pub(super) struct Wakeups(Vec<Waker>);
+
+impl Wakeups {
+    #[inline]
+    pub(super) fn push(&mut self, waker: Waker) {
+        self.0.push(waker);
+    }
+
+    #[inline]
+    pub(super) fn take_all(&mut self, list: &mut Vec<Waker>) {
+        if list.is_empty() {
+            return;
+        }
+        if self.0.is_empty() {
+            std::mem::swap(&mut self.0, list);
+        } else {
+            self.0.append(list);
+        }
+    }
+
+    #[inline]
+    pub(super) fn wake(self) {
+        if !self.0.is_empty() {
+            self.0.into_iter().for_each(Waker::wake);
+        }
+    }
+}
+
+pub(super) fn register(list: &mut Vec<Waker>, waker: &Waker) {
+    if !list.iter().any(|w| w.will_wake(waker)) {
+        list.push(waker.clone());
+    }
+}

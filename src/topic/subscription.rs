@@ -1,0 +1,491 @@
+//! A subscription's state, as its topic's publishers, its readers and its
+//! handles meet it: room for publishers, taking events, closing, stats.
+//! The handler runners' side of it is in `handling.rs`.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use parking_lot::Mutex;
+
+use super::queue::{register, Buf, Counters, Push, QueueSetup, RingView, Slot, State, Wakeups};
+use super::ring::Ring;
+use super::Breaker;
+use crate::config::{Overflow, WatchConfig};
+use crate::errors::TryRecvError;
+use crate::event::{Envelope, Published};
+use crate::info::{SubInfo, SubscriberKind};
+use crate::resume::Started;
+use crate::stats::SubscriptionStats;
+use crate::telemetry::{self, SubMetrics};
+use crate::watch::{FindingKind, FindingLog};
+
+/// A subscription's whole shared state: its fixed facts, its queue and
+/// numbers (under one lock), the watch's findings, its circuit breaker,
+/// and its runners' tasks. The topic, the runners and the handles share it.
+pub(crate) struct SubscriptionState<E> {
+    pub(crate) info: SubInfo,
+    pub(crate) watch: Arc<WatchConfig>,
+    pub(super) watcher: FindingLog,
+    pub(super) metrics: SubMetrics,
+    /// When drops were last reported, and how many since.
+    pub(super) drop_report: Mutex<(Option<std::time::Instant>, u64)>,
+    /// The longest poll of an async handler, in nanoseconds (a statistic).
+    pub(super) worst_poll_ns: AtomicU64,
+    pub(super) state: Mutex<State<E>>,
+    /// Signalled when the shutdown deadline cuts the queue off, to end the
+    /// waits of sync runners (retry delays, an open breaker) at once.
+    pub(super) cut_signal: parking_lot::Condvar,
+    /// Whether an unheard dead letter was logged (once per subscription).
+    pub(super) unheard_warned: std::sync::atomic::AtomicBool,
+    pub(crate) breaker: Option<Arc<Breaker>>,
+    /// Where a subscription that asked for retained events started.
+    pub(crate) start: Started,
+    /// The tasks of an async handler's runners, to stop at a deadline.
+    pub(super) tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl<E> SubscriptionState<E> {
+    /// A queue of its own, or, with `ring` (the topic's ring and its next
+    /// sequence number), a cursor into the topic's ring.
+    pub(crate) fn new(
+        info: SubInfo,
+        watch: Arc<WatchConfig>,
+        setup: QueueSetup<E>,
+        ring: Option<(Arc<Ring<E>>, u64)>,
+    ) -> Self {
+        let QueueSetup {
+            consumers,
+            breaker,
+            replay,
+            start,
+        } = setup;
+        let buf = match ring {
+            Some((ring, tail)) => Buf::Ring {
+                ring,
+                start: tail,
+                next: tail,
+                end: u64::MAX,
+            },
+            None => Buf::Own(VecDeque::with_capacity(info.capacity.min(1024))),
+        };
+        let replayed = replay.len() as u64;
+        let own = matches!(buf, Buf::Own(_));
+        SubscriptionState {
+            state: Mutex::new(State {
+                replay,
+                buf,
+                closed: false,
+                pending_missed: 0,
+                in_flight: 0,
+                cut: false,
+                counters: Counters {
+                    replayed,
+                    // An own queue counts what it accepts as it goes; a ring
+                    // reader's count is worked out from the ring, plus this.
+                    accepted: if own { replayed } else { 0 },
+                    ..Counters::default()
+                },
+                consumers: vec![None; consumers],
+                publishers: Vec::new(),
+                idle: Vec::new(),
+            }),
+            metrics: SubMetrics::new(&info),
+            info,
+            watch,
+            watcher: FindingLog::default(),
+            drop_report: Mutex::new((None, 0)),
+            worst_poll_ns: AtomicU64::new(0),
+            cut_signal: parking_lot::Condvar::new(),
+            unheard_warned: std::sync::atomic::AtomicBool::new(false),
+            breaker,
+            start,
+            tasks: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Publisher side, own queue: is there room for one more event? A closed
+    /// queue takes nothing, so it never makes a publisher wait. With `cx`, a
+    /// publisher that finds no room is woken when room appears.
+    #[inline]
+    pub(crate) fn has_room(&self, cx: Option<&mut Context<'_>>) -> bool {
+        let mut s = self.state.lock();
+        let full = match &s.buf {
+            Buf::Own(buf) => buf.len() >= self.info.capacity,
+            Buf::Ring { .. } => false,
+        };
+        if s.closed || !full {
+            return true;
+        }
+        if let Some(cx) = cx {
+            register(&mut s.publishers, cx.waker());
+        }
+        false
+    }
+
+    /// Publisher side, ring subscription, under the topic lock: how many more
+    /// events fit, with `tail` the topic's next sequence number. With `cx`, a
+    /// publisher that finds no room is woken when room appears.
+    pub(crate) fn ring_room(&self, tail: u64, cx: Option<&mut Context<'_>>) -> usize {
+        let mut s = self.state.lock();
+        let Buf::Ring { next, .. } = &s.buf else {
+            return usize::MAX;
+        };
+        if s.closed {
+            return usize::MAX;
+        }
+        let queued = (tail - *next) as usize;
+        s.counters.high_water = s.counters.high_water.max(queued);
+        let room = self.info.capacity.saturating_sub(queued);
+        if room == 0 {
+            if let Some(cx) = cx {
+                register(&mut s.publishers, cx.waker());
+            }
+        }
+        room
+    }
+
+    /// Publisher side, own queue: offers one accepted event to this
+    /// subscription. Called with the topic lock held, after `has_room` said
+    /// yes for every `Block` and `Fail` subscription; only consumers touch
+    /// the queue in between, and they only make room.
+    pub(crate) fn push(&self, published: &Arc<Published<E>>) -> Push {
+        let mut s = self.state.lock();
+        if s.closed {
+            return Push::Closed;
+        }
+        let s = &mut *s;
+        let Buf::Own(buf) = &mut s.buf else {
+            // Ring subscriptions read the ring; the publisher never pushes.
+            return Push::Enqueued;
+        };
+        s.counters.accepted += 1;
+        let mut outcome = Push::Enqueued;
+        if buf.len() >= self.info.capacity {
+            match self.info.policy {
+                Overflow::DropNewest => {
+                    s.counters.dropped_newest += 1;
+                    s.pending_missed += 1;
+                    self.dropped();
+                    return Push::DroppedNewest;
+                }
+                Overflow::DropOldest => {
+                    if let Some(old) = buf.pop_front() {
+                        s.counters.dropped_oldest += 1;
+                        self.dropped();
+                        let carry = old.missed_before + 1;
+                        match buf.front_mut() {
+                            Some(next) => next.missed_before += carry,
+                            None => s.pending_missed += carry,
+                        }
+                    }
+                    outcome = Push::EvictedOldest;
+                }
+                // Room was checked under the topic lock and can only have
+                // grown since; should it ever not have, the event is kept
+                // rather than lost.
+                Overflow::Block | Overflow::Fail => {}
+            }
+        }
+        let missed_before = std::mem::take(&mut s.pending_missed);
+        buf.push_back(Slot {
+            published: Arc::clone(published),
+            missed_before,
+        });
+        s.counters.high_water = s.counters.high_water.max(buf.len());
+        self.metrics.enqueued(buf.len());
+        if let Some(waker) = s.consumers.iter_mut().find_map(Option::take) {
+            waker.wake();
+        }
+        outcome
+    }
+
+    /// One event lost to the overflow policy: counted by the caller,
+    /// reported here (at most once per report interval).
+    fn dropped(&self) {
+        self.metrics.dropped();
+        let now = std::time::Instant::now();
+        let mut report = self.drop_report.lock();
+        report.1 += 1;
+        let due = match report.0 {
+            None => true,
+            Some(last) => now.duration_since(last) >= self.watch.report_interval(),
+        };
+        if due {
+            let n = std::mem::take(&mut report.1);
+            report.0 = Some(now);
+            drop(report);
+            telemetry::warn_drops(&self.info, n);
+        }
+    }
+
+    fn pop_locked(&self, s: &mut State<E>, wakeups: &mut Wakeups) -> Option<Envelope<E>> {
+        let slot = s.take()?;
+        s.counters.delivered += 1;
+        self.metrics.delivered(|| s.depth_hint());
+        if self.info.kind != SubscriberKind::Stream {
+            s.in_flight += 1;
+        }
+        wakeups.take_all(&mut s.publishers);
+        s.wake_idle(wakeups);
+        Some(Envelope::new(slot.published, slot.missed_before))
+    }
+
+    /// Consumer side: the next event, `None` once closed and drained.
+    pub(crate) fn poll_pop(
+        &self,
+        cx: &mut Context<'_>,
+        consumer: usize,
+    ) -> Poll<Option<Envelope<E>>> {
+        let mut wakeups = Wakeups::default();
+        let mut s = self.state.lock();
+        if let Some(env) = self.pop_locked(&mut s, &mut wakeups) {
+            drop(s);
+            wakeups.wake();
+            return Poll::Ready(Some(env));
+        }
+        if s.closed && s.drained() {
+            return Poll::Ready(None);
+        }
+        if let Buf::Ring { ring, .. } = &s.buf {
+            // Register with the ring, then look again: a publisher writes
+            // the slot before it takes the ring's waiters, so either this
+            // look sees the event or the publisher sees this waker.
+            let ring = Arc::clone(ring);
+            let mut waiters = ring.waiters.lock();
+            if let Some(env) = self.pop_locked(&mut s, &mut wakeups) {
+                drop(waiters);
+                drop(s);
+                wakeups.wake();
+                return Poll::Ready(Some(env));
+            }
+            register(&mut waiters, cx.waker());
+            return Poll::Pending;
+        }
+        match &mut s.consumers[consumer] {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// Consumer side, never waiting.
+    pub(crate) fn try_pop(&self) -> Result<Envelope<E>, TryRecvError> {
+        let mut wakeups = Wakeups::default();
+        let mut s = self.state.lock();
+        match self.pop_locked(&mut s, &mut wakeups) {
+            Some(env) => {
+                drop(s);
+                wakeups.wake();
+                Ok(env)
+            }
+            None if s.closed && s.drained() => Err(TryRecvError::Closed),
+            None => Err(TryRecvError::Empty),
+        }
+    }
+}
+
+impl<E> SubscriptionState<E> {
+    /// Closes the queue, under the topic lock: it takes no new event and its
+    /// consumers end once it is empty. With `discard`, what it still holds is
+    /// dropped and counted as discarded; without, a ring subscription that
+    /// leaves the topic (`leaving`) copies what it has still to read out of
+    /// the ring, which will be overwritten once it no longer holds the
+    /// publisher back. `view` is the publisher side's knowledge of a ring
+    /// subscription. Returns how many events were discarded.
+    pub(crate) fn close(&self, discard: bool, leaving: bool, view: Option<RingView>) -> u64 {
+        let mut wakeups = Wakeups::default();
+        let mut guard = self.state.lock();
+        let s = &mut *guard;
+        if !s.closed {
+            if let (Buf::Ring { start, end, .. }, Some(view)) = (&mut s.buf, view) {
+                *end = view.tail;
+                s.counters.accepted = view.tail - *start + s.counters.replayed;
+            }
+        }
+        s.closed = true;
+        let discarded = if discard { s.clear() } else { 0 };
+        s.counters.discarded += discarded;
+        self.metrics.discarded(discarded);
+        let mut ring_readers = None;
+        if let Buf::Ring {
+            ring, next, end, ..
+        } = &s.buf
+        {
+            ring_readers = Some(Arc::clone(ring));
+            if leaving {
+                let own: VecDeque<Slot<E>> = (*next..*end)
+                    .filter_map(|seq| ring.read(seq))
+                    .map(|published| Slot {
+                        published,
+                        missed_before: 0,
+                    })
+                    .collect();
+                s.buf = Buf::Own(own);
+            }
+        }
+        for w in s.consumers.iter_mut().filter_map(Option::take) {
+            wakeups.push(w);
+        }
+        wakeups.take_all(&mut s.publishers);
+        s.wake_idle(&mut wakeups);
+        drop(guard);
+        wakeups.wake();
+        if let Some(ring) = ring_readers {
+            ring.wake_all();
+        }
+        discarded
+    }
+
+    pub(crate) fn add_task(&self, task: tokio::task::JoinHandle<()>) {
+        self.tasks.lock().push(task);
+    }
+
+    /// Under the topic lock, for shutdown: whether nothing is queued and at
+    /// most `own_runs` handler runs are going (the caller's own, when a
+    /// handler shuts the bus down). If not, `cx` is woken when it may be.
+    pub(crate) fn poll_quiet(
+        &self,
+        view: Option<RingView>,
+        own_runs: usize,
+        cx: &mut Context<'_>,
+    ) -> bool {
+        let mut s = self.state.lock();
+        if s.is_quiet(view, own_runs) {
+            return true;
+        }
+        register(&mut s.idle, cx.waker());
+        false
+    }
+
+    /// Whether it is closed, empty and no handler runs (an unsubscribed
+    /// subscription that finished draining).
+    pub(crate) fn is_idle(&self) -> bool {
+        self.state.lock().is_idle()
+    }
+
+    /// Wakes the publishers waiting for room in it, so that they look at
+    /// the bus again (it began to shut down).
+    pub(crate) fn wake_publishers(&self) {
+        let publishers = std::mem::take(&mut self.state.lock().publishers);
+        publishers.into_iter().for_each(Waker::wake);
+    }
+
+    /// The subscription's numbers; `view` is needed for an open ring
+    /// subscription.
+    pub(crate) fn stats(&self, view: Option<RingView>) -> SubscriptionStats {
+        let (slow_polls, _) = self.watcher.totals(FindingKind::SlowPoll);
+        let (over_budget, worst_run) = self.watcher.totals(FindingKind::SyncOverBudget);
+        let (publishers_blocked, worst_publisher_wait) =
+            self.watcher.totals(FindingKind::PublisherBlocked);
+        let s = self.state.lock();
+        let c = &s.counters;
+        let (accepted, queue_depth, high_water) = match (&s.buf, view) {
+            (Buf::Own(buf), _) => (c.accepted, buf.len(), c.high_water),
+            // Open: the publisher side knows how far the topic has gone.
+            (Buf::Ring { start, next, .. }, Some(view)) if !s.closed => {
+                let queued = (view.tail - next) as usize;
+                (
+                    view.tail - start + c.replayed,
+                    queued,
+                    c.high_water.max(queued),
+                )
+            }
+            // Closed: `close` recorded the final numbers.
+            (Buf::Ring { next, end, .. }, _) => {
+                (c.accepted, end.saturating_sub(*next) as usize, c.high_water)
+            }
+        };
+        let queue_depth = queue_depth + s.replay.len();
+        let (breaker, breaker_opened) = match &self.breaker {
+            Some(b) => {
+                let (state, opened) = b.snapshot();
+                (Some(state), opened)
+            }
+            None => (None, 0),
+        };
+        SubscriptionStats {
+            id: self.info.id,
+            name: self.info.name.to_string(),
+            topic: self.info.topic,
+            kind: self.info.kind,
+            policy: self.info.policy,
+            capacity: self.info.capacity,
+            closed: s.closed,
+            queue_depth,
+            high_water,
+            accepted,
+            delivered: c.delivered,
+            dropped_oldest: c.dropped_oldest,
+            dropped_newest: c.dropped_newest,
+            discarded: c.discarded,
+            cut_off: c.cut_off,
+            missed_unreported: s.pending_missed,
+            in_flight: s.in_flight,
+            handled: c.handled,
+            failures: c.failures,
+            panics: c.panics,
+            timeouts: c.timeouts,
+            retried: c.retried,
+            dead_lettered: c.dead_lettered,
+            dead_letters_unheard: c.dead_letters_unheard,
+            runner_failures: c.runner_failures,
+            breaker,
+            breaker_opened,
+            replayed: c.replayed,
+            last_error: c.last_error.clone(),
+            slow_polls,
+            worst_poll: std::time::Duration::from_nanos(self.worst_poll_ns.load(Ordering::Relaxed)),
+            over_budget,
+            worst_run,
+            publishers_blocked,
+            worst_publisher_wait,
+        }
+    }
+}
+
+/// What shutdown needs of a queue without knowing its event type.
+pub(crate) trait ErasedQueue: Send + Sync {
+    /// Ready once the queue is closed, empty and no handler runs.
+    fn poll_idle(&self, cx: &mut Context<'_>) -> Poll<()>;
+    /// The deadline passed: drop what is queued (counted as cut off) and stop
+    /// async handler tasks, returning them to wait for (a task in the middle
+    /// of a poll stops only once that poll is over). The queue is closed
+    /// already.
+    fn cut_off(&self) -> Vec<tokio::task::JoinHandle<()>>;
+}
+
+impl<E: Send + Sync + 'static> ErasedQueue for SubscriptionState<E> {
+    fn poll_idle(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut s = self.state.lock();
+        if s.is_idle() {
+            return Poll::Ready(());
+        }
+        register(&mut s.idle, cx.waker());
+        Poll::Pending
+    }
+
+    fn cut_off(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut wakeups = Wakeups::default();
+        {
+            let mut s = self.state.lock();
+            s.closed = true;
+            s.cut = true;
+            let n = s.clear();
+            s.counters.cut_off += n;
+            self.metrics.discarded(n);
+            for w in s.consumers.iter_mut().filter_map(Option::take) {
+                wakeups.push(w);
+            }
+            s.wake_idle(&mut wakeups);
+        }
+        self.cut_signal.notify_all();
+        wakeups.wake();
+        let tasks = std::mem::take(&mut *self.tasks.lock());
+        for task in &tasks {
+            task.abort();
+        }
+        tasks
+    }
+}
