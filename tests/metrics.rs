@@ -2,17 +2,14 @@
 //! In its own binary: a metrics recorder is process-wide.
 #![cfg(feature = "metrics")]
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-use metrics_util::CompositeKey;
-
-type Series = [(
-    CompositeKey,
-    Option<metrics::Unit>,
-    Option<metrics::SharedString>,
-    DebugValue,
-)];
+use metrics::{
+    Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
+    SharedString, Unit,
+};
 use tidings::{Bus, Event, Overflow, RetryPolicy};
 
 #[derive(Debug, Event)]
@@ -21,23 +18,133 @@ struct OrderCreated {
     id: u64,
 }
 
-/// The value of the series `name` whose labels include all of `labels`.
-fn value<'a>(snapshot: &'a Series, name: &str, labels: &[(&str, &str)]) -> Option<&'a DebugValue> {
+/// A recorder that keeps every series it is handed, to read back: the same
+/// key registered twice gets the same series, as with any exporter.
+#[derive(Clone, Default)]
+struct Recorded(Arc<Mutex<Vec<(Key, Series)>>>);
+
+#[derive(Clone)]
+enum Series {
+    Counter(Arc<CounterCell>),
+    Gauge(Arc<GaugeCell>),
+    Histogram(Arc<HistogramCell>),
+}
+
+#[derive(Default)]
+struct CounterCell(AtomicU64);
+#[derive(Default)]
+struct GaugeCell(Mutex<f64>);
+#[derive(Default)]
+struct HistogramCell(Mutex<Vec<f64>>);
+
+impl CounterFn for CounterCell {
+    fn increment(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    fn absolute(&self, n: u64) {
+        self.0.fetch_max(n, Ordering::Relaxed);
+    }
+}
+
+impl GaugeFn for GaugeCell {
+    fn increment(&self, by: f64) {
+        *self.0.lock().unwrap() += by;
+    }
+    fn decrement(&self, by: f64) {
+        *self.0.lock().unwrap() -= by;
+    }
+    fn set(&self, to: f64) {
+        *self.0.lock().unwrap() = to;
+    }
+}
+
+impl HistogramFn for HistogramCell {
+    fn record(&self, sample: f64) {
+        self.0.lock().unwrap().push(sample);
+    }
+}
+
+impl Recorded {
+    fn series(&self, key: &Key, make: impl FnOnce() -> Series) -> Series {
+        let mut all = self.0.lock().unwrap();
+        if let Some((_, series)) = all.iter().find(|(k, _)| k == key) {
+            return series.clone();
+        }
+        let series = make();
+        all.push((key.clone(), series.clone()));
+        series
+    }
+
+    /// What the series read now.
+    fn snapshot(&self) -> Vec<(Key, Reading)> {
+        let all = self.0.lock().unwrap();
+        all.iter()
+            .map(|(key, series)| {
+                let reading = match series {
+                    Series::Counter(c) => Reading::Counter(c.0.load(Ordering::Relaxed)),
+                    Series::Gauge(g) => Reading::Gauge(*g.0.lock().unwrap()),
+                    Series::Histogram(h) => Reading::Histogram(h.0.lock().unwrap().clone()),
+                };
+                (key.clone(), reading)
+            })
+            .collect()
+    }
+}
+
+impl Recorder for Recorded {
+    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+
+    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+        match self.series(key, || Series::Counter(Arc::default())) {
+            Series::Counter(c) => Counter::from_arc(c),
+            _ => panic!("{key:?} registered as two kinds"),
+        }
+    }
+
+    fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+        match self.series(key, || Series::Gauge(Arc::default())) {
+            Series::Gauge(g) => Gauge::from_arc(g),
+            _ => panic!("{key:?} registered as two kinds"),
+        }
+    }
+
+    fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+        match self.series(key, || Series::Histogram(Arc::default())) {
+            Series::Histogram(h) => Histogram::from_arc(h),
+            _ => panic!("{key:?} registered as two kinds"),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Reading {
+    Counter(u64),
+    Gauge(f64),
+    Histogram(Vec<f64>),
+}
+
+/// The reading of the series `name` whose labels include all of `labels`.
+fn value<'a>(
+    snapshot: &'a [(Key, Reading)],
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<&'a Reading> {
     snapshot
         .iter()
-        .find(|(key, _, _, _)| {
-            let key = key.key();
+        .find(|(key, _)| {
             key.name() == name
                 && labels
                     .iter()
                     .all(|(k, v)| key.labels().any(|l| l.key() == *k && l.value() == *v))
         })
-        .map(|(_, _, _, value)| value)
+        .map(|(_, reading)| reading)
 }
 
-fn counter(snapshot: &Series, name: &str, labels: &[(&str, &str)]) -> u64 {
+fn counter(snapshot: &[(Key, Reading)], name: &str, labels: &[(&str, &str)]) -> u64 {
     match value(snapshot, name, labels) {
-        Some(DebugValue::Counter(n)) => *n,
+        Some(Reading::Counter(n)) => *n,
         other => panic!("{name} {labels:?}: expected a counter, got {other:?}"),
     }
 }
@@ -45,9 +152,8 @@ fn counter(snapshot: &Series, name: &str, labels: &[(&str, &str)]) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_gauges_and_histograms_match_the_workload_and_the_stats() {
     // The recorder must be in place before the bus registers its handles.
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    recorder.install().expect("first recorder");
+    let recorder = Recorded::default();
+    metrics::set_global_recorder(recorder.clone()).expect("first recorder");
 
     let bus = Bus::builder().topic::<OrderCreated>().build().unwrap();
     let mut all = bus
@@ -86,17 +192,13 @@ async fn counters_gauges_and_histograms_match_the_workload_and_the_stats() {
         (10, 5, 5)
     );
 
-    // Reading a snapshot resets the recorder's counters: take one, once.
-    let snapshot = snapshotter.snapshot().into_vec();
-    let snapshotter = snapshot.as_slice();
+    let snapshot = recorder.snapshot();
+    let readings = snapshot.as_slice();
     let topic = ("topic", "orders.created");
-    assert_eq!(
-        counter(snapshotter, "tidings_published_total", &[topic]),
-        10
-    );
+    assert_eq!(counter(readings, "tidings_published_total", &[topic]), 10);
     assert_eq!(
         counter(
-            snapshotter,
+            readings,
             "tidings_delivered_total",
             &[topic, ("subscription", "all")]
         ),
@@ -104,7 +206,7 @@ async fn counters_gauges_and_histograms_match_the_workload_and_the_stats() {
     );
     assert_eq!(
         counter(
-            snapshotter,
+            readings,
             "tidings_delivered_total",
             &[topic, ("subscription", "lossy")]
         ),
@@ -112,7 +214,7 @@ async fn counters_gauges_and_histograms_match_the_workload_and_the_stats() {
     );
     assert_eq!(
         counter(
-            snapshotter,
+            readings,
             "tidings_dropped_total",
             &[topic, ("subscription", "lossy"), ("policy", "drop-newest")]
         ),
@@ -120,7 +222,7 @@ async fn counters_gauges_and_histograms_match_the_workload_and_the_stats() {
     );
     assert_eq!(
         counter(
-            snapshotter,
+            readings,
             "tidings_handler_failures_total",
             &[topic, ("subscription", "picky")]
         ),
@@ -128,7 +230,7 @@ async fn counters_gauges_and_histograms_match_the_workload_and_the_stats() {
     );
     assert_eq!(
         counter(
-            snapshotter,
+            readings,
             "tidings_retries_total",
             &[topic, ("subscription", "picky")]
         ),
@@ -136,31 +238,31 @@ async fn counters_gauges_and_histograms_match_the_workload_and_the_stats() {
     );
     assert_eq!(
         counter(
-            snapshotter,
+            readings,
             "tidings_dead_letters_total",
             &[topic, ("subscription", "picky")]
         ),
         5
     );
     match value(
-        snapshotter,
+        readings,
         "tidings_handler_duration_seconds",
         &[("subscription", "picky")],
     ) {
         // One sample per attempt: 5 first tries that worked, 5 × 2 that failed.
-        Some(DebugValue::Histogram(samples)) => assert_eq!(samples.len(), 15),
+        Some(Reading::Histogram(samples)) => assert_eq!(samples.len(), 15),
         other => panic!("expected a histogram, got {other:?}"),
     }
     match value(
-        snapshotter,
+        readings,
         "tidings_queue_depth",
         &[("subscription", "lossy")],
     ) {
-        Some(DebugValue::Gauge(depth)) => assert_eq!(depth.into_inner(), 2.0),
+        Some(Reading::Gauge(depth)) => assert_eq!(*depth, 2.0),
         other => panic!("expected a gauge, got {other:?}"),
     }
-    match value(snapshotter, "tidings_subscriptions", &[topic]) {
-        Some(DebugValue::Gauge(n)) => assert_eq!(n.into_inner(), 2.0, "picky left"),
+    match value(readings, "tidings_subscriptions", &[topic]) {
+        Some(Reading::Gauge(n)) => assert_eq!(*n, 2.0, "picky left"),
         other => panic!("expected a gauge, got {other:?}"),
     }
 
@@ -169,7 +271,7 @@ async fn counters_gauges_and_histograms_match_the_workload_and_the_stats() {
     for s in stats.subscriptions() {
         let labels = [topic, ("subscription", s.name.as_str())];
         assert_eq!(
-            counter(snapshotter, "tidings_delivered_total", &labels),
+            counter(readings, "tidings_delivered_total", &labels),
             s.delivered,
             "{s}"
         );

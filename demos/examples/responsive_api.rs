@@ -4,14 +4,14 @@
 //! subscriber, the runtime stays free.
 //!
 //! ```sh
-//! cargo run --release -p tidings-benches --example responsive_api                 # both modes, built-in load, side by side
-//! cargo run --release -p tidings-benches --example responsive_api -- --seconds 10
+//! cargo run --release -p tidings-demos --example responsive_api                 # both modes, built-in load, side by side
+//! cargo run --release -p tidings-demos --example responsive_api -- --seconds 10
 //! ```
 //!
 //! With `wrk` instead of the built-in driver (`apt-get install wrk`):
 //!
 //! ```sh
-//! cargo run --release -p tidings-benches --example responsive_api -- --serve --inline --port 8080 --seconds 60 &
+//! cargo run --release -p tidings-demos --example responsive_api -- --serve --inline --port 8080 --seconds 60 &
 //! wrk -t2 -c100 -d10s -s post.lua http://127.0.0.1:8080/orders   # post.lua: wrk.method = "POST"
 //! wrk -t1 -c10 -d10s http://127.0.0.1:8080/health
 //! ```

@@ -1,7 +1,7 @@
 //! tidings' metrics, served for Prometheus on 127.0.0.1 while traffic runs.
 //!
 //! ```sh
-//! cargo run --release --example prometheus --features metrics -- --seconds 60
+//! cargo run --release -p tidings-demos --example prometheus -- --seconds 60
 //! curl -s http://127.0.0.1:9898/metrics | grep tidings_
 //! ```
 //!
