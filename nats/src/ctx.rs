@@ -8,6 +8,7 @@ use futures::FutureExt;
 
 use super::conn::{self, Conn};
 use super::stats::Counters;
+use super::text::{panic_message, warn};
 use super::wire::{Format, Ids};
 use super::Durable;
 use tidings::{Bus, Pattern};
@@ -121,33 +122,7 @@ pub(crate) fn origin_id(name: &str) -> String {
     format!("{name}.{}", conn::random_token())
 }
 
-/// What a panic said.
-pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&'static str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_owned()
-    }
-}
-
 /// Ready once the bridge is told to stop.
 pub(crate) async fn stopping(mut stopped: tokio::sync::watch::Receiver<bool>) {
     let _ = stopped.wait_for(|stop| *stop).await;
-}
-
-/// Cuts `text` to at most `limit` characters.
-pub(crate) fn bounded(text: &str, limit: usize) -> String {
-    match text.char_indices().nth(limit) {
-        Some((at, _)) => format!("{}…", &text[..at]),
-        None => text.to_owned(),
-    }
-}
-
-pub(crate) fn warn(bridge: &str, topic: &str, message: &str) {
-    #[cfg(feature = "tracing")]
-    tracing::warn!(bridge, topic, "tidings bridge: {message}");
-    #[cfg(not(feature = "tracing"))]
-    let _ = (bridge, topic, message);
 }

@@ -76,7 +76,7 @@ async fn guarded(ctx: &Ctx, event: AnyEvent) {
             topic,
             &format!(
                 "exporting an event failed ({}); it was not sent, the exporter goes on",
-                super::ctx::panic_message(&*panic)
+                super::text::panic_message(&*panic)
             ),
         );
     }

@@ -81,6 +81,7 @@ mod js;
 mod proto;
 mod rejected;
 mod stats;
+mod text;
 pub mod wire;
 
 pub use builder::BridgeBuilder;
@@ -98,7 +99,8 @@ use tokio::task::JoinHandle;
 
 use self::conn::Trouble;
 use self::ctx::Ctx;
-pub(crate) use self::ctx::{bounded, stopping, supervised, warn};
+pub(crate) use self::ctx::{stopping, supervised};
+pub(crate) use self::text::{bounded, warn};
 use tidings::Bus;
 
 /// The TLS library the bridge's connection uses; give it a

@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::proto::{self, Msg};
 
 mod task;
+mod transport;
 use task::Task;
 
 /// Where and how to connect.

@@ -5,7 +5,7 @@
 //! an event, handler-only settings on a stream).
 //!
 //! Regenerate the expectations with
-//! `TRYBUILD=overwrite cargo test -p tidings-compile-fail`.
+//! `TRYBUILD=overwrite cargo test -p tidings-checks --test compile_fail`.
 
 #[test]
 fn ui() {

@@ -1,2 +1,0 @@
-//! Nothing here: the compile-fail cases are in `tests/ui/`, run by
-//! `tests/compiletest.rs`.
