@@ -13,7 +13,7 @@
 //! struct OrderCreated { id: u64 }
 //!
 //! # #[tokio::main]
-//! # async fn main() -> Result<(), tidings::error::BuildError> {
+//! # async fn main() -> Result<(), tidings::tune::TuneError> {
 //! let workload = Workload {
 //!     publishers: 2,
 //!     subscribers: 8,
@@ -39,8 +39,20 @@ use std::time::{Duration, Instant};
 
 use crate::bus::Bus;
 use crate::config::Overflow;
-use crate::error::BuildError;
+use crate::errors::{BuildError, SubscribeError};
 use crate::event::Event;
+
+/// Why a sweep could not run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TuneError {
+    /// The event type's topic is invalid (a hand-written [`Event`] impl).
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// A step's subscription was refused.
+    #[error(transparent)]
+    Subscribe(#[from] SubscribeError),
+}
 
 /// The workload to size for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,10 +87,16 @@ pub struct Step {
     pub publish_p99: Duration,
     /// Publish call latency, 99.9th percentile.
     pub publish_p999: Duration,
+    /// Events delivered, over all subscriptions.
+    pub delivered: u64,
     /// Events lost to a lossy policy, over all subscriptions.
     pub dropped: u64,
     /// The most events queued at once in one subscription.
     pub peak_queued: usize,
+    /// Whether some subscription's queue was ever full. When none was, the
+    /// capacity never came into play: the step measured the handlers and
+    /// the publishers, and a larger capacity would measure the same.
+    pub filled: bool,
     /// An estimate of the memory those queued events held: `peak_queued`
     /// times the size of an event and its envelope (events are shared, not
     /// copied, between subscriptions).
@@ -89,8 +107,13 @@ pub struct Step {
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct Tuning {
-    /// One per capacity, in sweep order.
+    /// One per capacity that was run, in sweep order.
     pub steps: Vec<Step>,
+    /// Capacities that were not run: a subscription receives
+    /// [`Workload::events`] events in a step, so a queue that holds that
+    /// many can never fill, and its step would only repeat the largest one
+    /// that can.
+    pub unfillable: Vec<usize>,
     /// The smallest capacity within 5% of the best throughput whose publish
     /// p99 meets the target, if any does.
     pub recommended: Option<usize>,
@@ -107,31 +130,34 @@ pub fn powers_of_two(from: usize, to: usize) -> Vec<usize> {
 
 /// Runs `workload` once per capacity in `capacities`, with `handler` as
 /// every subscription's (sync) handler and `make_event(i)` as the i-th event,
-/// and calls `on_step` after each. Needs a multi-thread tokio runtime.
+/// and calls `on_step` after each. Capacities of [`Workload::events`] or
+/// more are not run (a queue that large cannot fill in a step) but listed
+/// in [`Tuning::unfillable`]. Needs a multi-thread tokio runtime.
 ///
 /// # Errors
-/// A [`BuildError`] if `E`'s topic is invalid (a hand-written [`Event`]).
+/// [`TuneError::Build`] if `E`'s topic is invalid (a hand-written
+/// [`Event`]).
 pub async fn sweep<E, G, H>(
     workload: &Workload,
     capacities: impl IntoIterator<Item = usize>,
     make_event: G,
     handler: H,
     mut on_step: impl FnMut(&Step),
-) -> Result<Tuning, BuildError>
+) -> Result<Tuning, TuneError>
 where
     E: Event,
     G: Fn(u64) -> E + Send + Sync + Clone + 'static,
     H: Fn(&E) + Send + Sync + Clone + 'static,
 {
     let mut steps = Vec::new();
+    let mut unfillable = Vec::new();
     for capacity in capacities {
-        let step = run_step(
-            workload,
-            capacity.max(1),
-            make_event.clone(),
-            handler.clone(),
-        )
-        .await?;
+        let capacity = capacity.max(1);
+        if u64::try_from(capacity).map_or(true, |c| c >= workload.events.max(1)) {
+            unfillable.push(capacity);
+            continue;
+        }
+        let step = run_step(workload, capacity, make_event.clone(), handler.clone()).await?;
         on_step(&step);
         steps.push(step);
     }
@@ -143,6 +169,7 @@ where
         .min();
     Ok(Tuning {
         steps,
+        unfillable,
         recommended,
         p99_target: workload.p99_target,
     })
@@ -153,24 +180,23 @@ async fn run_step<E, G, H>(
     capacity: usize,
     make_event: G,
     handler: H,
-) -> Result<Step, BuildError>
+) -> Result<Step, TuneError>
 where
     E: Event,
     G: Fn(u64) -> E + Send + Sync + Clone + 'static,
     H: Fn(&E) + Send + Sync + Clone + 'static,
 {
     let bus = Bus::builder().topic::<E>().build()?;
-    let subs: Vec<_> = (0..workload.subscribers.max(1))
-        .filter_map(|_| {
+    let subs = (0..workload.subscribers.max(1))
+        .map(|i| {
             let handler = handler.clone();
             bus.subscribe::<E>()
-                .name("tune")
+                .name(format!("tune-{i}"))
                 .capacity(capacity)
                 .overflow(workload.policy)
                 .sync(move |e| handler(&e))
-                .ok()
         })
-        .collect();
+        .collect::<Result<Vec<_>, _>>()?;
     let publishers = workload.publishers.max(1) as u64;
     let per_publisher = workload.events / publishers;
     let start = Instant::now();
@@ -235,8 +261,10 @@ where
         publish_p50: q(0.5),
         publish_p99: q(0.99),
         publish_p999: q(0.999),
+        delivered,
         dropped,
         peak_queued,
+        filled: peak_queued >= capacity,
         peak_bytes: peak_queued * (std::mem::size_of::<E>() + ENVELOPE_BYTES),
     })
 }
@@ -255,7 +283,7 @@ impl fmt::Display for Tuning {
         for s in &self.steps {
             writeln!(
                 f,
-                "| {} | {:.0} | {:?} | {:?} | {:?} | {} | {} | {} KiB |",
+                "| {} | {:.0} | {:?} | {:?} | {:?} | {} | {}{} | {} KiB |",
                 s.capacity,
                 s.throughput,
                 s.publish_p50,
@@ -263,7 +291,20 @@ impl fmt::Display for Tuning {
                 s.publish_p999,
                 s.dropped,
                 s.peak_queued,
+                if s.filled { "" } else { " (never full)" },
                 s.peak_bytes.div_ceil(1024)
+            )?;
+        }
+        if !self.steps.iter().all(|s| s.filled) {
+            write!(
+                f,
+                "\n(never full): no queue filled at that capacity, so the capacity did not matter there; a larger one measures the same."
+            )?;
+        }
+        if let (Some(first), Some(last)) = (self.unfillable.first(), self.unfillable.last()) {
+            write!(
+                f,
+                "\nnot run: capacities {first} to {last}, which a step's events cannot fill; raise the events per step to measure them."
             )?;
         }
         match self.recommended {

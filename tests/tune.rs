@@ -44,6 +44,11 @@ async fn a_sweep_measures_every_capacity_and_recommends_one_of_them() {
     for step in &tuning.steps {
         assert!(step.throughput > 0.0);
         assert_eq!(step.dropped, 0, "Block loses nothing");
+        assert_eq!(
+            step.delivered,
+            400 * 3,
+            "every subscription got every event"
+        );
         assert!(step.peak_queued <= step.capacity, "{step:?}");
         assert!(step.publish_p50 <= step.publish_p99 && step.publish_p99 <= step.publish_p999);
     }
@@ -85,7 +90,38 @@ async fn a_lossy_policy_reports_its_drops() {
     )
     .await
     .expect("valid topic");
-    assert!(tuning.steps[0].dropped > 0, "{:?}", tuning.steps[0]);
+    let step = &tuning.steps[0];
+    assert!(step.dropped > 0, "{step:?}");
+    assert_eq!(step.delivered + step.dropped, 400 * 3, "{step:?}");
+    assert!(step.filled, "a queue of one that drops was full");
+}
+
+/// A capacity that a step's events cannot fill is not run: it would only
+/// repeat the largest one that can. The table says which were left out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacities_a_step_cannot_fill_are_not_presented_as_measurements() {
+    let mut seen = Vec::new();
+    let tuning = tune::sweep(
+        &workload(Overflow::Block),
+        tune::powers_of_two(64, 1024),
+        |id| Job { id },
+        |job: &Job| {
+            std::hint::black_box(job.id);
+        },
+        |step| seen.push(step.capacity),
+    )
+    .await
+    .expect("valid topic");
+    assert_eq!(seen, [64, 128, 256], "400 events per step fill at most 399");
+    assert_eq!(tuning.unfillable, [512, 1024]);
+    let table = tuning.to_string();
+    assert!(table.contains("not run: capacities 512 to 1024"), "{table}");
+    for step in &tuning.steps {
+        assert_eq!(step.filled, step.peak_queued >= step.capacity, "{step:?}");
+        if !step.filled {
+            assert!(table.contains("(never full)"), "{table}");
+        }
+    }
 }
 
 #[test]
