@@ -18,8 +18,22 @@ use common::{
     TokioBroadcast, TokioMpsc,
 };
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-const RUNS: usize = 5;
+/// Rounds: 5, or `--rounds N` (at least 1; `--rounds 1` to try the
+/// program out, not to measure).
+fn rounds() -> usize {
+    static ROUNDS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *ROUNDS.get_or_init(|| {
+        let args: Vec<String> = std::env::args().collect();
+        args.iter()
+            .position(|a| a == "--rounds")
+            .and_then(|i| args.get(i + 1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(5usize)
+            .max(1)
+    })
+}
 const EVENTS: u64 = 20_000;
 
 struct Row {
@@ -65,13 +79,13 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Runs every case once per round, `RUNS` rounds, so that a change in the
+/// Runs every case once per round, [`rounds`] rounds, so that a change in the
 /// shared VM's speed between minutes hits every contender alike; the ratio
 /// to tidings compares runs of the same round.
 fn measure(rt: &tokio::runtime::Runtime, cases: &[Case]) -> Vec<Row> {
-    let mut rates = vec![Vec::with_capacity(RUNS); cases.len()];
-    for round in 0..RUNS {
-        eprintln!("  round {} of {RUNS}", round + 1);
+    let mut rates = vec![Vec::with_capacity(rounds()); cases.len()];
+    for round in 0..rounds() {
+        eprintln!("  round {} of {}", round + 1, rounds());
         for (case, rates) in cases.iter().zip(&mut rates) {
             rates.push((case.run)(rt, case.shape));
         }
@@ -107,54 +121,180 @@ fn measure(rt: &tokio::runtime::Runtime, cases: &[Case]) -> Vec<Row> {
         .collect()
 }
 
-fn chart(rows: &[Row], path: &str) -> Result<(), Box<dyn std::error::Error>> {
-    let root = SVGBackend::new(path, (1100, 520)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let panels = root.split_evenly((1, 2));
-    for (panel, scenario) in panels.iter().zip(["S1 1→1", "S2 1→16"]) {
-        let data: Vec<&Row> = rows.iter().filter(|r| r.scenario == scenario).collect();
-        let max = data.iter().map(|r| r.rate / 1e6).fold(0.0, f64::max) * 1.15;
-        let mut c = ChartBuilder::on(panel)
-            .caption(
-                format!("{scenario}: M deliveries/s (median of {RUNS})"),
-                ("sans-serif", 18),
-            )
-            .margin(12)
-            .x_label_area_size(110)
-            .y_label_area_size(45)
-            .build_cartesian_2d((0..data.len()).into_segmented(), 0.0..max)?;
-        let labels: Vec<String> = data
-            .iter()
-            .map(|r| format!("{}{}", r.name, if r.lossless { "" } else { " (lossy)" }))
-            .collect();
-        c.configure_mesh()
-            .disable_x_mesh()
-            .x_labels(data.len())
-            .x_label_style(
-                ("sans-serif", 11)
-                    .into_font()
-                    .transform(FontTransform::Rotate90),
-            )
-            .x_label_formatter(&|v| match v {
-                SegmentValue::CenterOf(i) => labels.get(*i).cloned().unwrap_or_default(),
-                _ => String::new(),
-            })
-            .draw()?;
-        c.draw_series(data.iter().enumerate().map(|(i, r)| {
-            let color = if r.name.starts_with("tidings") {
-                BLUE
-            } else {
-                RGBColor(150, 150, 150)
-            };
-            Rectangle::new(
-                [
-                    (SegmentValue::Exact(i), 0.0),
-                    (SegmentValue::Exact(i + 1), r.rate / 1e6),
-                ],
-                color.filled(),
-            )
-        }))?;
+const TIDINGS: RGBColor = RGBColor(31, 96, 196);
+const TIDINGS_LOSSY: RGBColor = RGBColor(140, 180, 235);
+const PEER: RGBColor = RGBColor(110, 110, 110);
+const PEER_LOSSY: RGBColor = RGBColor(195, 195, 195);
+
+/// One horizontal bar: its label, its value, its colour.
+struct Bar {
+    label: String,
+    value: f64,
+    color: RGBColor,
+}
+
+/// A panel of horizontal bars with the value written at each bar's end and
+/// a legend of `keys` (colour, meaning) in its lower right corner.
+fn bars(
+    panel: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    caption: &str,
+    unit: &str,
+    decimals: usize,
+    data: &[Bar],
+    keys: &[(RGBColor, &str)],
+) -> Result<(), Box<dyn std::error::Error>> {
+    let max = data.iter().map(|b| b.value).fold(0.0, f64::max);
+    // Room right of the longest bar for its number and for the legend.
+    let mut c = ChartBuilder::on(panel)
+        .caption(caption, ("sans-serif", 20))
+        .margin(14)
+        .x_label_area_size(36)
+        .y_label_area_size(290)
+        // `0..n - 1` segmented is n rows: one per bar, none left empty.
+        .build_cartesian_2d(
+            0.0..max * 1.45,
+            (0..data.len().saturating_sub(1)).into_segmented(),
+        )?;
+    c.configure_mesh()
+        .disable_y_mesh()
+        .light_line_style(TRANSPARENT)
+        .y_labels(data.len())
+        .y_label_style(("sans-serif", 15))
+        .y_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => data.get(*i).map(|b| b.label.clone()).unwrap_or_default(),
+            _ => String::new(),
+        })
+        .x_desc(unit)
+        .x_label_style(("sans-serif", 13))
+        .draw()?;
+    for (color, meaning) in keys {
+        let color = *color;
+        c.draw_series(
+            data.iter()
+                .enumerate()
+                .filter(|(_, b)| b.color == color)
+                .map(|(i, b)| {
+                    Rectangle::new(
+                        [
+                            (0.0, SegmentValue::Exact(i)),
+                            (b.value, SegmentValue::Exact(i + 1)),
+                        ],
+                        color.filled(),
+                    )
+                }),
+        )?
+        .label(*meaning)
+        .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], color.filled()));
     }
+    // A white rim around each bar sets it apart from its neighbours.
+    c.draw_series(data.iter().enumerate().map(|(i, b)| {
+        Rectangle::new(
+            [
+                (0.0, SegmentValue::Exact(i)),
+                (b.value, SegmentValue::Exact(i + 1)),
+            ],
+            WHITE.stroke_width(6),
+        )
+    }))?;
+    c.draw_series(data.iter().enumerate().map(|(i, b)| {
+        let text = format!(" {:.decimals$}", b.value);
+        Text::new(
+            text,
+            (b.value, SegmentValue::CenterOf(i)),
+            TextStyle::from(("sans-serif", 14).into_font()).pos(Pos::new(HPos::Left, VPos::Center)),
+        )
+    }))?;
+    c.configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK.mix(0.3))
+        .label_font(("sans-serif", 14))
+        .draw()?;
+    Ok(())
+}
+
+/// Every scenario the report prints: S1 and S2 as deliveries per second,
+/// S4 as the latencies of the median pair.
+fn chart(
+    rows: &[Row],
+    isolation: (common::Isolation, common::Isolation),
+    path: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let root = SVGBackend::new(path, (1100, 1150)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let panels = root.split_evenly((3, 1));
+    let keys = [
+        (TIDINGS, "tidings, lossless"),
+        (TIDINGS_LOSSY, "tidings, lossy"),
+        (PEER, "peer, lossless"),
+        (PEER_LOSSY, "peer, lossy"),
+    ];
+    for (panel, scenario) in panels.iter().zip(["S1 1→1", "S2 1→16"]) {
+        let data: Vec<Bar> = rows
+            .iter()
+            .filter(|r| r.scenario == scenario)
+            .map(|r| Bar {
+                label: r.name.to_owned(),
+                value: r.rate / 1e6,
+                color: match (r.name.starts_with("tidings"), r.lossless) {
+                    (true, true) => TIDINGS,
+                    (true, false) => TIDINGS_LOSSY,
+                    (false, true) => PEER,
+                    (false, false) => PEER_LOSSY,
+                },
+            })
+            .collect();
+        let used: Vec<(RGBColor, &str)> = keys
+            .iter()
+            .copied()
+            .filter(|(c, _)| data.iter().any(|b| b.color == *c))
+            .collect();
+        bars(
+            panel,
+            &format!(
+                "{scenario}: deliveries per second (median of {} round(s))",
+                rounds()
+            ),
+            "million deliveries per second",
+            2,
+            &data,
+            &used,
+        )?;
+    }
+    let (quiet, noisy) = isolation;
+    const ALONE: RGBColor = RGBColor(140, 180, 235);
+    const BESIDE_SLOW: RGBColor = TIDINGS;
+    let mut data = Vec::new();
+    for (what, q, n) in [
+        ("fast readers' p50", quiet.fast_p50_us, noisy.fast_p50_us),
+        ("fast readers' p99", quiet.fast_p99_us, noisy.fast_p99_us),
+        ("publish p99", quiet.publish_p99_us, noisy.publish_p99_us),
+    ] {
+        data.push(Bar {
+            label: format!("{what}, alone"),
+            value: q as f64,
+            color: ALONE,
+        });
+        data.push(Bar {
+            label: format!("{what}, beside the slow one"),
+            value: n as f64,
+            color: BESIDE_SLOW,
+        });
+    }
+    bars(
+        &panels[2],
+        &format!(
+            "S4 isolation: 15 fast readers, with and without a slow one (the median of {} pair(s))",
+            rounds()
+        ),
+        "microseconds (lower is better)",
+        0,
+        &data,
+        &[
+            (ALONE, "15 fast readers alone"),
+            (BESIDE_SLOW, "beside 1 slow reader (1 ms CPU/event)"),
+        ],
+    )?;
     root.present()?;
     Ok(())
 }
@@ -173,7 +313,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         subscribers: 16,
         ..one
     };
-    eprintln!("measuring ({RUNS} rounds, every contender once per round)…");
+    eprintln!(
+        "measuring ({} rounds, every contender once per round)…",
+        rounds()
+    );
     let rows = measure(
         &rt,
         &[
@@ -193,7 +336,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // S4 in interleaved pairs (alone, then with the slow subscriber): one
     // pair's tail is at the mercy of the VM's scheduler, so the report gives
     // the median pair and the spread of the ratio.
-    let mut pairs: Vec<(common::Isolation, common::Isolation)> = (0..RUNS)
+    let mut pairs: Vec<(common::Isolation, common::Isolation)> = (0..rounds())
         .map(|_| {
             let quiet = rt.block_on(common::isolation(2_000, Duration::from_micros(200), None));
             let noisy = rt.block_on(common::isolation(
@@ -213,10 +356,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (quiet, noisy) = pairs.swap_remove(pairs.len() / 2);
 
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!(
-        "tidings {} — {cores} cores, multi-thread runtime\n",
-        env!("CARGO_PKG_VERSION")
-    );
+    println!("tidings bench report: {cores} cores, multi-thread runtime\n");
     println!("| scenario | implementation | deliveries/s | vs tidings (Block) | lossless | p99 |");
     println!("|---|---|---:|---:|---|---:|");
     for r in &rows {
@@ -245,10 +385,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!(
         "\nS4: the fast readers' p99 with the slow one is {median:.2}× their p99 without it \
-         (the median of {RUNS} interleaved pairs, shown above; all pairs {lowest:.2}×–{highest:.2}×)."
+         (the median of {} interleaved pairs, shown above; all pairs {lowest:.2}×–{highest:.2}×).",
+        rounds()
     );
     std::fs::create_dir_all("target")?;
-    chart(&rows, "target/bench_report.svg")?;
+    chart(&rows, (quiet, noisy), "target/bench_report.svg")?;
     println!("chart: target/bench_report.svg");
     Ok(())
 }

@@ -63,57 +63,138 @@ fn policy(s: &str) -> Result<Overflow, String> {
     })
 }
 
+/// A divisor and its unit, so that an axis reads 1 to 1000 and not
+/// 0.00002 or 40000000.
+fn rate_unit(max: f64) -> (f64, &'static str) {
+    if max >= 1e6 {
+        (1e6, "million deliveries per second")
+    } else if max >= 1e3 {
+        (1e3, "thousand deliveries per second")
+    } else {
+        (1.0, "deliveries per second")
+    }
+}
+
+fn time_unit(max: Duration) -> (f64, &'static str) {
+    if max >= Duration::from_millis(1) {
+        (1e-3, "publish p99 (milliseconds)")
+    } else {
+        (1e-6, "publish p99 (microseconds)")
+    }
+}
+
+/// Throughput (left axis) and publish p99 (right axis) against capacity;
+/// both axes reach well above their highest point, leaving the legend room.
+/// A step whose queues never filled is drawn hollow: the capacity did not
+/// matter there. Capacities too large to fill are not drawn at all.
 fn plot(tuning: &Tuning, path: &str) -> Result<(), Box<dyn std::error::Error>> {
     let steps = &tuning.steps;
     let (Some(first), Some(last)) = (steps.first(), steps.last()) else {
         return Ok(());
     };
-    let root = SVGBackend::new(path, (900, 500)).into_drawing_area();
+    let root = SVGBackend::new(path, (1000, 560)).into_drawing_area();
     root.fill(&WHITE)?;
-    let max_tp = steps.iter().map(|s| s.throughput / 1e6).fold(0.0, f64::max) * 1.1;
+    let (rate_div, rate_name) = rate_unit(steps.iter().map(|s| s.throughput).fold(0.0, f64::max));
     let max_p99 = steps
         .iter()
-        .map(|s| s.publish_p99.as_secs_f64() * 1e3)
+        .map(|s| s.publish_p99)
+        .max()
+        .unwrap_or_default();
+    let (time_div, time_name) = time_unit(max_p99);
+    let max_tp = steps
+        .iter()
+        .map(|s| s.throughput / rate_div)
         .fold(0.0, f64::max)
-        .max(1e-3)
-        * 1.1;
-    let x = (first.capacity as f64)..(last.capacity as f64).max(first.capacity as f64 * 2.0);
+        * 1.7;
+    let max_time = (max_p99.as_secs_f64() / time_div).max(1.0) * 1.7;
+    let x = (first.capacity as f64 / 1.5)..(last.capacity as f64 * 1.5);
+    let caption = match (tuning.unfillable.first(), tuning.unfillable.last()) {
+        (Some(a), Some(b)) => format!(
+            "throughput and publish p99 by capacity (capacities {a} to {b} not run: a step cannot fill them)"
+        ),
+        _ => "throughput and publish p99 by capacity".to_owned(),
+    };
     let mut chart = ChartBuilder::on(&root)
-        .caption("throughput and publish p99 vs capacity", ("sans-serif", 20))
+        .caption(caption, ("sans-serif", 18))
         .margin(15)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .right_y_label_area_size(60)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .right_y_label_area_size(70)
         .build_cartesian_2d(x.clone().log_scale(), 0.0..max_tp)?
-        .set_secondary_coord(x.log_scale(), 0.0..max_p99);
+        .set_secondary_coord(x.log_scale(), 0.0..max_time);
     chart
         .configure_mesh()
-        .x_desc("capacity (log)")
-        .y_desc("M deliveries/s")
+        .light_line_style(TRANSPARENT)
+        .x_desc("capacity of each subscription's queue (log scale)")
+        .x_label_formatter(&|v| format!("{}", v.round()))
+        .y_desc(rate_name)
+        .label_style(("sans-serif", 14))
         .draw()?;
     chart
         .configure_secondary_axes()
-        .y_desc("publish p99 (ms)")
+        .y_desc(time_name)
+        .label_style(("sans-serif", 14))
         .draw()?;
+    let throughput = |s: &Step| (s.capacity as f64, s.throughput / rate_div);
+    let p99 = |s: &Step| (s.capacity as f64, s.publish_p99.as_secs_f64() / time_div);
     chart
         .draw_series(LineSeries::new(
-            steps
-                .iter()
-                .map(|s| (s.capacity as f64, s.throughput / 1e6)),
+            steps.iter().map(throughput),
             BLUE.stroke_width(2),
         ))?
-        .label("throughput")
-        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLUE));
+        .label("throughput (left axis)")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLUE.stroke_width(2)));
+    chart.draw_series(steps.iter().map(|s| {
+        Circle::new(
+            throughput(s),
+            5,
+            if s.filled {
+                BLUE.filled()
+            } else {
+                BLUE.stroke_width(2)
+            },
+        )
+    }))?;
     chart
-        .draw_secondary_series(LineSeries::new(
-            steps
-                .iter()
-                .map(|s| (s.capacity as f64, s.publish_p99.as_secs_f64() * 1e3)),
-            RED.stroke_width(2),
-        ))?
-        .label("publish p99")
-        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RED));
-    chart.configure_series_labels().border_style(BLACK).draw()?;
+        .draw_secondary_series(LineSeries::new(steps.iter().map(p99), RED.stroke_width(2)))?
+        .label("publish p99 (right axis)")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RED.stroke_width(2)));
+    chart.draw_secondary_series(steps.iter().map(|s| {
+        Circle::new(
+            p99(s),
+            5,
+            if s.filled {
+                RED.filled()
+            } else {
+                RED.stroke_width(2)
+            },
+        )
+    }))?;
+    // Legend entries for the markers: an empty series carries each label.
+    chart
+        .draw_series(std::iter::empty::<Circle<(f64, f64), i32>>())?
+        .label("filled dot: some queue was full")
+        .legend(|(x, y)| Circle::new((x + 10, y), 5, BLACK.filled()));
+    chart
+        .draw_series(std::iter::empty::<Circle<(f64, f64), i32>>())?
+        .label("hollow dot: no queue filled (capacity did not matter)")
+        .legend(|(x, y)| Circle::new((x + 10, y), 5, BLACK.stroke_width(2)));
+    if let Some(c) = tuning.recommended {
+        chart
+            .draw_series(std::iter::once(PathElement::new(
+                [(c as f64, 0.0), (c as f64, max_tp)],
+                BLACK.mix(0.4).stroke_width(1),
+            )))?
+            .label(format!("recommended: {c}"))
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.mix(0.4)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK.mix(0.3))
+        .label_font(("sans-serif", 14))
+        .draw()?;
     root.present()?;
     Ok(())
 }
