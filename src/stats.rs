@@ -280,25 +280,31 @@ fn ms(d: Duration) -> String {
     }
 }
 
-/// A table, one row per subscription: topic, subscription, kind, policy,
-/// capacity, depth, high-water, delivered, dropped, failed attempts, retries,
-/// dead letters, worst poll.
+/// A table, one row per subscription, its columns named as the
+/// [`SubscriptionStats`] fields and methods they show: `topic`, `name`,
+/// `kind`, `policy`, `capacity`, `queue_depth`, `high_water`, `delivered`,
+/// `dropped()`, `failed_attempts()`, `retried`, `dead_lettered`,
+/// `worst_poll` (async handlers only). A topic without subscriptions is one
+/// row saying how many events it published; a subscription that left but
+/// still drains is marked `(left)`.
 impl fmt::Display for BusStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The columns are named as the fields (and methods) of
+        // `SubscriptionStats` they show.
         const HEAD: [&str; 13] = [
             "topic",
-            "subscription",
+            "name",
             "kind",
             "policy",
             "capacity",
-            "depth",
-            "high-water",
+            "queue_depth",
+            "high_water",
             "delivered",
             "dropped",
-            "failed",
+            "failed_attempts",
             "retried",
-            "dead",
-            "worst poll",
+            "dead_lettered",
+            "worst_poll",
         ];
         let mut rows: Vec<[String; 13]> = Vec::new();
         for t in &self.topics {
