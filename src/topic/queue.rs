@@ -205,7 +205,10 @@ impl<E> State<E> {
             }
     }
 
-    /// Takes the next event, if there is one to take now.
+    /// Takes the next event, if there is one to take now. On every
+    /// receive: inlined into the subscription's pop, as it was before the
+    /// queue had a file of its own (callgrind: 16 instructions an event).
+    #[inline]
     pub(super) fn take(&mut self) -> Option<Slot<E>> {
         if let Some(published) = self.replay.pop_front() {
             return Some(Slot {
