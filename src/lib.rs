@@ -138,7 +138,8 @@
 //! - `derive` (default): `#[derive(Event)]`.
 //! - `tracing` (default): spans and warnings through the `tracing` facade.
 //! - `metrics`: counters, gauges and histograms through the `metrics` facade.
-//! - `tune`: [`tune`], the capacity tuner (`examples/tune.rs`).
+//! - `tune`: [`tune`], the capacity tuner (its command line is
+//!   `benches/examples/tune.rs` in the repository).
 //! - `serde`: `Serialize` for [`BusStats`], [`ShutdownReport`], [`Health`]
 //!   and their parts; `#[event(serde)]` events (de)serialize by topic name
 //!   ([`AnyEvent`] is `Serialize`, `Bus::deserialize_event` decodes).

@@ -1,7 +1,8 @@
 //! The capacity tuner (feature `tune`): runs a described workload against
 //! your own handler at each capacity of a sweep and recommends the smallest
 //! capacity that is within 5% of the best throughput and meets a publish
-//! latency target. `examples/tune.rs` is its command line.
+//! latency target. `benches/examples/tune.rs` in the repository is its
+//! command line.
 //!
 //! ```no_run
 //! use std::time::Duration;

@@ -5,7 +5,7 @@
 //!
 //! ```sh
 //! nats-server -js -a 127.0.0.1 -p 4222 -sd /tmp/nats-store &
-//! cargo run --release --features nats --example bridge_bench -- --events 50000
+//! cargo run --release -p tidings-nats --example bridge_bench -- --events 50000
 //! ```
 //!
 //! Flags: `--url` (default `nats://127.0.0.1:4222`), `--events` (per mode,

@@ -8,8 +8,8 @@
 //!
 //! ```sh
 //! nats-server -js -a 127.0.0.1 -p 4222 -sd /tmp/nats-store &
-//! cargo run --release --features nats --example two_services -- --role billing
-//! cargo run --release --features nats --example two_services -- --role orders --orders 20
+//! cargo run --release -p tidings-nats --example two_services -- --role billing
+//! cargo run --release -p tidings-nats --example two_services -- --role orders --orders 20
 //! ```
 //!
 //! `--url nats://127.0.0.1:4222` picks another server.

@@ -293,3 +293,8 @@ impl fmt::Debug for Bridge {
             .finish_non_exhaustive()
     }
 }
+
+/// The README's examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -30,7 +30,7 @@ pub struct TopicConfig {
 ///
 /// Reading the precise wall clock is one of the larger costs of a publish:
 /// about 20 ns of the roughly 95 ns a publish takes on one thread of the
-/// 2-core development VM (`cargo run --release --example op_cost` and
+/// 2-core development VM (`cargo run --release -p tidings-benches --example op_cost` and
 /// `bench_report` show both clocks side by side). A hot topic whose
 /// subscribers do not measure sub-millisecond latencies from
 /// `published_at` can trade that precision away.
