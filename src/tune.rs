@@ -94,14 +94,19 @@ pub struct Step {
     pub dropped: u64,
     /// The most events queued at once in one subscription.
     pub peak_queued: usize,
-    /// Whether some subscription's queue was ever full. When none was, the
-    /// capacity never came into play: the step measured the handlers and
-    /// the publishers, and a larger capacity would measure the same.
-    pub filled: bool,
     /// An estimate of the memory those queued events held: `peak_queued`
     /// times the size of an event and its envelope (events are shared, not
     /// copied, between subscriptions).
     pub peak_bytes: usize,
+}
+
+impl Step {
+    /// Whether some subscription's queue was ever full. When none was, the
+    /// capacity never came into play: the step measured the handlers and
+    /// the publishers, and a larger capacity would measure the same.
+    pub fn filled(&self) -> bool {
+        self.peak_queued >= self.capacity
+    }
 }
 
 /// The sweep's steps and its recommendation.
@@ -265,7 +270,6 @@ where
         delivered,
         dropped,
         peak_queued,
-        filled: peak_queued >= capacity,
         peak_bytes: peak_queued * (std::mem::size_of::<E>() + ENVELOPE_BYTES),
     })
 }
@@ -292,11 +296,11 @@ impl fmt::Display for Tuning {
                 s.publish_p999,
                 s.dropped,
                 s.peak_queued,
-                if s.filled { "" } else { " (never full)" },
+                if s.filled() { "" } else { " (never full)" },
                 s.peak_bytes.div_ceil(1024)
             )?;
         }
-        if !self.steps.iter().all(|s| s.filled) {
+        if !self.steps.iter().all(Step::filled) {
             write!(
                 f,
                 "\n(never full): no queue filled at that capacity, so the capacity did not matter there; a larger one measures the same."

@@ -148,7 +148,7 @@ fn plot(tuning: &Tuning, path: &str) -> Result<(), Box<dyn std::error::Error>> {
         Circle::new(
             throughput(s),
             5,
-            if s.filled {
+            if s.filled() {
                 BLUE.filled()
             } else {
                 BLUE.stroke_width(2)
@@ -163,7 +163,7 @@ fn plot(tuning: &Tuning, path: &str) -> Result<(), Box<dyn std::error::Error>> {
         Circle::new(
             p99(s),
             5,
-            if s.filled {
+            if s.filled() {
                 RED.filled()
             } else {
                 RED.stroke_width(2)
