@@ -111,6 +111,9 @@ pub(super) enum NotNow<E> {
     /// A `Block` subscription is full; the caller may wait (its waker is
     /// registered when a context was given).
     Wait(E, FullSub<E>),
+    /// Publishers are waiting in line and the caller gave no context to
+    /// join it with: it comes back with one.
+    Later(E),
     Refused(PublishError<E>),
 }
 
@@ -152,10 +155,15 @@ impl<E: Event> TopicState<E> {
             return Err(NotNow::Refused(PublishError::new(reason, event)));
         }
         if !inner.line.is_empty() {
-            if let (Some(turn), Some(cx)) = (turn.as_deref_mut(), cx.as_deref_mut()) {
-                if let Some(full) = wait_in_line(inner, turn, cx) {
-                    return Err(NotNow::Wait(event, full));
+            match (turn.as_deref_mut(), cx.as_deref_mut()) {
+                (Some(turn), Some(cx)) => {
+                    if let Some(full) = wait_in_line(inner, turn, cx) {
+                        return Err(NotNow::Wait(event, full));
+                    }
                 }
+                // A publish that may wait does not pass those already waiting.
+                (Some(_), None) => return Err(NotNow::Later(event)),
+                (None, _) => {}
             }
         }
         // Keyed publishes read the clock once, for the window.
@@ -283,6 +291,7 @@ impl<E: Event> TopicState<E> {
             .map_err(|not_now| match not_now {
                 NotNow::Refused(err) => err,
                 NotNow::Wait(event, full) => full.refuse(event),
+                NotNow::Later(_) => unreachable!("a try_publish never waits in line"),
             });
         if let Ok(receipt) = &result {
             telemetry::record_receipt(&span, receipt);
@@ -300,6 +309,34 @@ impl<E: Event> TopicState<E> {
         event: E,
         opts: &PublishOptions,
     ) -> Result<PublishReceipt, PublishError<E>> {
+        let span = telemetry::publish_span(E::TOPIC);
+        // Most publishes find room at once: one attempt, with no future,
+        // timer or place in the line of its own (callgrind: about 150
+        // instructions a publish fewer than going through them).
+        let mut first = None;
+        let attempt = telemetry::in_span(&span, || {
+            self.try_enqueue(None, event, opts, Some(&mut first))
+        });
+        let event = match attempt {
+            Ok(receipt) => {
+                telemetry::record_receipt(&span, &receipt);
+                return Ok(receipt);
+            }
+            Err(NotNow::Refused(err)) => return Err(err),
+            Err(NotNow::Wait(event, _) | NotNow::Later(event)) => event,
+        };
+        self.publish_waiting(event, opts, span).await
+    }
+
+    /// The rest of a publish that found no room at first: waits for room
+    /// under `Block` at most `opts.timeout` (forever when `None`).
+    #[inline(never)]
+    async fn publish_waiting(
+        &self,
+        event: E,
+        opts: &PublishOptions,
+        span: telemetry::Span,
+    ) -> Result<PublishReceipt, PublishError<E>> {
         let timeout = opts.timeout;
         // The timer starts at the first wait, so a publish that never waits
         // needs no timer (nor a runtime to drive one), and no clock reading.
@@ -309,7 +346,6 @@ impl<E: Event> TopicState<E> {
         // Its place in the line; leaving it (done, timed out, or dropped)
         // hands the turn on.
         let mut turn = Turn::new(self);
-        let span = telemetry::publish_span(E::TOPIC);
         let result = telemetry::instrument(
             poll_fn(|cx| {
                 let event = pending
@@ -318,6 +354,9 @@ impl<E: Event> TopicState<E> {
                 match self.try_enqueue(Some(cx), event, opts, Some(&mut turn.ticket)) {
                     Ok(receipt) => Poll::Ready(Ok(receipt)),
                     Err(NotNow::Refused(err)) => Poll::Ready(Err(err)),
+                    Err(NotNow::Later(_)) => {
+                        unreachable!("a publish with a context joins the line")
+                    }
                     Err(NotNow::Wait(event, full)) => {
                         let expired = match timeout {
                             Some(timeout) => sleep

@@ -74,7 +74,8 @@ const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "handler_c1",
-        what: "publish a batch of 256 to an async handler at concurrency 1, until it has handled them",
+        what:
+            "publish a batch of 256 to an async handler at concurrency 1, until it has handled them",
         peer: false,
         run: handler,
     },
@@ -297,11 +298,17 @@ fn measure(exe: &Path, scenario: &Scenario) -> Result<f64, String> {
     let _ = std::fs::remove_file(&out);
     let total = text
         .lines()
-        .find_map(|l| l.strip_prefix("totals:").or_else(|| l.strip_prefix("summary:")))
+        .find_map(|l| {
+            l.strip_prefix("totals:")
+                .or_else(|| l.strip_prefix("summary:"))
+        })
         .and_then(|n| n.trim().parse::<u64>().ok())
         .ok_or_else(|| format!("no total in callgrind's output for {}", scenario.name))?;
     if total == 0 {
-        return Err(format!("{}: nothing counted (was icount_measured inlined?)", scenario.name));
+        return Err(format!(
+            "{}: nothing counted (was icount_measured inlined?)",
+            scenario.name
+        ));
     }
     Ok(total as f64 / EVENTS as f64)
 }
@@ -337,7 +344,9 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mode = args.first().map(String::as_str).unwrap_or("show");
     if mode == "run" {
-        let Some(scenario) = args.get(1).and_then(|n| SCENARIOS.iter().find(|s| s.name == n))
+        let Some(scenario) = args
+            .get(1)
+            .and_then(|n| SCENARIOS.iter().find(|s| s.name == n))
         else {
             eprintln!("usage: icount run <scenario>");
             return ExitCode::FAILURE;
