@@ -17,6 +17,12 @@ impl EventId {
         self.0
     }
 
+    /// An id for a loom model, outside the process-wide count.
+    #[cfg(all(test, tidings_loom))]
+    pub(crate) fn for_test(n: u64) -> Self {
+        EventId(n)
+    }
+
     pub(crate) fn next() -> Self {
         // Uniqueness only needs the read-modify-write to be atomic; no other
         // memory is published through this counter, so `Relaxed` is enough.

@@ -131,9 +131,10 @@ pub struct SubscriptionStats {
     pub queue_depth: usize,
     /// The most events ever queued at once. Exact for subscriptions with a
     /// queue of their own (lossy policies); for lossless subscriptions, which
-    /// read the topic's ring, it is sampled when events are taken and when a
-    /// publisher finds the subscription full, so it can miss a brief peak but
-    /// never exceeds the real one.
+    /// read the topic's ring, it is sampled on every 16th event taken and
+    /// whenever a publisher finds the subscription full, so it can miss a
+    /// brief peak but never exceeds the real one, and a queue that filled up
+    /// shows as full.
     pub high_water: usize,
     /// Events published while it was subscribed.
     pub accepted: u64,

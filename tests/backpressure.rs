@@ -482,3 +482,30 @@ async fn a_waiting_publisher_that_gives_up_hands_its_turn_on() {
     assert_eq!(sub.recv().await.map(|t| t.0), Some(2));
     drop(first_wakes); // a stale wake of the dropped one is harmless
 }
+
+/// Two lossless subscriptions on a ring of 2 slots: one reads everything
+/// and waits for the next event, whose slot still holds an event the other
+/// (full) one has not taken. The one behind still takes its events, and
+/// the one ahead is woken by the next publish. (A waiting reader marks the
+/// slot it waits for; the reader a ring behind used to mistake the mark
+/// for a slot not written and wait forever.)
+#[tokio::test]
+async fn a_reader_a_whole_ring_ahead_does_not_hide_events_from_one_behind() {
+    let bus = Bus::builder()
+        .topic_with::<Tick>(tidings::TopicConfig::default().capacity(2))
+        .build()
+        .unwrap();
+    let mut ahead = bus.subscribe::<Tick>().stream().unwrap();
+    let mut behind = bus.subscribe::<Tick>().stream().unwrap();
+    bus.publish(Tick(1)).await.unwrap();
+    bus.publish(Tick(2)).await.unwrap();
+    assert_eq!(ahead.recv().await.map(|e| e.0), Some(1));
+    assert_eq!(ahead.recv().await.map(|e| e.0), Some(2));
+    let mut next = pin!(ahead.recv());
+    assert!(poll!(next.as_mut()).is_pending(), "nothing for it yet");
+    assert_eq!(behind.try_recv().map(|e| e.0).ok(), Some(1));
+    assert_eq!(behind.try_recv().map(|e| e.0).ok(), Some(2));
+    bus.publish(Tick(3)).await.unwrap();
+    assert_eq!(next.await.map(|e| e.0), Some(3));
+    assert_eq!(behind.recv().await.map(|e| e.0), Some(3));
+}

@@ -248,19 +248,18 @@ impl<E> SubscriptionState<E> {
         if s.closed && s.drained() {
             return Poll::Ready(None);
         }
-        if let Buf::Ring { ring, .. } = &s.buf {
-            // Register with the ring, then look again: a publisher writes
-            // the slot before it takes the ring's waiters, so either this
-            // look sees the event or the publisher sees this waker.
-            let ring = Arc::clone(ring);
-            let mut waiters = ring.waiters.lock();
+        if let Buf::Ring { ring, next, .. } = &s.buf {
+            // Waits for the slot it wants; should the publisher have
+            // written it meanwhile, it is there to take now.
+            if ring.wait(*next, cx.waker()) {
+                return Poll::Pending;
+            }
             if let Some(env) = self.pop_locked(&mut s, &mut wakeups) {
-                drop(waiters);
                 drop(s);
                 wakeups.wake();
                 return Poll::Ready(Some(env));
             }
-            register(&mut waiters, cx.waker());
+            cx.waker().wake_by_ref();
             return Poll::Pending;
         }
         match &mut s.consumers[consumer] {
