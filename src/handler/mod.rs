@@ -225,4 +225,71 @@ mod tests {
         failed.sort_unstable();
         assert_eq!(failed, ["faulty-async", "faulty-sync"]);
     }
+
+    /// A handler at concurrency 1 whose queue filled while it waited takes
+    /// the whole batch on one wake-up, not one per event, in order; it
+    /// yields to its worker's other tasks every tokio budget (128 events)
+    /// on the way, and those yields are not waits on the queue.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_handler_drains_a_batch_on_one_wake_up_and_yields_on_the_way() {
+        use std::sync::atomic::Ordering;
+        use std::sync::{Arc, Mutex};
+
+        const BATCH: u64 = 1_000;
+        let bus = Bus::builder().topic::<Job>().build().expect("valid");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let handle = {
+            let seen = Arc::clone(&seen);
+            bus.subscribe::<Job>()
+                .capacity(1_024)
+                .concurrency(1)
+                .handler(move |e| {
+                    let seen = Arc::clone(&seen);
+                    async move { seen.lock().expect("not poisoned").push(e.0) }
+                })
+                .expect("subscribed")
+        };
+        let publisher = bus.publisher::<Job>().expect("registered");
+        let queue = Arc::clone(&publisher.topic.inner.lock().subs[0].queue);
+        // The runner starts and finds the queue empty: its first wait.
+        tokio::task::yield_now().await;
+        assert_eq!(queue.waits.load(Ordering::Relaxed), 1);
+        // The whole batch is published before the runner runs again.
+        for i in 0..BATCH {
+            publisher.try_publish(Job(i)).expect("room");
+        }
+        // Meanwhile a task counts how often it gets the thread.
+        let turns = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = {
+            let turns = Arc::clone(&turns);
+            tokio::spawn(async move {
+                loop {
+                    turns.fetch_add(1, Ordering::Relaxed);
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        while seen.lock().expect("not poisoned").len() < BATCH as usize {
+            tokio::task::yield_now().await;
+        }
+        // The runner goes back to the queue after its last run (at most a
+        // turn or two later, when its budget ran out on the last event).
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+        counter.abort();
+        assert_eq!(
+            *seen.lock().expect("not poisoned"),
+            (0..BATCH).collect::<Vec<_>>()
+        );
+        // Once for the empty queue at the start, once when the batch was
+        // drained: not once an event.
+        assert_eq!(queue.waits.load(Ordering::Relaxed), 2);
+        assert!(
+            turns.load(Ordering::Relaxed) >= BATCH / 128,
+            "the runner yielded to the other task on the way"
+        );
+        let stats = handle.unsubscribe().await;
+        assert_eq!((stats.delivered, stats.handled), (BATCH, BATCH));
+    }
 }

@@ -44,6 +44,9 @@ pub(crate) struct SubscriptionState<E> {
     pub(crate) start: Started,
     /// The tasks of an async handler's runners, to stop at a deadline.
     pub(super) tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// How often a consumer found the queue empty and waited (tests).
+    #[cfg(test)]
+    pub(crate) waits: AtomicU64,
 }
 
 impl<E> SubscriptionState<E> {
@@ -102,6 +105,8 @@ impl<E> SubscriptionState<E> {
             breaker,
             start,
             tasks: Mutex::new(Vec::new()),
+            #[cfg(test)]
+            waits: AtomicU64::new(0),
         }
     }
 
@@ -233,11 +238,27 @@ impl<E> SubscriptionState<E> {
     }
 
     /// Consumer side: the next event, `None` once closed and drained.
+    ///
+    /// Takes part in tokio's cooperative scheduling, as tokio's own
+    /// channels do: each event taken spends a unit of the task's budget,
+    /// and a task that spent it all yields before taking more, so that a
+    /// reader (or a handler runner) whose queue never runs dry still lets
+    /// the other tasks of its worker run. Outside a runtime (sync runners)
+    /// there is no budget.
     pub(crate) fn poll_pop(
         &self,
         cx: &mut Context<'_>,
         consumer: usize,
     ) -> Poll<Option<Envelope<E>>> {
+        let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+        let popped = self.poll_pop_now(cx, consumer);
+        if popped.is_ready() {
+            coop.made_progress();
+        }
+        popped
+    }
+
+    fn poll_pop_now(&self, cx: &mut Context<'_>, consumer: usize) -> Poll<Option<Envelope<E>>> {
         let mut wakeups = Wakeups::default();
         let mut s = self.state.lock();
         if let Some(env) = self.pop_locked(&mut s, &mut wakeups) {
@@ -252,6 +273,8 @@ impl<E> SubscriptionState<E> {
             // Waits for the slot it wants; should the publisher have
             // written it meanwhile, it is there to take now.
             if ring.wait(*next, cx.waker()) {
+                #[cfg(test)]
+                self.waits.fetch_add(1, Ordering::Relaxed);
                 return Poll::Pending;
             }
             if let Some(env) = self.pop_locked(&mut s, &mut wakeups) {
@@ -266,6 +289,8 @@ impl<E> SubscriptionState<E> {
             Some(w) if w.will_wake(cx.waker()) => {}
             slot => *slot = Some(cx.waker().clone()),
         }
+        #[cfg(test)]
+        self.waits.fetch_add(1, Ordering::Relaxed);
         Poll::Pending
     }
 
