@@ -226,10 +226,29 @@ impl<E> Ring<E> {
             .saturating_sub(next) as usize
     }
 
-    /// Wakes every waiting reader.
+    /// Wakes every waiting reader. The wakers are moved to a spare list kept
+    /// by this thread and woken outside the lock, so that waking allocates
+    /// nothing once both lists have grown: a fresh list each time was an
+    /// allocation per wake-up (`tests/allocations.rs`).
     pub(super) fn wake_all(&self) {
-        let batch = std::mem::take(&mut *self.waiters.0.lock());
-        batch.into_iter().for_each(Waker::wake);
+        #[cfg(not(all(test, tidings_loom)))]
+        {
+            thread_local! {
+                static SPARE: std::cell::Cell<Vec<Waker>> =
+                    const { std::cell::Cell::new(Vec::new()) };
+            }
+            let mut batch = SPARE.with(|spare| spare.take());
+            // Both lists keep their buffers: the ring's for the next
+            // readers to register in, this thread's for the next wake-up.
+            batch.extend(self.waiters.0.lock().drain(..));
+            batch.drain(..).for_each(Waker::wake);
+            SPARE.with(|spare| spare.set(batch));
+        }
+        #[cfg(all(test, tidings_loom))]
+        {
+            let batch = std::mem::take(&mut *self.waiters.0.lock());
+            batch.into_iter().for_each(Waker::wake);
+        }
     }
 }
 
