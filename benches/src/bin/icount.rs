@@ -98,6 +98,12 @@ const SCENARIOS: &[Scenario] = &[
         run: |rt| publish_only(rt, Overflow::DropOldest, 64),
     },
     Scenario {
+        name: "publish_coarse_clock",
+        what: "publish with room, one Block subscription, a topic stamped by Clock::Coarse",
+        peer: false,
+        run: publish_coarse,
+    },
+    Scenario {
         name: "publish_drop_newest",
         what: "publish into a full DropNewest queue (each publish is dropped)",
         peer: false,
@@ -270,6 +276,22 @@ fn publish_only(rt: &Rt, overflow: Overflow, capacity: usize) {
     let payload = Arc::new(1);
     // Warm-up: fills the lossy queues, so that every measured publish meets
     // a full one.
+    rt.block_on(publish_batch(&publisher, &payload, 256));
+    icount_measured(rt, publish_batch(&publisher, &payload, EVENTS));
+}
+
+fn publish_coarse(rt: &Rt) {
+    let bus = Bus::builder()
+        .topic_with::<Ev>(tidings::TopicConfig::default().clock(tidings::Clock::Coarse))
+        .build()
+        .expect("one topic");
+    let _sub = bus
+        .subscribe::<Ev>()
+        .capacity(EVENTS as usize * 2)
+        .stream()
+        .expect("subscribe");
+    let publisher = bus.publisher::<Ev>().expect("registered");
+    let payload = Arc::new(1);
     rt.block_on(publish_batch(&publisher, &payload, 256));
     icount_measured(rt, publish_batch(&publisher, &payload, EVENTS));
 }
