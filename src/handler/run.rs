@@ -6,6 +6,7 @@
 use std::future::poll_fn;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -204,6 +205,27 @@ async fn give_up<E: Event>(
     queue.done(Final::DeadLettered { heard });
 }
 
+/// A runner's next event. Runners take part in tokio's cooperative
+/// scheduling: each event spends a unit of the task's budget, and a runner
+/// that spent it all yields before it takes more, so that a runner whose
+/// queue never runs dry still lets the other tasks of its worker run (its
+/// handler may well never wait). Outside a runtime (sync runners) there is
+/// no budget. Streams do not spend budget: their reader's task is the
+/// application's (`tokio::task::coop::cooperative` wraps a `recv` that
+/// should).
+fn take<E>(
+    queue: &SubscriptionState<E>,
+    cx: &mut Context<'_>,
+    consumer: usize,
+) -> Poll<Option<Envelope<E>>> {
+    let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+    let taken = queue.poll_pop(cx, consumer);
+    if taken.is_ready() {
+        coop.made_progress();
+    }
+    taken
+}
+
 /// One runner: takes events from `queue` until it is closed and drained.
 pub(super) async fn run<E: Event, K: Invoke<E>>(
     queue: Arc<SubscriptionState<E>>,
@@ -215,7 +237,7 @@ pub(super) async fn run<E: Event, K: Invoke<E>>(
     loop {
         let taken = AssertUnwindSafe(async {
             let probe = permit(&queue, breaker, &*kind).await?;
-            let Some(env) = poll_fn(|cx| queue.poll_pop(cx, consumer)).await else {
+            let Some(env) = poll_fn(|cx| take(&queue, cx, consumer)).await else {
                 if probe {
                     breaker.inspect(|b| b.release_probe());
                 }

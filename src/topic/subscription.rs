@@ -238,27 +238,11 @@ impl<E> SubscriptionState<E> {
     }
 
     /// Consumer side: the next event, `None` once closed and drained.
-    ///
-    /// Takes part in tokio's cooperative scheduling, as tokio's own
-    /// channels do: each event taken spends a unit of the task's budget,
-    /// and a task that spent it all yields before taking more, so that a
-    /// reader (or a handler runner) whose queue never runs dry still lets
-    /// the other tasks of its worker run. Outside a runtime (sync runners)
-    /// there is no budget.
     pub(crate) fn poll_pop(
         &self,
         cx: &mut Context<'_>,
         consumer: usize,
     ) -> Poll<Option<Envelope<E>>> {
-        let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
-        let popped = self.poll_pop_now(cx, consumer);
-        if popped.is_ready() {
-            coop.made_progress();
-        }
-        popped
-    }
-
-    fn poll_pop_now(&self, cx: &mut Context<'_>, consumer: usize) -> Poll<Option<Envelope<E>>> {
         let mut wakeups = Wakeups::default();
         let mut s = self.state.lock();
         if let Some(env) = self.pop_locked(&mut s, &mut wakeups) {
