@@ -1,5 +1,6 @@
-//! One command, one comparison: S1 (1→1), S2 (1→16 fan-out) and S4
-//! (isolation from a slow subscriber) over tidings and its peers, in five
+//! One command, one comparison: S1 (1→1), S2 (1→16 and 1→64 fan-out), S3
+//! (M→N: 2→1, 2→8, 4→8) and S4 (isolation from a slow subscriber) over
+//! tidings and its peers, in five
 //! rounds that run every contender once each (medians; ratios compare runs
 //! of the same round, with their spread), printed as a markdown table and
 //! drawn as an SVG bar chart in `target/bench_report.svg`.
@@ -213,23 +214,38 @@ fn bars(
     Ok(())
 }
 
-/// Every scenario the report prints: S1 and S2 as deliveries per second,
+/// Every scenario the report prints: S1 to S3 as deliveries per second,
 /// S4 as the latencies of the median pair.
 fn chart(
     rows: &[Row],
     isolation: (common::Isolation, common::Isolation),
     path: &str,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let root = SVGBackend::new(path, (1100, 1150)).into_drawing_area();
+    let scenarios = ["S1 1→1", "S2 1→16", "S2 1→64", "S3 2→1", "S3 2→8", "S3 4→8"];
+    let height = 200 + 60 * rows.len() as u32 + 380;
+    let root = SVGBackend::new(path, (1100, height)).into_drawing_area();
     root.fill(&WHITE)?;
-    let panels = root.split_evenly((3, 1));
+    // Each panel as tall as its bars; S4 last.
+    let mut heights: Vec<u32> = scenarios
+        .iter()
+        .map(|s| 110 + 42 * rows.iter().filter(|r| r.scenario == *s).count() as u32)
+        .collect();
+    heights.push(380);
+    let mut panels = Vec::new();
+    let mut rest = root.clone();
+    for h in &heights[..heights.len() - 1] {
+        let (top, bottom) = rest.split_vertically(*h);
+        panels.push(top);
+        rest = bottom;
+    }
+    panels.push(rest);
     let keys = [
         (TIDINGS, "tidings, lossless"),
         (TIDINGS_LOSSY, "tidings, lossy"),
         (PEER, "peer, lossless"),
         (PEER_LOSSY, "peer, lossy"),
     ];
-    for (panel, scenario) in panels.iter().zip(["S1 1→1", "S2 1→16"]) {
+    for (panel, scenario) in panels.iter().zip(scenarios) {
         let data: Vec<Bar> = rows
             .iter()
             .filter(|r| r.scenario == scenario)
@@ -282,7 +298,7 @@ fn chart(
         });
     }
     bars(
-        &panels[2],
+        &panels[scenarios.len()],
         &format!(
             "S4 isolation: 15 fast readers, with and without a slow one (the median of {} pair(s))",
             rounds()
@@ -299,6 +315,44 @@ fn chart(
     Ok(())
 }
 
+/// The throughput goals of tidings (issue "hot path v2"), each checked
+/// against the median of the ratios of runs made in the same round.
+fn goals(rows: &[Row]) {
+    let ratio = |scenario: &str, peer: &str| {
+        rows.iter()
+            .find(|r| r.scenario == scenario && r.name == peer)
+            .map(|r| 1.0 / r.ratio)
+    };
+    println!("\n| goal | tidings (Block) ÷ peer, median of the rounds | met |");
+    println!("|---|---:|---|");
+    for (goal, scenario, peer, at_least) in [
+        (
+            "1→1 at least 1.0× tokio mpsc",
+            "S1 1→1",
+            TokioMpsc::NAME,
+            1.0,
+        ),
+        ("1→1 at least 8× jaeb", "S1 1→1", Jaeb::NAME, 8.0),
+        (
+            "1→16 lossless at least 1.3× tokio broadcast",
+            "S2 1→16",
+            TokioBroadcast::NAME,
+            1.3,
+        ),
+        (
+            "2→1 at least 1.0× tokio mpsc",
+            "S3 2→1",
+            TokioMpsc::NAME,
+            1.0,
+        ),
+    ] {
+        if let Some(r) = ratio(scenario, peer) {
+            let met = if r >= at_least { "yes" } else { "**no**" };
+            println!("| {goal} | {r:.2}× | {met} |");
+        }
+    }
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -312,6 +366,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fan = Shape {
         subscribers: 16,
         ..one
+    };
+    let wide = Shape {
+        subscribers: 64,
+        per_publisher: EVENTS / 4,
+        ..one
+    };
+    // M→N: the same events in all, split between the publishers.
+    let many = |publishers: usize, subscribers: usize| Shape {
+        publishers,
+        subscribers,
+        capacity: 1024,
+        per_publisher: EVENTS / publishers as u64,
     };
     eprintln!(
         "measuring ({} rounds, every contender once per round)…",
@@ -331,6 +397,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             case::<AsyncBroadcast>("S2 1→16", fan),
             case::<TokioMpsc>("S2 1→16", fan),
             case::<Jaeb>("S2 1→16", fan),
+            case::<TidingsBlock>("S2 1→64", wide),
+            case::<TokioBroadcast>("S2 1→64", wide),
+            case::<AsyncBroadcast>("S2 1→64", wide),
+            case::<TidingsBlock>("S3 2→1", many(2, 1)),
+            case::<TokioMpsc>("S3 2→1", many(2, 1)),
+            case::<Flume>("S3 2→1", many(2, 1)),
+            case::<TidingsBlock>("S3 2→8", many(2, 8)),
+            case::<TokioBroadcast>("S3 2→8", many(2, 8)),
+            case::<TokioMpsc>("S3 2→8", many(2, 8)),
+            case::<TidingsBlock>("S3 4→8", many(4, 8)),
+            case::<TokioBroadcast>("S3 4→8", many(4, 8)),
+            case::<TokioMpsc>("S3 4→8", many(4, 8)),
         ],
     );
     // S4 in interleaved pairs (alone, then with the slow subscriber): one
@@ -388,6 +466,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
          (the median of {} interleaved pairs, shown above; all pairs {lowest:.2}×–{highest:.2}×).",
         rounds()
     );
+    goals(&rows);
     std::fs::create_dir_all("target")?;
     chart(&rows, (quiet, noisy), "target/bench_report.svg")?;
     println!("chart: target/bench_report.svg");
