@@ -64,7 +64,12 @@ fn stamp(seq: u64) -> u64 {
 struct Padded<T>(T);
 
 /// One slot of a ring: the event last written there, which one it is, and
-/// how many ring readers have still to take it.
+/// how many ring readers have still to take it. 24 bytes, aligned to 32 so
+/// that no slot straddles two cache lines (a reader that took one slot
+/// would otherwise miss twice on the next): in interleaved runs of the
+/// bench report, 1→1 and 1→64 gained about 10 % for 8 bytes a slot;
+/// aligning to a whole line (64) gained no more.
+#[repr(align(32))]
 struct RingSlot<E> {
     /// `stamp(seq)` of the event it holds, with the `WAITING` bit.
     stamp: AtomicU64,
