@@ -509,3 +509,40 @@ async fn a_reader_a_whole_ring_ahead_does_not_hide_events_from_one_behind() {
     assert_eq!(next.await.map(|e| e.0), Some(3));
     assert_eq!(behind.recv().await.map(|e| e.0), Some(3));
 }
+
+/// Room is counted per lossless subscription even when the publisher skips
+/// looking: the smallest queue stops the publish, one that joins later
+/// counts from its own start, and once the smallest leaves the next
+/// smallest decides.
+#[tokio::test]
+async fn the_fullest_lossless_queue_decides_as_subscriptions_come_and_go() {
+    let bus = bus();
+    let small = bus.subscribe::<Tick>().capacity(2).stream().unwrap();
+    let mut large = bus.subscribe::<Tick>().capacity(4).stream().unwrap();
+    bus.try_publish(Tick(1)).unwrap();
+    bus.try_publish(Tick(2)).unwrap();
+    assert!(bus.try_publish(Tick(3)).is_err(), "the small queue is full");
+    // Joins with room for 3 from here: it does not lift the small one's limit.
+    let later = bus.subscribe::<Tick>().capacity(3).stream().unwrap();
+    assert!(bus.try_publish(Tick(3)).is_err(), "still full");
+    drop(small.unsubscribe());
+    bus.try_publish(Tick(3)).unwrap();
+    bus.try_publish(Tick(4)).unwrap();
+    let err = bus.try_publish(Tick(5)).expect_err("the large one is full");
+    assert!(
+        matches!(err.reason(), Refusal::Full { capacity: 4, .. }),
+        "{err}"
+    );
+    assert_eq!(large.recv().await.map(|e| e.0), Some(1));
+    assert_eq!(large.recv().await.map(|e| e.0), Some(2));
+    // The one that joined later holds 3 and 4: room for one more.
+    bus.try_publish(Tick(5)).unwrap();
+    let err = bus
+        .try_publish(Tick(6))
+        .expect_err("now the later one is full");
+    assert!(
+        matches!(err.reason(), Refusal::Full { capacity: 3, .. }),
+        "{err}"
+    );
+    assert_eq!(later.stats().queue_depth, 3);
+}

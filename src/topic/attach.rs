@@ -97,11 +97,19 @@ impl<E: Event> TopicState<E> {
             ring.as_ref().map(|ring| (Arc::clone(ring), inner.next_seq)),
         ));
         // Nothing below can fail.
-        let room = ring.map(|ring| {
-            inner.ring.get_or_insert(ring);
-            inner.ring_subs += 1;
-            RingRoom { room: capacity }
-        });
+        let room = match ring {
+            Some(ring) => {
+                inner.ring.get_or_insert(ring);
+                inner.ring_subs += 1;
+                let until = inner.next_seq.saturating_add(capacity as u64);
+                inner.ring_until = inner.ring_until.min(until);
+                Some(RingRoom { until })
+            }
+            None => {
+                inner.own_subs += 1;
+                None
+            }
+        };
         inner.subs.push(SubEntry {
             queue: Arc::clone(&queue),
             ring: room,
@@ -147,6 +155,14 @@ impl<E: Event> TopicState<E> {
                         // Nobody reads the ring: let go of the events it holds.
                         inner.ring = None;
                     }
+                    inner.ring_until = inner
+                        .subs
+                        .iter()
+                        .filter_map(|e| e.ring.as_ref().map(|r| r.until))
+                        .min()
+                        .unwrap_or(u64::MAX);
+                } else {
+                    inner.own_subs -= 1;
                 }
             }
         }

@@ -63,9 +63,10 @@ pub(crate) struct SubEntry<E> {
 }
 
 pub(crate) struct RingRoom {
-    /// Room left when last looked at; only publishes use it up, so while it
-    /// is above 0 there is room without looking again.
-    pub(crate) room: usize,
+    /// It has room for every sequence number below this one, as last looked
+    /// at: only publishes use room up, one sequence number each, so until
+    /// the topic reaches it there is room without looking again.
+    pub(crate) until: u64,
 }
 
 impl<E> SubEntry<E> {
@@ -100,6 +101,15 @@ pub(crate) struct TopicInner<E> {
     /// The ring read by lossless subscriptions, while there are any.
     pub(crate) ring: Option<Arc<Ring<E>>>,
     pub(crate) ring_subs: usize,
+    /// The lowest `until` of the ring subscriptions (`u64::MAX` without
+    /// any): below it every one of them has room. Never above the true
+    /// lowest, since a publish that trusted a higher one could overwrite a
+    /// slot a reader has still to take: raised only by a publish that
+    /// looked at every ring subscription, or when one leaves.
+    pub(crate) ring_until: u64,
+    /// Subscriptions with a queue of their own (lossy ones, and lossless
+    /// ones larger than the ring), which a publish visits one by one.
+    pub(crate) own_subs: usize,
     pub(crate) phase: Phase,
     pub(crate) next_seq: u64,
     published: u64,
@@ -148,6 +158,8 @@ impl<E: Event> TopicState<E> {
                 dedup: Dedup::new(config.dedup_window()),
                 ring: None,
                 ring_subs: 0,
+                ring_until: u64::MAX,
+                own_subs: 0,
                 phase: Phase::Open,
                 next_seq: 1,
                 published: 0,

@@ -179,31 +179,42 @@ impl<E: Event> TopicState<E> {
         }
         let tail = inner.next_seq;
         let mut blocked = None;
-        for entry in &mut inner.subs {
-            let q = &entry.queue;
-            let policy = q.info.policy;
-            if !matches!(policy, Overflow::Block | Overflow::Fail) {
-                continue;
-            }
-            let wait = match policy {
-                Overflow::Block => cx.as_deref_mut(),
-                _ => None,
-            };
-            let has_room = match &mut entry.ring {
-                Some(r) => {
-                    if r.room == 0 {
-                        r.room = q.ring_room(tail, wait);
+        // Below `ring_until` every ring subscription has room; only a
+        // publish that reaches it, or a topic with queues of their own,
+        // visits the subscriptions one by one (so that a fan-out to 64 ring
+        // readers costs a publish no loop at all).
+        if tail >= inner.ring_until || inner.own_subs > 0 {
+            let mut ring_until = u64::MAX;
+            for entry in &mut inner.subs {
+                let q = &entry.queue;
+                let policy = q.info.policy;
+                let lossless = matches!(policy, Overflow::Block | Overflow::Fail);
+                let wait = match policy {
+                    Overflow::Block => cx.as_deref_mut(),
+                    _ => None,
+                };
+                let has_room = match &mut entry.ring {
+                    Some(r) => {
+                        if r.until <= tail {
+                            let room = q.ring_room(tail, wait) as u64;
+                            r.until = tail.saturating_add(room);
+                        }
+                        ring_until = ring_until.min(r.until);
+                        r.until > tail
                     }
-                    r.room > 0
+                    None if lossless => q.has_room(wait),
+                    None => continue,
+                };
+                if !has_room {
+                    if policy == Overflow::Fail {
+                        return Err(NotNow::Refused(FullSub::of(q).refuse(event)));
+                    }
+                    blocked.get_or_insert_with(|| FullSub::of(q));
                 }
-                None => q.has_room(wait),
-            };
-            if !has_room {
-                if policy == Overflow::Fail {
-                    return Err(NotNow::Refused(FullSub::of(q).refuse(event)));
-                }
-                blocked.get_or_insert_with(|| FullSub::of(q));
             }
+            // Exact once every ring subscription was looked at (a refusal
+            // above leaves the old, lower bound: it only costs a look).
+            inner.ring_until = ring_until;
         }
         if let Some(full) = blocked {
             if let (Some(turn), Some(cx)) = (turn, cx) {
@@ -251,20 +262,20 @@ impl<E: Event> TopicState<E> {
             dropped_newest: 0,
             duplicate: None,
         };
-        for entry in &mut inner.subs {
-            if let Some(r) = &mut entry.ring {
-                r.room = r.room.saturating_sub(1);
-                receipt.enqueued += 1;
-                continue;
-            }
-            match entry.queue.push(&published) {
-                Push::Enqueued => receipt.enqueued += 1,
-                Push::EvictedOldest => {
-                    receipt.enqueued += 1;
-                    receipt.evicted_oldest += 1;
+        // Ring subscriptions read the event from the ring; queues of their
+        // own get it one by one.
+        receipt.enqueued = inner.ring_subs;
+        if inner.own_subs > 0 {
+            for entry in inner.subs.iter().filter(|e| e.ring.is_none()) {
+                match entry.queue.push(&published) {
+                    Push::Enqueued => receipt.enqueued += 1,
+                    Push::EvictedOldest => {
+                        receipt.enqueued += 1;
+                        receipt.evicted_oldest += 1;
+                    }
+                    Push::DroppedNewest => receipt.dropped_newest += 1,
+                    Push::Closed => {}
                 }
-                Push::DroppedNewest => receipt.dropped_newest += 1,
-                Push::Closed => {}
             }
         }
         // Last, so that the ring takes the publisher's own reference to the
