@@ -270,9 +270,15 @@ impl Wakeups {
 
     #[inline]
     pub(super) fn wake(self) {
-        if !self.0.is_empty() {
-            self.0.into_iter().for_each(Waker::wake);
+        if self.0.is_empty() {
+            return;
         }
+        self.wake_all();
+    }
+
+    #[cold]
+    fn wake_all(self) {
+        self.0.into_iter().for_each(Waker::wake);
     }
 }
 

@@ -129,6 +129,7 @@ impl<E> Ring<E> {
     /// ring readers and wakes those waiting for it. The slot is free: its
     /// previous event was taken by all its readers, or the publish would have
     /// waited.
+    #[inline(always)]
     pub(crate) fn write(&self, published: Arc<Published<E>>, readers: usize) {
         let seq = published.seq;
         let slot = self.slot(seq);
@@ -156,7 +157,7 @@ impl<E> Ring<E> {
     /// Takes event `seq` for one reader, if it has been written. Each reader
     /// takes (or `release`s) each of its events exactly once, under its
     /// subscription's lock.
-    #[inline]
+    #[inline(always)]
     pub(super) fn read(&self, seq: u64) -> Option<Arc<Published<E>>> {
         let slot = self.slot(seq);
         // The waiting bit may be set by a reader a whole ring ahead, which

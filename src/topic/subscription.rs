@@ -225,6 +225,7 @@ impl<E> SubscriptionState<E> {
         }
     }
 
+    #[inline]
     fn pop_locked(&self, s: &mut State<E>, wakeups: &mut Wakeups) -> Option<Envelope<E>> {
         let slot = s.take()?;
         s.counters.delivered += 1;
@@ -232,8 +233,11 @@ impl<E> SubscriptionState<E> {
         if self.info.kind != SubscriberKind::Stream {
             s.in_flight += 1;
         }
-        wakeups.take_all(&mut s.publishers);
-        s.wake_idle(wakeups);
+        // Nobody to wake, on the hot path: no list to take.
+        if !(s.publishers.is_empty() && s.idle.is_empty()) {
+            wakeups.take_all(&mut s.publishers);
+            s.wake_idle(wakeups);
+        }
         Some(Envelope::new(slot.published, slot.missed_before))
     }
 
