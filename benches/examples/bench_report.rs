@@ -351,6 +351,17 @@ fn goals(rows: &[Row]) {
             println!("| {goal} | {r:.2}× | {met} |");
         }
     }
+    // What the precise timestamp costs 1→1: the same goal with the coarse
+    // clock, for comparison.
+    let coarse = rows
+        .iter()
+        .find(|r| r.scenario == "S1 1→1" && r.name == TidingsCoarse::NAME);
+    if let (Some(coarse), Some(mpsc)) = (coarse, ratio("S1 1→1", TokioMpsc::NAME)) {
+        println!(
+            "| (1→1 with `Clock::Coarse`: about {:.2}× tokio mpsc, the product of the two medians) | | |",
+            coarse.ratio * mpsc
+        );
+    }
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
