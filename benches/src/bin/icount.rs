@@ -25,10 +25,12 @@ use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use tidings::{Bus, Event, Overflow, Publisher, Subscription};
+use tidings::{Bus, Clock, Event, Overflow, Publisher, Subscription, TopicConfig};
 
 /// Events per measured run of a scenario.
 const EVENTS: u64 = 8_192;
+/// A capacity with room for every measured publish.
+const ROOMY: usize = EVENTS as usize * 2;
 /// How far a baseline may be off before `check` fails, in per cent.
 const TOLERANCE: f64 = 2.0;
 
@@ -52,7 +54,7 @@ const SCENARIOS: &[Scenario] = &[
         name: "1to1_stream",
         what: "publish a batch of 256, then receive it from one stream (ring)",
         peer: false,
-        run: one_to_one,
+        run: |rt| fan_out(rt, 1, 256),
     },
     Scenario {
         name: "1to1_mpsc",
@@ -64,7 +66,7 @@ const SCENARIOS: &[Scenario] = &[
         name: "1to16_stream",
         what: "publish a batch of 64, then 16 streams each receive it (per event published)",
         peer: false,
-        run: one_to_sixteen,
+        run: |rt| fan_out(rt, 16, 64),
     },
     Scenario {
         name: "1to16_broadcast",
@@ -83,31 +85,31 @@ const SCENARIOS: &[Scenario] = &[
         name: "publish_block",
         what: "publish with room, one Block subscription",
         peer: false,
-        run: |rt| publish_only(rt, Overflow::Block, EVENTS as usize * 2),
+        run: |rt| publish_only(rt, Overflow::Block, ROOMY, Clock::Precise),
     },
     Scenario {
         name: "publish_fail",
         what: "publish with room, one Fail subscription",
         peer: false,
-        run: |rt| publish_only(rt, Overflow::Fail, EVENTS as usize * 2),
+        run: |rt| publish_only(rt, Overflow::Fail, ROOMY, Clock::Precise),
     },
     Scenario {
         name: "publish_drop_oldest",
         what: "publish into a full DropOldest queue (each publish evicts one)",
         peer: false,
-        run: |rt| publish_only(rt, Overflow::DropOldest, 64),
+        run: |rt| publish_only(rt, Overflow::DropOldest, 64, Clock::Precise),
     },
     Scenario {
         name: "publish_coarse_clock",
         what: "publish with room, one Block subscription, a topic stamped by Clock::Coarse",
         peer: false,
-        run: publish_coarse,
+        run: |rt| publish_only(rt, Overflow::Block, ROOMY, Clock::Coarse),
     },
     Scenario {
         name: "publish_drop_newest",
         what: "publish into a full DropNewest queue (each publish is dropped)",
         peer: false,
-        run: |rt| publish_only(rt, Overflow::DropNewest, 64),
+        run: |rt| publish_only(rt, Overflow::DropNewest, 64, Clock::Precise),
     },
 ];
 
@@ -116,6 +118,19 @@ const SCENARIOS: &[Scenario] = &[
 #[inline(never)]
 fn icount_measured(rt: &Rt, body: impl std::future::Future<Output = ()>) {
     rt.block_on(body);
+}
+
+/// Runs the round `$round` (an expression making a future) once to warm up,
+/// then as many times as make [`EVENTS`] events of `$batch` each, counted.
+macro_rules! warm_then_count {
+    ($rt:expr, $batch:expr, $round:expr) => {{
+        $rt.block_on($round);
+        icount_measured($rt, async {
+            for _ in 0..EVENTS / $batch {
+                $round.await;
+            }
+        });
+    }};
 }
 
 fn bus() -> Bus {
@@ -138,24 +153,6 @@ async fn receive_batch(sub: &mut Subscription<Ev>, n: u64) {
     }
 }
 
-fn one_to_one(rt: &Rt) {
-    const BATCH: u64 = 256;
-    let bus = bus();
-    let mut sub = bus.subscribe::<Ev>().stream().expect("subscribe");
-    let publisher = bus.publisher::<Ev>().expect("registered");
-    let payload = Arc::new(1);
-    async fn round(publisher: &Publisher<Ev>, payload: &Arc<u64>, sub: &mut Subscription<Ev>) {
-        publish_batch(publisher, payload, BATCH).await;
-        receive_batch(sub, BATCH).await;
-    }
-    rt.block_on(round(&publisher, &payload, &mut sub));
-    icount_measured(rt, async {
-        for _ in 0..EVENTS / BATCH {
-            round(&publisher, &payload, &mut sub).await;
-        }
-    });
-}
-
 fn one_to_one_mpsc(rt: &Rt) {
     const BATCH: u64 = 256;
     type Tx = tokio::sync::mpsc::Sender<Arc<Ev>>;
@@ -171,34 +168,30 @@ fn one_to_one_mpsc(rt: &Rt) {
             std::hint::black_box(rx.recv().await.expect("sent"));
         }
     }
-    rt.block_on(round(&tx, &payload, &mut rx));
-    icount_measured(rt, async {
-        for _ in 0..EVENTS / BATCH {
-            round(&tx, &payload, &mut rx).await;
-        }
-    });
+    warm_then_count!(rt, BATCH, round(&tx, &payload, &mut rx));
 }
 
-fn one_to_sixteen(rt: &Rt) {
-    const BATCH: u64 = 64;
+/// One publisher, `readers` streams: each round publishes a batch, then
+/// every stream receives it.
+fn fan_out(rt: &Rt, readers: usize, batch: u64) {
     let bus = bus();
-    let mut subs: Vec<_> = (0..16)
+    let mut subs: Vec<_> = (0..readers)
         .map(|_| bus.subscribe::<Ev>().stream().expect("subscribe"))
         .collect();
     let publisher = bus.publisher::<Ev>().expect("registered");
     let payload = Arc::new(1);
-    async fn round(publisher: &Publisher<Ev>, payload: &Arc<u64>, subs: &mut [Subscription<Ev>]) {
-        publish_batch(publisher, payload, BATCH).await;
+    async fn round(
+        publisher: &Publisher<Ev>,
+        payload: &Arc<u64>,
+        subs: &mut [Subscription<Ev>],
+        batch: u64,
+    ) {
+        publish_batch(publisher, payload, batch).await;
         for sub in subs.iter_mut() {
-            receive_batch(sub, BATCH).await;
+            receive_batch(sub, batch).await;
         }
     }
-    rt.block_on(round(&publisher, &payload, &mut subs));
-    icount_measured(rt, async {
-        for _ in 0..EVENTS / BATCH {
-            round(&publisher, &payload, &mut subs).await;
-        }
-    });
+    warm_then_count!(rt, batch, round(&publisher, &payload, &mut subs, batch));
 }
 
 fn one_to_sixteen_broadcast(rt: &Rt) {
@@ -218,12 +211,7 @@ fn one_to_sixteen_broadcast(rt: &Rt) {
             }
         }
     }
-    rt.block_on(round(&tx, &payload, &mut rxs));
-    icount_measured(rt, async {
-        for _ in 0..EVENTS / BATCH {
-            round(&tx, &payload, &mut rxs).await;
-        }
-    });
+    warm_then_count!(rt, BATCH, round(&tx, &payload, &mut rxs));
 }
 
 fn handler(rt: &Rt) {
@@ -264,8 +252,13 @@ fn handler(rt: &Rt) {
     });
 }
 
-fn publish_only(rt: &Rt, overflow: Overflow, capacity: usize) {
-    let bus = bus();
+/// Publishes only, into one stream subscription under `overflow` with
+/// `capacity`, on a topic stamped by `clock`.
+fn publish_only(rt: &Rt, overflow: Overflow, capacity: usize, clock: Clock) {
+    let bus = Bus::builder()
+        .topic_with::<Ev>(TopicConfig::default().clock(clock))
+        .build()
+        .expect("one topic");
     let _sub = bus
         .subscribe::<Ev>()
         .capacity(capacity)
@@ -276,22 +269,6 @@ fn publish_only(rt: &Rt, overflow: Overflow, capacity: usize) {
     let payload = Arc::new(1);
     // Warm-up: fills the lossy queues, so that every measured publish meets
     // a full one.
-    rt.block_on(publish_batch(&publisher, &payload, 256));
-    icount_measured(rt, publish_batch(&publisher, &payload, EVENTS));
-}
-
-fn publish_coarse(rt: &Rt) {
-    let bus = Bus::builder()
-        .topic_with::<Ev>(tidings::TopicConfig::default().clock(tidings::Clock::Coarse))
-        .build()
-        .expect("one topic");
-    let _sub = bus
-        .subscribe::<Ev>()
-        .capacity(EVENTS as usize * 2)
-        .stream()
-        .expect("subscribe");
-    let publisher = bus.publisher::<Ev>().expect("registered");
-    let payload = Arc::new(1);
     rt.block_on(publish_batch(&publisher, &payload, 256));
     icount_measured(rt, publish_batch(&publisher, &payload, EVENTS));
 }
