@@ -171,9 +171,8 @@ fn a_handler_run_allocates_nothing() {
             publish(&publisher, EVENTS).await;
             done.notified().await;
         };
-        // Warm-up: the first round finds the runner not started yet, the
-        // second wakes it once (the first wake-up on a thread sizes that
-        // thread's list of wakers to wake).
+        // Warm-up: what is made once (the runner's task and its first
+        // wait) is made before the count.
         for _ in 0..2 {
             round().await;
             target.fetch_add(EVENTS, Ordering::Relaxed);
@@ -184,5 +183,46 @@ fn a_handler_run_allocates_nothing() {
             n <= EVENTS,
             "{n} allocations to publish and handle {EVENTS} events"
         );
+    });
+}
+
+/// A sync handler, on its runner's own thread: publishing and handling a
+/// batch allocates once per event, counting this thread and the runner's.
+/// The handler reports its thread's count with the last event of each
+/// round, over a std channel (which allocates nothing per message once it
+/// exists), so the runner's share is what it allocated from the end of one
+/// round to the end of the next: its runs, its waits and its wake-ups.
+#[test]
+fn a_sync_handler_run_allocates_nothing() {
+    runtime().block_on(async {
+        let bus = Bus::builder().topic::<Ev>().build().expect("valid");
+        let (done, finished) = std::sync::mpsc::sync_channel::<u64>(4);
+        let handled = Arc::new(AtomicU64::new(0));
+        let _handle = {
+            let handled = Arc::clone(&handled);
+            bus.subscribe::<Ev>()
+                .capacity(EVENTS as usize)
+                .sync(move |_e| {
+                    let n = handled.fetch_add(1, Ordering::Relaxed) + 1;
+                    if n % EVENTS == 0 {
+                        let _ = done.send(ALLOCATIONS.with(Cell::get));
+                    }
+                })
+                .expect("subscribed")
+        };
+        let publisher = bus.publisher::<Ev>().expect("registered");
+        let mut runner_before = 0;
+        for _ in 0..2 {
+            publish(&publisher, EVENTS).await;
+            runner_before = finished.recv().expect("a round handled");
+        }
+        let mine = allocations(publish(&publisher, EVENTS)).await;
+        let runner = finished.recv().expect("a round handled") - runner_before;
+        assert_eq!(handled.load(Ordering::Relaxed), 3 * EVENTS);
+        assert!(
+            mine <= EVENTS,
+            "{mine} allocations to publish {EVENTS} events"
+        );
+        assert_eq!(runner, 0, "{runner} allocations to handle {EVENTS} events");
     });
 }

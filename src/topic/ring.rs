@@ -112,7 +112,9 @@ impl<E> Ring<E> {
                 .collect(),
             mask: size as u64 - 1,
             tail: Padded(AtomicU64::new(0)),
-            waiters: Padded(Mutex::new(Vec::new())),
+            // Room for a few readers, so that the first to wait allocates
+            // nothing (wait() runs on the delivery path).
+            waiters: Padded(Mutex::new(Vec::with_capacity(4))),
         }
     }
 
@@ -232,28 +234,27 @@ impl<E> Ring<E> {
             .saturating_sub(next) as usize
     }
 
-    /// Wakes every waiting reader. The wakers are moved to a spare list kept
-    /// by this thread and woken outside the lock, so that waking allocates
-    /// nothing once both lists have grown: a fresh list each time was an
-    /// allocation per wake-up (`tests/allocations.rs`).
+    /// Wakes every waiting reader, outside the list's lock, a few at a
+    /// time through a buffer on the stack: waking never allocates (a fresh
+    /// list for each wake-up was an allocation per wake-up,
+    /// `tests/allocations.rs`). A reader that registers meanwhile may be
+    /// woken once for nothing; it looks again.
     pub(super) fn wake_all(&self) {
-        #[cfg(not(all(test, tidings_loom)))]
-        {
-            thread_local! {
-                static SPARE: std::cell::Cell<Vec<Waker>> =
-                    const { std::cell::Cell::new(Vec::new()) };
+        const AT_ONCE: usize = 8;
+        loop {
+            let mut batch: [Option<Waker>; AT_ONCE] = Default::default();
+            let more = {
+                let mut waiters = self.waiters.0.lock();
+                let n = waiters.len().min(AT_ONCE);
+                for (slot, waker) in batch.iter_mut().zip(waiters.drain(..n)) {
+                    *slot = Some(waker);
+                }
+                !waiters.is_empty()
+            };
+            batch.into_iter().flatten().for_each(Waker::wake);
+            if !more {
+                return;
             }
-            let mut batch = SPARE.with(|spare| spare.take());
-            // Both lists keep their buffers: the ring's for the next
-            // readers to register in, this thread's for the next wake-up.
-            batch.extend(self.waiters.0.lock().drain(..));
-            batch.drain(..).for_each(Waker::wake);
-            SPARE.with(|spare| spare.set(batch));
-        }
-        #[cfg(all(test, tidings_loom))]
-        {
-            let batch = std::mem::take(&mut *self.waiters.0.lock());
-            batch.into_iter().for_each(Waker::wake);
         }
     }
 }
