@@ -54,9 +54,34 @@ impl BridgeBuilder {
     /// Names the bridge: in stats, metrics, logs, its origin and its durable
     /// consumers' names (default `tidings`): 1 to 64 characters of
     /// `[A-Za-z0-9_-]`. Two processes importing the same subjects in
-    /// durable mode each need their own name.
+    /// durable mode each need their own name, unless they share the work in
+    /// a [`group`](Self::group), whose name their consumers take.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
+        self
+    }
+
+    /// Makes this bridge's imports one member of a group of replicas that
+    /// share the work (1 to 64 characters of `[A-Za-z0-9_-]`, like
+    /// [`name`](Self::name)): every bridge started with the same group
+    /// imports each message once between them.
+    ///
+    /// - **Core NATS**: the group is a NATS queue group; the server hands
+    ///   each message to one member, at most once (a member that dies loses
+    ///   what was on its way to it, as core NATS always may).
+    /// - **Durable**: the members share one durable consumer per subject,
+    ///   named after the group (not after each bridge's name). The server
+    ///   hands each stored message to one member at a time; a member
+    ///   acknowledges it once its bus accepted the event, so a member that
+    ///   dies with messages taken but not acknowledged leaves them to be
+    ///   delivered to another member after the consumer's `ack_wait`.
+    ///   Events its bus had accepted but its handlers not yet run are lost
+    ///   with it: the acknowledgement is given at acceptance.
+    ///
+    /// Without a group, every bridge that imports a subject gets every
+    /// message (in durable mode, through its own consumer).
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.queue_group = Some(group.into());
         self
     }
 
@@ -157,20 +182,21 @@ impl BridgeBuilder {
             setting,
             problem: problem.to_owned(),
         };
-        let name_ok = !self.name.is_empty()
-            && self.name.len() <= 64
-            && self
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-        if !name_ok {
-            return Err(config(
-                "name",
-                &format!(
-                    "`{}` must be 1 to 64 characters of A-Z, a-z, 0-9, _ and -",
-                    self.name
-                ),
-            ));
+        let word_ok = |w: &str| {
+            !w.is_empty()
+                && w.len() <= 64
+                && w.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        };
+        let named = std::iter::once(("name", &self.name))
+            .chain(self.queue_group.as_ref().map(|group| ("group", group)));
+        for (setting, word) in named {
+            if !word_ok(word) {
+                return Err(config(
+                    setting,
+                    &format!("`{word}` must be 1 to 64 characters of A-Z, a-z, 0-9, _ and -"),
+                ));
+            }
         }
         if self.max_payload == 0 {
             return Err(config("max_payload", "must be at least 1 byte"));

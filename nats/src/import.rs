@@ -68,7 +68,9 @@ pub(super) async fn start(
             }));
         }
         Some(durable) => {
-            let consumer = consumer_name(&ctx.name, &subject);
+            // A group's members share one consumer: named after the group.
+            let owner = ctx.queue_group.as_deref().unwrap_or(&ctx.name);
+            let consumer = consumer_name(owner, &subject);
             let nats = |what| {
                 move |e: js::JsError| BridgeError::Nats {
                     what,
