@@ -61,6 +61,16 @@ pub(crate) struct Published<E> {
 pub(crate) struct Meta {
     pub(crate) key: Option<Arc<str>>,
     pub(crate) origin: Option<Arc<str>>,
+    /// Run when the event is let go of everywhere.
+    pub(crate) done: Option<Arc<crate::config::OnDone>>,
+}
+
+impl Drop for Meta {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            done.run();
+        }
+    }
 }
 
 impl<E> Published<E> {

@@ -50,4 +50,7 @@ pub struct TopicInfo {
     pub type_name: &'static str,
     /// Whether that type (de)serializes by topic name (`#[event(serde)]`).
     pub serializable: bool,
+    /// How many accepted events it retains
+    /// ([`TopicConfig::retain`](crate::TopicConfig::retain)).
+    pub retain: usize,
 }

@@ -368,6 +368,7 @@ impl Bus {
             name: e.name,
             type_name: e.type_name,
             serializable: e.erased.codec().is_some(),
+            retain: e.erased.retained(),
         })
     }
 

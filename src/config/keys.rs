@@ -25,7 +25,36 @@ pub struct PublishOptions {
     pub(crate) scope: Option<Arc<str>>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) origin: Option<Arc<str>>,
+    pub(crate) done: Option<Arc<OnDone>>,
 }
+
+/// What [`PublishOptions::on_done`] runs, once.
+pub(crate) struct OnDone(parking_lot::Mutex<Option<Box<dyn FnOnce() + Send>>>);
+
+impl OnDone {
+    /// Runs the function, if nobody has yet.
+    pub(crate) fn run(&self) {
+        let f = self.0.lock().take();
+        if let Some(f) = f {
+            f();
+        }
+    }
+}
+
+impl std::fmt::Debug for OnDone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnDone")
+    }
+}
+
+/// Options are equal when they share the same function (a clone).
+impl PartialEq for OnDone {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self, other)
+    }
+}
+
+impl Eq for OnDone {}
 
 impl PublishOptions {
     pub(crate) const PLAIN: PublishOptions = PublishOptions {
@@ -33,6 +62,7 @@ impl PublishOptions {
         scope: None,
         timeout: None,
         origin: None,
+        done: None,
     };
 
     /// A plain publish that waits at most `timeout`.
@@ -116,6 +146,48 @@ impl PublishOptions {
     /// imported events are kept from going round in a loop.
     pub fn origin(mut self, origin: impl Into<Arc<str>>) -> Self {
         self.origin = Some(origin.into());
+        self
+    }
+
+    /// Runs `f` once every subscription that received the event is done
+    /// with it: its handler finished (after any retries, and the dead
+    /// letter), its stream dropped the envelope, its overflow policy
+    /// evicted it, or a shutdown cut it off; at once if no subscription
+    /// took it. Not run if the publish is refused or is a duplicate (the
+    /// event was not accepted). A process that dies first never runs it:
+    /// that is what makes it an acknowledgement. A bridge acknowledges a
+    /// message to its broker this way, so that a replica killed with events
+    /// in hand has them delivered again.
+    ///
+    /// `f` runs on the thread that lets go of the event last (a handler's,
+    /// a runtime worker, or the publisher's): keep it short and never block
+    /// in it. A topic with a retained log
+    /// ([`TopicConfig::retain`](crate::TopicConfig::retain)) holds its
+    /// events too, so `f` runs only once the log lets go of the event.
+    /// Options cloned share `f`: it runs once, for the first of their
+    /// events to be done.
+    ///
+    /// ```
+    /// # use std::sync::atomic::{AtomicBool, Ordering};
+    /// # use std::sync::Arc;
+    /// # use tidings::{Bus, Event, PublishOptions};
+    /// # #[derive(Event)] #[event(topic = "orders.placed")] struct OrderPlaced { id: u64 }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let bus = Bus::builder().topic::<OrderPlaced>().build()?;
+    /// let mut orders = bus.subscribe::<OrderPlaced>().stream()?;
+    /// let done = Arc::new(AtomicBool::new(false));
+    /// let flag = Arc::clone(&done);
+    /// let options = PublishOptions::new().on_done(move || flag.store(true, Ordering::Release));
+    /// bus.publish_with(OrderPlaced { id: 7 }, options).await?;
+    /// let order = orders.recv().await.expect("delivered");
+    /// assert!(!done.load(Ordering::Acquire)); // still in hand
+    /// drop(order);
+    /// assert!(done.load(Ordering::Acquire));
+    /// # Ok(()) }
+    /// ```
+    pub fn on_done(mut self, f: impl FnOnce() + Send + 'static) -> Self {
+        self.done = Some(Arc::new(OnDone(parking_lot::Mutex::new(Some(Box::new(f))))));
         self
     }
 

@@ -10,6 +10,7 @@ mod start;
 mod topic;
 mod watch;
 
+pub(crate) use keys::OnDone;
 pub use keys::{DedupWindow, PublishOptions};
 pub use overflow::Overflow;
 pub(crate) use policy::later;

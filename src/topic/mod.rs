@@ -201,6 +201,8 @@ pub(crate) trait ErasedTopic: Send + Sync {
     /// How its events are (de)serialized, if they can be.
     #[cfg_attr(not(feature = "serde"), allow(dead_code))]
     fn codec(&self) -> Option<Codec>;
+    /// How many accepted events it retains.
+    fn retained(&self) -> usize;
     /// Publishes a type-erased event of this topic.
     fn publish_dyn(
         &self,
@@ -240,6 +242,10 @@ impl<E: Event> ErasedTopic for TopicState<E> {
 
     fn codec(&self) -> Option<Codec> {
         E::__codec()
+    }
+
+    fn retained(&self) -> usize {
+        self.config.retained()
     }
 
     fn publish_dyn(

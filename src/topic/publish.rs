@@ -48,13 +48,14 @@ fn remember(dedup: &mut Dedup, key: &Arc<str>, id: EventId, seq: u64, now: Insta
     dedup.record(Arc::clone(key), original, now);
 }
 
-/// The metadata of a publish with a key or an origin.
+/// The metadata of a publish with a key, an origin or an `on_done`.
 #[cold]
 #[inline(never)]
 fn meta(opts: &PublishOptions) -> Box<Meta> {
     Box::new(Meta {
         key: opts.key.clone(),
         origin: opts.origin.clone(),
+        done: opts.done.clone(),
     })
 }
 
@@ -239,7 +240,8 @@ impl<E: Event> TopicState<E> {
         inner.published += 1;
         self.metrics.published();
         let id = EventId::next();
-        let meta = (key.is_some() || opts.origin.is_some()).then(|| meta(opts));
+        let meta =
+            (key.is_some() || opts.origin.is_some() || opts.done.is_some()).then(|| meta(opts));
         let published = Arc::new(Published {
             event,
             id,
