@@ -19,10 +19,10 @@
 //! the raw `async-nats` client doing the same work through the same server,
 //! in interleaved rounds (default 5; which goes first alternates): the same
 //! JSON payload and header block, published flat out; in core mode a plain
-//! subscription that decodes each message, in durable mode a JetStream
-//! publish that waits for each acknowledgement (as the bridge's exporter
-//! does) and a pull consumer fetching 256 at a time and acknowledging each
-//! message (as its importer does). It prints the best, median and worst
+//! subscription that decodes each message, in durable mode JetStream
+//! publishes with message ids and up to 256 acknowledgements outstanding
+//! (the bridge exporter's default window) and a pull consumer fetching 256
+//! at a time and acknowledging each message (as its importer does). It prints the best, median and worst
 //! round of each, and the bridge's rate as a share of the raw client's: the
 //! median of the ratios of the same round, with their range; a range that
 //! holds 1.0 is "indistinguishable".
@@ -314,6 +314,10 @@ fn raw_headers(id: u64, msg_id: Option<&str>) -> async_nats::HeaderMap {
     h
 }
 
+/// Publishes awaiting their acknowledgement at once, in durable mode: the
+/// bridge's default window.
+const WINDOW: usize = 256;
+
 /// The raw `async-nats` client doing the bridge's work, one run.
 async fn raw_once(
     url: &str,
@@ -364,19 +368,29 @@ async fn raw_once(
     let publisher = {
         let js = js.clone();
         tokio::spawn(async move {
+            // The same window of acknowledgements outstanding as the
+            // bridge's exporter (`Durable::window`, default 256).
+            let mut acks = std::collections::VecDeque::with_capacity(WINDOW);
             for id in 0..events {
                 let payload = serde_json::to_vec(&order(id)).expect("encodes");
                 let msg_id = format!("bench-out.{id:016x}");
-                // One acknowledgement awaited per event, as the bridge does.
-                js.publish_with_headers(
-                    subject.clone(),
-                    raw_headers(id, Some(&msg_id)),
-                    payload.into(),
-                )
-                .await
-                .expect("publish")
-                .await
-                .expect("stored");
+                let ack = js
+                    .publish_with_headers(
+                        subject.clone(),
+                        raw_headers(id, Some(&msg_id)),
+                        payload.into(),
+                    )
+                    .await
+                    .expect("publish");
+                acks.push_back(ack);
+                if acks.len() >= WINDOW {
+                    if let Some(ack) = acks.pop_front() {
+                        ack.await.expect("stored");
+                    }
+                }
+            }
+            for ack in acks {
+                ack.await.expect("stored");
             }
         })
     };

@@ -222,6 +222,16 @@ impl BridgeBuilder {
             if d.max_deliver == 0 {
                 return Err(config("durable.max_deliver", "must be at least 1"));
             }
+            if d.window == 0 || d.window > super::config::MAX_WINDOW {
+                return Err(config(
+                    "durable.window",
+                    &format!(
+                        "{} publishes in flight: 1 to {} allowed",
+                        d.window,
+                        super::config::MAX_WINDOW
+                    ),
+                ));
+            }
             if d.stream.is_empty() || d.stream.contains(['.', '*', '>', ' ']) {
                 return Err(config(
                     "durable.stream",
@@ -336,6 +346,7 @@ impl BridgeBuilder {
             queue_group: self.queue_group.clone(),
             counters: Counters::default(),
             in_hand: AtomicU64::new(0),
+            unacked: Arc::new(AtomicU64::new(0)),
             last_restart: parking_lot::Mutex::new(None),
             max_held: self.max_held,
             rejection_log: parking_lot::Mutex::new((None, 0)),

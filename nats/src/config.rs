@@ -106,6 +106,11 @@ impl fmt::Debug for Connect {
     }
 }
 
+/// Publishes in flight per exported topic unless [`Durable::window`] says.
+const DEFAULT_WINDOW: usize = 256;
+/// The largest window [`Durable::window`] accepts.
+pub(crate) const MAX_WINDOW: usize = 65_536;
+
 /// JetStream settings for [durable mode](crate::BridgeBuilder::durable). Both
 /// sides of a bridge name the same stream with the same subjects.
 #[derive(Clone, Debug)]
@@ -115,6 +120,7 @@ pub struct Durable {
     pub(crate) duplicate_window: Duration,
     pub(crate) max_deliver: u32,
     pub(crate) ack_wait: Duration,
+    pub(crate) window: usize,
 }
 
 impl Durable {
@@ -131,6 +137,7 @@ impl Durable {
             duplicate_window: Duration::from_secs(120),
             max_deliver: 20,
             ack_wait: Duration::from_secs(10),
+            window: DEFAULT_WINDOW,
         }
     }
 
@@ -145,6 +152,18 @@ impl Durable {
     /// bridge publishes a [`Rejected`](crate::Rejected) naming it ([`RejectReason::Undeliverable`](crate::RejectReason::Undeliverable)).
     pub fn max_deliver(mut self, deliveries: u32) -> Self {
         self.max_deliver = deliveries;
+        self
+    }
+
+    /// How many publishes of one exported topic may wait for the stream's
+    /// acknowledgement at once (default 256, at most 65,536). The exporter
+    /// keeps the topic's order whatever the window: after any trouble it
+    /// sends everything unacknowledged again, in order, under the same
+    /// message ids (see the crate docs). A window of 1 waits for each
+    /// acknowledgement in turn. While the window is full, the export
+    /// subscription's queue fills under the topic's overflow policy.
+    pub fn window(mut self, publishes: usize) -> Self {
+        self.window = publishes;
         self
     }
 

@@ -30,6 +30,9 @@ pub(crate) struct Ctx {
     pub(crate) counters: Counters,
     /// Events an exporter holds between its subscription and the server.
     pub(crate) in_hand: AtomicU64,
+    /// Stored messages handed to the bus whose handling has not finished:
+    /// acknowledged when it has.
+    pub(crate) unacked: Arc<AtomicU64>,
     pub(crate) last_restart: parking_lot::Mutex<Option<Instant>>,
     pub(crate) max_held: usize,
     /// When a rejection was last logged, and how many since were not.

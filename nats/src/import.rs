@@ -11,6 +11,7 @@
 //! the connection down, and is never lost without a count.
 
 use std::pin::pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +39,8 @@ const IMPORT_WAIT: Duration = Duration::from_millis(250);
 enum Imported {
     /// Published, found to be a duplicate or an echo: done with.
     Done,
+    /// Published (durable): acknowledged once the bus is done with it.
+    Handed,
     /// Rejected for good: terminate it (durable).
     Rejected,
     /// The bus refused it for now: have it redelivered (durable).
@@ -148,7 +151,7 @@ async fn core_loop(ctx: &Ctx, sub: &mut Subscription, stopped: watch::Receiver<b
     loop {
         match futures::future::select(pin!(sub.next()), stop.as_mut()).await {
             Either::Left((Some(leased), _)) => {
-                import(ctx, &leased, false).await;
+                import(ctx, &leased, None).await;
             }
             Either::Left((None, _)) => return,
             Either::Right(((), _)) => break,
@@ -157,7 +160,7 @@ async fn core_loop(ctx: &Ctx, sub: &mut Subscription, stopped: watch::Receiver<b
     // Stopping: take no more, finish what was already received.
     sub.unsubscribe();
     while let Some(leased) = sub.try_next() {
-        import(ctx, &leased, false).await;
+        import(ctx, &leased, None).await;
     }
 }
 
@@ -219,18 +222,21 @@ async fn durable_loop(
                 Pulled::Over => break,
                 Pulled::Message(reply) => {
                     got += 1;
-                    let how = match import(ctx, &leased, true).await {
-                        Imported::Done => js::Verdict::Ack,
-                        Imported::Rejected => js::Verdict::Term,
-                        Imported::Retry => js::Verdict::Nak(Duration::from_millis(200)),
+                    let how = match import(ctx, &leased, Some(&reply)).await {
+                        Imported::Handed => None,
+                        Imported::Done => Some(js::Verdict::Ack),
+                        Imported::Rejected => Some(js::Verdict::Term),
+                        Imported::Retry => Some(js::Verdict::Nak(Duration::from_millis(200))),
                     };
-                    js::ack(&ctx.conn, &reply, how);
+                    if let Some(how) = how {
+                        js::ack(&ctx.conn, &reply, how);
+                    }
                     if got >= IMPORT_BATCH {
                         break;
                     }
                 }
                 Pulled::Stray => {
-                    import(ctx, &leased, true).await;
+                    import(ctx, &leased, None).await;
                 }
             }
         }
@@ -342,7 +348,13 @@ fn id_header(headers: &Headers, name: &str) -> Result<Option<String>, String> {
 }
 
 /// Checks one message and publishes it on the bus; see the module docs.
-async fn import(ctx: &Ctx, leased: &Leased, durable: bool) -> Imported {
+/// A stored message (durable mode) comes with the subject to acknowledge
+/// it on: once the bus accepted it, the acknowledgement goes when every
+/// local subscription is done with it (so a replica killed with events in
+/// hand has them delivered again), or at once on a topic that retains
+/// events (its log would hold them past their handling).
+async fn import(ctx: &Ctx, leased: &Leased, stored: Option<&Bytes>) -> Imported {
+    let durable = stored.is_some();
     let (subject, headers, payload) = match &leased.delivery {
         Delivery::Oversize {
             subject, len, head, ..
@@ -416,20 +428,33 @@ async fn import(ctx: &Ctx, leased: &Leased, durable: bool) -> Imported {
         }
     };
     let mut options = PublishOptions::new().origin(ctx.origin());
+    let ack_when_done = stored.filter(|_| ctx.bus.topic_info(topic).is_some_and(|t| t.retain == 0));
+    if let Some(reply) = ack_when_done {
+        let (conn, reply, unacked) = (ctx.conn.clone(), reply.clone(), Arc::clone(&ctx.unacked));
+        unacked.fetch_add(1, Ordering::AcqRel);
+        options = options.on_done(move || {
+            js::ack(&conn, &reply, js::Verdict::Ack);
+            unacked.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
     if let Some(key) = key.as_deref().or(event_id.as_deref()) {
         options = options.idempotency_key(key);
         if !ctx.share_keys {
             options = options.key_scope(format!("bridge:{}", ctx.name));
         }
     }
-    match ctx.bus.publish_dyn(event, options).await {
+    let imported = match ctx.bus.publish_dyn(event, options).await {
         Ok(receipt) if receipt.is_duplicate() => {
             ctx.count(&ctx.counters.duplicates, "tidings_bridge_duplicates_total");
             Imported::Done
         }
         Ok(_) => {
             ctx.count(&ctx.counters.imported, "tidings_bridge_imported_total");
-            Imported::Done
+            if ack_when_done.is_some() {
+                Imported::Handed
+            } else {
+                Imported::Done
+            }
         }
         Err(e) if matches!(e.reason(), Refusal::InvalidKey { .. }) => {
             let reason = RejectReason::BadHeaders(e.to_string());
@@ -440,7 +465,12 @@ async fn import(ctx: &Ctx, leased: &Leased, durable: bool) -> Imported {
             let reason = RejectReason::Refused(bounded(&e.to_string(), REJECTED_FIELD_LIMIT));
             reject(ctx, subject, reason, payload, event_id).await
         }
+    };
+    if ack_when_done.is_some() && imported != Imported::Handed {
+        // Not accepted: `on_done` never runs, the caller answers now.
+        ctx.unacked.fetch_sub(1, Ordering::AcqRel);
     }
+    imported
 }
 
 async fn reject(

@@ -157,6 +157,10 @@ pub(crate) async fn ensure_consumer(conn: &Conn, c: &ConsumerConfig<'_>) -> Resu
 /// The acknowledgement of a publish to a stream.
 #[derive(Debug, Deserialize)]
 pub(crate) struct PubAck {
+    /// The stream sequence the message was stored at (the original's, for
+    /// a duplicate).
+    #[serde(default)]
+    pub(crate) seq: u64,
     #[serde(default)]
     pub(crate) duplicate: bool,
 }

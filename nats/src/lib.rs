@@ -133,6 +133,8 @@ impl Bridge {
             export_retries: load(&c.export_retries),
             export_failures: load(&c.export_failures),
             export_duplicates: load(&c.export_duplicates),
+            export_reordered: load(&c.export_reordered),
+            unacknowledged: self.ctx.unacked.load(Ordering::Relaxed),
             imported: load(&c.imported),
             duplicates: load(&c.duplicates),
             echoes: load(&c.echoes),
@@ -211,7 +213,8 @@ impl Bridge {
     }
 
     /// Stops importing (every message already received or fetched is still
-    /// handed to the local bus, counted and acknowledged), sends what the
+    /// handed to the local bus and counted; in durable mode acknowledged
+    /// once the bus is done with it, which this waits for), sends what the
     /// export subscriptions still hold (in durable mode, until the stream
     /// acknowledged it), and makes sure the server has it all; a bridge
     /// started again later takes up exactly where this one left off.
@@ -232,9 +235,14 @@ impl Bridge {
             .map(JoinHandle::abort_handle)
             .collect();
         let conn = self.ctx.conn.clone();
+        let unacked = Arc::clone(&self.ctx.unacked);
         let work = async move {
             for task in imports {
                 let _ = task.await;
+            }
+            // What the importers handed over is acknowledged once handled.
+            while unacked.load(Ordering::Acquire) > 0 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
             }
             for task in exports {
                 let _ = task.await;
@@ -244,6 +252,7 @@ impl Bridge {
         };
         let deadline_hit = tokio::time::timeout(deadline, work).await.is_err();
         let mut unsent = 0;
+        let unacknowledged = self.ctx.unacked.load(Ordering::Acquire);
         if deadline_hit {
             unsent = self.ctx.in_hand.load(Ordering::Relaxed) + self.export_queued();
             for task in aborts {
@@ -258,6 +267,7 @@ impl Bridge {
             deadline_hit,
             unsent,
             unwritten,
+            unacknowledged,
             elapsed: start.elapsed(),
         }
     }

@@ -23,8 +23,19 @@ pub struct BridgeStats {
     /// stream did not store them again and nobody will receive them. Not
     /// counted in `exported`; each is logged with its id.
     pub export_duplicates: u64,
+    /// Exports the stream stored out of the topic's order (durable mode):
+    /// an acknowledgement named a lower stream sequence than one of an
+    /// event published before it. The exporter's window is built so this
+    /// stays 0 (see [`Durable::window`](crate::Durable::window)); each one
+    /// is logged with its id.
+    pub export_reordered: u64,
     /// Messages from NATS published on the local bus.
     pub imported: u64,
+    /// Of those, stored messages (durable mode) the local bus has not
+    /// finished handling yet, and so not acknowledged: a process that dies
+    /// now has them delivered again, to its next run or another replica of
+    /// its group. At most the consumer's in-flight limit (1,024).
+    pub unacknowledged: u64,
     /// Messages from NATS recognised as already imported (redeliveries).
     pub duplicates: u64,
     /// This bridge's own exports that came back to it (not imported).
@@ -61,6 +72,7 @@ pub(crate) struct Counters {
     pub(crate) export_retries: AtomicU64,
     pub(crate) export_failures: AtomicU64,
     pub(crate) export_duplicates: AtomicU64,
+    pub(crate) export_reordered: AtomicU64,
     pub(crate) imported: AtomicU64,
     pub(crate) duplicates: AtomicU64,
     pub(crate) echoes: AtomicU64,
@@ -156,6 +168,12 @@ pub struct BridgeReport {
     /// was down when the bridge stopped: core-mode exports (each one an
     /// event lost), durable retries, acknowledgements.
     pub unwritten: u64,
+    /// Stored messages (durable mode) handed to the local bus whose
+    /// handling had not finished by the deadline: not acknowledged, so the
+    /// broker delivers them again (to this bridge's next run or another
+    /// replica), where the idempotency key of a new process does not know
+    /// them: handled again there.
+    pub unacknowledged: u64,
     /// How long it took.
     pub elapsed: Duration,
 }

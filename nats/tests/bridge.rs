@@ -317,8 +317,11 @@ async fn jetstream_drops_a_republished_event_id() {
     assert!(orders.try_recv().is_err(), "delivered once");
 }
 
+/// The broker killed while the exporter has a full window of publishes
+/// out, and started again: the stream holds every order once, in the order
+/// they were published, and every order is handled once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broker_restart_in_durable_mode_loses_and_duplicates_nothing() {
+async fn a_broker_restart_in_durable_mode_keeps_order_and_loses_and_duplicates_nothing() {
     let mut server = NatsServer::start();
     let (orders, billing) = (bus(), bus());
     let handled = Arc::new(Mutex::new(Vec::new()));
@@ -338,37 +341,39 @@ async fn a_broker_restart_in_durable_mode_loses_and_duplicates_nothing() {
         .unwrap();
     let a = Bridge::builder(&orders, server.connect())
         .name("orders")
-        .durable(durable())
+        .durable(durable().window(64))
         .export::<OrderCreated>()
         .start()
         .await
         .unwrap();
-    const N: u64 = 200;
-    for id in 1..=N / 2 {
-        orders
-            .publish(OrderCreated {
-                id,
-                total_cents: id,
-            })
-            .await
-            .unwrap();
-    }
-    until("the first half to be handled", || {
+    const N: u64 = 5_000;
+    let publisher = {
+        let orders = orders.clone();
+        tokio::spawn(async move {
+            for id in 1..=N {
+                orders
+                    .publish(OrderCreated {
+                        id,
+                        total_cents: id,
+                    })
+                    .await
+                    .unwrap();
+                // Paced, so that the window has room when the broker goes
+                // and new publishes are made while it is away.
+                if id % 8 == 0 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        })
+    };
+    until("a quarter to be handled", || {
         handled.lock().unwrap().len() as u64 >= N / 4
     })
     .await;
-    server.stop(); // mid-stream
-    for id in N / 2 + 1..=N {
-        orders
-            .publish(OrderCreated {
-                id,
-                total_cents: id,
-            })
-            .await
-            .unwrap();
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.stop(); // SIGKILL, mid-stream: publishes and acknowledgements in flight
+    tokio::time::sleep(Duration::from_millis(300)).await;
     server.spawn(); // same port, same store
+    publisher.await.unwrap();
     until("every order to be handled", || {
         handled.lock().unwrap().len() as u64 >= N
     })
@@ -378,13 +383,57 @@ async fn a_broker_restart_in_durable_mode_loses_and_duplicates_nothing() {
     let distinct: HashSet<u64> = ids.iter().copied().collect();
     assert_eq!(distinct.len() as u64, N, "nothing lost");
     assert_eq!(ids.len() as u64, N, "nothing handled twice");
-    // Whether the exporter saw an error and retried, or the client held the
-    // publishes until the broker was back, depends on timing: either way
-    // every order was stored once.
-    assert_eq!(a.exported, N, "{a:?}");
+    assert_eq!((a.exported, a.export_reordered), (N, 0), "{a:?}");
+    assert!(a.disconnects >= 1, "the exporter saw the broker go: {a:?}");
     until("the imports to be counted", || b.stats().imported >= N).await;
     let b = b.stats();
     assert_eq!(b.imported, N, "{b:?}");
+    // The stream itself, read from the start: each order once, in order.
+    let stored = stored_ids(&server, "ORDERS", N).await;
+    let expected: Vec<u64> = (1..=N).collect();
+    assert!(
+        stored == expected,
+        "the stream holds the orders out of order or not once each: first difference at {:?}",
+        stored.iter().zip(&expected).position(|(s, e)| s != e)
+    );
+}
+
+/// The `id` of each order stream `stream` holds, in stream order (reads
+/// `n` and checks that nothing follows).
+async fn stored_ids(server: &NatsServer, stream: &str, n: u64) -> Vec<u64> {
+    use async_nats::jetstream::consumer::{pull, AckPolicy};
+    use futures::StreamExt;
+    let js = async_nats::jetstream::new(server.client().await);
+    let consumer = js
+        .get_stream(stream)
+        .await
+        .unwrap()
+        .create_consumer(pull::Config {
+            ack_policy: AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let mut ids = Vec::new();
+    while (ids.len() as u64) < n {
+        let msg = next("a stored message", messages.next()).await.unwrap();
+        let order: OrderCreated = serde_json::from_slice(&msg.payload).unwrap();
+        ids.push(order.id);
+    }
+    let info = js
+        .get_stream(stream)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone();
+    assert_eq!(
+        info.state.messages, n,
+        "the stream holds exactly the orders"
+    );
+    ids
 }
 
 /// A billing bridge shut down mid-stream and started again, as a new
@@ -530,4 +579,23 @@ async fn an_export_the_broker_drops_as_a_duplicate_is_counted_apart() {
         "the broker dropped the second: {:?}",
         stats[1]
     );
+}
+
+/// A window of no publishes, or of more than the bridge allows, is an
+/// error naming the setting, before anything connects.
+#[tokio::test]
+async fn a_durable_window_out_of_range_is_refused_at_start() {
+    for window in [0, 65_537, usize::MAX] {
+        let err = Bridge::builder(&bus(), tidings_nats::Connect::to("nats://127.0.0.1:1"))
+            .durable(Durable::new("ORDERS", ["orders.>"]).window(window))
+            .export::<OrderCreated>()
+            .start()
+            .await
+            .expect_err("refused");
+        let text = err.to_string();
+        assert!(
+            text.contains("durable.window") && text.contains(&window.to_string()),
+            "{text}"
+        );
+    }
 }

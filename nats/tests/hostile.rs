@@ -292,6 +292,11 @@ async fn poison_stored_in_a_stream_ends_in_rejections() {
         (294, 1_000, 0),
         "{stats:?}"
     );
+    // Handled (here: taken off the stream), so acknowledged.
+    let mut b = b;
+    for _ in 0..294 {
+        next("an honest order", b.orders.recv()).await;
+    }
     let report = bridge.shutdown(LONG).await;
     assert!(report.is_clean(), "{report:?}");
     let info = async_nats::jetstream::new(server.client().await)
@@ -714,7 +719,9 @@ async fn shutdown_while_the_broker_is_down_returns_and_names_what_it_lost() {
         .expect("no hang");
     assert!(report.deadline_hit, "{report:?}");
     assert_eq!(report.unsent, 5, "all five still held: {report:?}");
-    assert!(report.unwritten >= 1, "the first one's try: {report:?}");
+    // A durable publish is bound to the connection it was made for: none
+    // waits in the connection for the next one, so none is counted twice.
+    assert_eq!(report.unwritten, 0, "{report:?}");
     assert_eq!(report.stats.exported, 0);
     assert!(!report.is_clean());
     assert!(started.elapsed() < LONG);

@@ -7,8 +7,11 @@
 //! The replicas are this test binary started again on the `#[ignore]`d
 //! test `replica_process`, configured through the environment; each prints
 //! a line per order it handled, which the test reads from its stdout.
-//! Killing a replica part-way (and what a durable group then redelivers)
-//! is not covered yet.
+//!
+//! In durable mode one replica is also killed (SIGKILL) part-way: no order
+//! is lost, and the only orders handled twice are ones the killed replica
+//! had handled without its acknowledgement reaching the broker; their
+//! number is reported and bounded by the consumer's in-flight limit.
 
 mod common;
 
@@ -49,10 +52,23 @@ fn mode(
     prefix: &str,
 ) -> tidings_nats::BridgeBuilder {
     match stream {
-        Some(stream) => b.durable(Durable::new(stream, [format!("{prefix}.>")])),
+        Some(stream) => b.durable(
+            Durable::new(stream, [format!("{prefix}.>")])
+                // What a killed replica held is delivered again this soon.
+                .ack_wait(ACK_WAIT),
+        ),
         None => b,
     }
 }
+
+/// How long the shared consumer waits for an acknowledgement before it
+/// delivers a message to another replica.
+const ACK_WAIT: Duration = Duration::from_secs(3);
+/// The consumer's limit of messages delivered and not acknowledged (the
+/// bridge's importer sets it): the most a killed replica can take with it.
+const IN_FLIGHT: usize = 1_024;
+/// Reported instead of an order id: the replica stalled (see `share`).
+const STALLED: u64 = u64::MAX;
 
 /// One replica, when the environment says so (run by the tests below as a
 /// process of its own): imports orders in group `billing`, prints `ready`
@@ -84,11 +100,42 @@ fn replica_process() {
         let mut out = std::io::stdout().lock();
         writeln!(out, "replica ready").expect("stdout");
         out.flush().expect("stdout");
+        let stall_after: Option<u64> = std::env::var("TIDINGS_REPLICA_STALL_AFTER")
+            .ok()
+            .and_then(|n| n.parse().ok());
+        let mut done = 0;
+        let pause = std::env::var("TIDINGS_REPLICA_PAUSE_US")
+            .ok()
+            .and_then(|us| us.parse().ok())
+            .map(Duration::from_micros);
         while let Some(order) = orders.recv().await {
+            if let Some(pause) = pause {
+                writeln!(out, "took {}", order.id).expect("stdout");
+                out.flush().expect("stdout");
+                tokio::time::sleep(pause).await; // the work of handling it
+            }
+            if stall_after == Some(done) {
+                // Stuck in the middle of this order until killed.
+                let held = _bridge.stats().unacknowledged;
+                writeln!(out, "stalled {held}").expect("stdout");
+                out.flush().expect("stdout");
+                std::future::pending::<()>().await;
+            }
+            done += 1;
             writeln!(out, "handled {}", order.id).expect("stdout");
             out.flush().expect("stdout");
+            // Dropping the envelope ends its handling: the bridge
+            // acknowledges it to the broker now.
         }
     });
+}
+
+/// Where a replica's reader thread sends what the replica says.
+#[derive(Clone)]
+struct Senders {
+    handled: mpsc::Sender<(usize, u64)>,
+    ready: mpsc::Sender<usize>,
+    took: mpsc::Sender<(usize, u64)>,
 }
 
 /// A replica process and the orders it reports, line by line.
@@ -102,9 +149,14 @@ impl Replica {
         stream: Option<&str>,
         prefix: &str,
         index: usize,
-        handled: mpsc::Sender<(usize, u64)>,
-        ready: mpsc::Sender<usize>,
+        to: Senders,
+        (pause, stall_after): (Option<Duration>, Option<usize>),
     ) -> Self {
+        let Senders {
+            handled,
+            ready,
+            took,
+        } = to;
         let mut command = Command::new(std::env::current_exe().expect("this test binary"));
         command
             .args(["replica_process", "--exact", "--ignored", "--nocapture"])
@@ -115,15 +167,30 @@ impl Replica {
         if let Some(stream) = stream {
             command.env("TIDINGS_REPLICA_STREAM", stream);
         }
+        if let Some(pause) = pause {
+            command.env("TIDINGS_REPLICA_PAUSE_US", pause.as_micros().to_string());
+        }
+        if let Some(n) = stall_after {
+            command.env("TIDINGS_REPLICA_STALL_AFTER", n.to_string());
+        }
         let mut child = command.spawn().expect("a replica process");
         let stdout = child.stdout.take().expect("piped");
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if line == "replica ready" {
                     let _ = ready.send(index);
+                } else if let Some(held) = line.strip_prefix("stalled ") {
+                    let _ = handled.send((index, STALLED));
+                    if let Ok(held) = held.parse() {
+                        let _ = took.send((usize::MAX, held));
+                    }
                 } else if let Some(id) = line.strip_prefix("handled ") {
                     if let Ok(id) = id.parse() {
                         let _ = handled.send((index, id));
+                    }
+                } else if let Some(id) = line.strip_prefix("took ") {
+                    if let Ok(id) = id.parse() {
+                        let _ = took.send((index, id));
                     }
                 }
             }
@@ -140,21 +207,30 @@ impl Drop for Replica {
 }
 
 /// Starts the replicas, publishes the orders once all run, and returns
-/// which replica handled each order, every report counted.
-fn share(stream: Option<&str>) -> HashMap<u64, Vec<usize>> {
+/// which replica handled each order, every report counted. With `kill`,
+/// replica 0 stalls in the middle of the order after that many and is
+/// killed (SIGKILL) there; the replicas then take a while over each order,
+/// so that it dies with more orders in hand.
+fn share(stream: Option<&str>, kill: Option<usize>) -> Shared {
     let server = NatsServer::start();
     let prefix = format!("shop{}", std::process::id());
+    let (took_tx, took) = mpsc::channel();
     let (handled_tx, handled) = mpsc::channel();
     let (ready_tx, ready) = mpsc::channel();
-    let _replicas: Vec<Replica> = (0..REPLICAS)
+    let pause = kill.map(|_| Duration::from_micros(200));
+    let mut replicas: Vec<Replica> = (0..REPLICAS)
         .map(|i| {
             Replica::start(
                 &server,
                 stream,
                 &prefix,
                 i,
-                handled_tx.clone(),
-                ready_tx.clone(),
+                Senders {
+                    handled: handled_tx.clone(),
+                    ready: ready_tx.clone(),
+                    took: took_tx.clone(),
+                },
+                (pause, kill.filter(|_| i == 0)),
             )
         })
         .collect();
@@ -165,24 +241,28 @@ fn share(stream: Option<&str>) -> HashMap<u64, Vec<usize>> {
             .expect("every replica starts its bridge");
     }
     let rt = tokio::runtime::Runtime::new().expect("a runtime");
-    let bridge = rt.block_on(async {
-        let shop = bus();
-        let bridge = mode(
-            Bridge::builder(&shop, server.connect())
-                .name("shop")
-                .prefix(prefix.clone())
-                .export::<Order>(),
-            stream,
-            &prefix,
+    let shop = bus();
+    let bridge = rt
+        .block_on(
+            mode(
+                Bridge::builder(&shop, server.connect())
+                    .name("shop")
+                    .prefix(prefix.clone())
+                    .export::<Order>(),
+                stream,
+                &prefix,
+            )
+            .start(),
         )
-        .start()
-        .await
         .expect("the exporting bridge starts");
-        for id in 0..ORDERS {
-            shop.publish(Order { id }).await.expect("published");
-        }
-        (shop, bridge)
-    });
+    let publisher = {
+        let shop = shop.clone();
+        rt.spawn(async move {
+            for id in 0..ORDERS {
+                shop.publish(Order { id }).await.expect("published");
+            }
+        })
+    };
     let mut by_order: HashMap<u64, Vec<usize>> = HashMap::new();
     let mut reports = 0;
     let until = Instant::now() + DEADLINE;
@@ -192,20 +272,59 @@ fn share(stream: Option<&str>) -> HashMap<u64, Vec<usize>> {
         let Ok((replica, id)) = handled.recv_timeout(left) else {
             break;
         };
+        if id == STALLED {
+            let _ = replicas[replica].child.kill(); // SIGKILL
+            let _ = replicas[replica].child.wait();
+            continue;
+        }
         by_order.entry(id).or_default().push(replica);
         reports += 1;
     }
-    while let Ok((replica, id)) = handled.recv_timeout(Duration::from_millis(500)) {
+    let quiet = if kill.is_some() {
+        ACK_WAIT
+    } else {
+        Duration::from_millis(500)
+    };
+    while let Ok((replica, id)) = handled.recv_timeout(quiet) {
+        if id == STALLED {
+            continue;
+        }
         by_order.entry(id).or_default().push(replica);
         reports += 1;
     }
-    let (_shop, bridge) = bridge;
+    rt.block_on(publisher).expect("the publisher finished");
     rt.block_on(bridge.shutdown(Duration::from_secs(10)));
+    drop(replicas);
+    drop(took_tx);
     eprintln!("{reports} reports of {} orders", by_order.len());
-    by_order
+    Shared {
+        by_order,
+        took: took.try_iter().collect(),
+    }
 }
 
-fn assert_each_order_once(by_order: &HashMap<u64, Vec<usize>>) {
+impl Shared {
+    /// What the stalled replica's bridge held unacknowledged when it
+    /// stalled (its own count, reported before it was killed).
+    fn held_at_kill(&self) -> Option<u64> {
+        self.took
+            .iter()
+            .find(|(r, _)| *r == usize::MAX)
+            .map(|(_, held)| *held)
+    }
+}
+
+/// What the replicas reported.
+struct Shared {
+    /// Which replicas handled each order (in the order they said so).
+    by_order: HashMap<u64, Vec<usize>>,
+    /// The orders each replica's handler took, when it says (`kill`); and,
+    /// as replica `usize::MAX`, what the stalled one held unacknowledged.
+    took: Vec<(usize, u64)>,
+}
+
+/// No order lost.
+fn assert_none_lost(by_order: &HashMap<u64, Vec<usize>>) {
     let missing: Vec<u64> = (0..ORDERS)
         .filter(|id| !by_order.contains_key(id))
         .collect();
@@ -215,6 +334,10 @@ fn assert_each_order_once(by_order: &HashMap<u64, Vec<usize>>) {
         missing.len(),
         &missing[..missing.len().min(5)]
     );
+}
+
+fn assert_each_order_once(by_order: &HashMap<u64, Vec<usize>>) {
+    assert_none_lost(by_order);
     let twice: Vec<(&u64, &Vec<usize>)> = by_order.iter().filter(|(_, r)| r.len() > 1).collect();
     assert!(
         twice.is_empty(),
@@ -235,13 +358,13 @@ fn assert_each_order_once(by_order: &HashMap<u64, Vec<usize>>) {
 
 #[test]
 fn core_replicas_in_a_group_handle_each_order_once() {
-    assert_each_order_once(&share(None));
+    assert_each_order_once(&share(None, None).by_order);
 }
 
 #[test]
 fn durable_replicas_in_a_group_share_one_consumer_and_handle_each_order_once() {
     let stream = format!("SHOP{}", std::process::id());
-    assert_each_order_once(&share(Some(&stream)));
+    assert_each_order_once(&share(Some(&stream), None).by_order);
 }
 
 /// A group is checked like a name: a bad one is an error naming the
@@ -259,5 +382,60 @@ async fn a_bad_group_is_refused_at_start() {
     assert!(
         text.contains("group") && text.contains("billing team"),
         "{text}"
+    );
+}
+
+/// A replica killed part-way (SIGKILL: no shutdown, nothing flushed): the
+/// orders it held unacknowledged are delivered again to the others after
+/// the consumer's acknowledgement wait. None is lost; an order is handled
+/// twice only if the killed replica handled it and died before its
+/// acknowledgement reached the broker, and there are at most as many of
+/// those as the consumer lets be in flight.
+#[test]
+fn durable_replicas_lose_nothing_when_one_is_killed() {
+    let stream = format!("SHOPK{}", std::process::id());
+    let shared = share(Some(&stream), Some(ORDERS as usize / 10));
+    let by_order = &shared.by_order;
+    assert_none_lost(by_order);
+    // Taken by the killed replica's handler, never finished there: each
+    // one finished by another replica.
+    let cut_short: Vec<u64> = shared
+        .took
+        .iter()
+        .filter(|(r, id)| *r == 0 && !by_order[id].contains(&0))
+        .map(|(_, id)| *id)
+        .collect();
+    assert!(
+        !cut_short.is_empty(),
+        "the replica was killed in the middle of an order"
+    );
+    let mut again_after_kill = 0;
+    let mut per_replica = [0u64; REPLICAS];
+    for (id, replicas) in by_order {
+        for &r in replicas {
+            per_replica[r] += 1;
+        }
+        match replicas.as_slice() {
+            [_] => {}
+            [0, survivor] if *survivor != 0 => again_after_kill += 1,
+            other => panic!("order {id} handled by replicas {other:?}: only the killed replica's unacknowledged orders may be handled again"),
+        }
+    }
+    eprintln!(
+        "orders per replica: {per_replica:?}; cut short by the kill and finished by another: {}; handled again after the kill: {again_after_kill}",
+        cut_short.len()
+    );
+    assert!(per_replica[0] > 0, "the killed replica had handled some");
+    let held = shared
+        .held_at_kill()
+        .expect("the replica said what it held");
+    eprintln!("the killed replica held {held} orders unacknowledged");
+    assert!(
+        (1..=IN_FLIGHT as u64).contains(&held),
+        "it held the order it stalled on, and at most the in-flight limit: {held}"
+    );
+    assert!(
+        again_after_kill <= IN_FLIGHT,
+        "{again_after_kill} handled again: more than the consumer lets be in flight"
     );
 }

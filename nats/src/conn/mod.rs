@@ -175,6 +175,10 @@ enum Cmd {
     },
     /// A publish, with the bytes of room it holds.
     Pub(Bytes, usize),
+    /// A publish written only on the connection of this generation: never
+    /// held while the connection is down, never carried over to the next
+    /// one (see [`Conn::publish_on`]).
+    PubOn(u64, Bytes, usize),
     RoundTrip(oneshot::Sender<()>),
     /// Close once what is queued is written; tell how many publishes could
     /// not be (the connection was down).
@@ -348,6 +352,29 @@ impl Conn {
             }
         }
         self.send(Cmd::Pub(frame, len as usize))
+    }
+
+    /// Publishes on the connection of `generation` only, without waiting:
+    /// `false` if there is no room now. A publish made for a connection
+    /// that is gone (or not up) is dropped, never written on the next one,
+    /// so a publisher that resends everything unacknowledged once it sees a
+    /// new generation keeps its order: nothing it sent before the break can
+    /// reach the server after what it sends again.
+    pub(crate) fn publish_on(
+        &self,
+        generation: u64,
+        subject: &[u8],
+        reply: Option<&[u8]>,
+        headers: Option<&[u8]>,
+        payload: &[u8],
+    ) -> bool {
+        let frame = frame(subject, reply, headers, payload);
+        let len = room_for(frame.len());
+        match self.shared.room.try_acquire_many(len) {
+            Ok(permit) => permit.forget(),
+            Err(_) => return false,
+        }
+        self.send(Cmd::PubOn(generation, frame, len as usize))
     }
 
     /// Publishes, waiting for room to write it: `false` only if the

@@ -177,6 +177,8 @@ impl Task {
                     self.held += room;
                     self.held_pubs += 1;
                 }
+                // Meant for a connection that is gone: its sender resends.
+                Cmd::PubOn(_, _, room) => self.shared.room.add_permits(room),
                 Cmd::RoundTrip(_) => {}
                 Cmd::Close(done) => {
                     self.closing = Some(done);
@@ -428,6 +430,15 @@ impl Task {
                 out.extend_from_slice(&bytes);
                 self.held += room;
                 self.held_pubs += 1;
+            }
+            Cmd::PubOn(generation, bytes, room) => {
+                if generation == *self.generation.borrow() {
+                    out.extend_from_slice(&bytes);
+                    self.held += room;
+                    self.held_pubs += 1;
+                } else {
+                    self.shared.room.add_permits(room);
+                }
             }
             Cmd::RoundTrip(waiter) => {
                 proto::write::ping(out);
