@@ -16,7 +16,7 @@ use std::time::SystemTime;
 use crate::codec::Codec;
 use crate::event::Event;
 use crate::event::{Envelope, Published};
-use crate::id::EventId;
+use crate::id::{Cause, EventId, EventRef};
 
 /// What type erasure needs of an accepted event.
 pub(crate) trait ErasedPublished: Send + Sync {
@@ -27,6 +27,8 @@ pub(crate) trait ErasedPublished: Send + Sync {
     fn at(&self) -> SystemTime;
     fn key(&self) -> Option<&str>;
     fn origin(&self) -> Option<&str>;
+    fn cause(&self) -> Option<&Cause>;
+    fn reference(&self) -> EventRef;
     fn event(&self) -> &(dyn Any + Send + Sync);
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
     fn codec(&self) -> Option<Codec>;
@@ -53,6 +55,12 @@ impl<E: Event> ErasedPublished for Published<E> {
     }
     fn origin(&self) -> Option<&str> {
         Published::origin(self)
+    }
+    fn cause(&self) -> Option<&Cause> {
+        Published::cause(self)
+    }
+    fn reference(&self) -> EventRef {
+        Published::reference(self)
     }
     fn event(&self) -> &(dyn Any + Send + Sync) {
         &self.event
@@ -130,6 +138,21 @@ impl AnyEvent {
     /// Where the event came from, if its publisher said.
     pub fn origin(&self) -> Option<&str> {
         self.inner.origin()
+    }
+
+    /// What caused it, as [`Envelope::caused_by`].
+    pub fn caused_by(&self) -> Option<&EventRef> {
+        self.inner.cause().map(|c| &c.caused_by)
+    }
+
+    /// The root of its chain, as [`Envelope::correlation`].
+    pub fn correlation(&self) -> Option<&EventRef> {
+        self.inner.cause().map(|c| &c.correlation)
+    }
+
+    /// How events caused by it name it, as [`Envelope::reference`].
+    pub fn reference(&self) -> EventRef {
+        self.inner.reference()
     }
 
     /// Events the subscription lost just before this one, as

@@ -11,12 +11,12 @@
 //! and the dead letter it may publish. Work a handler hands to a task of its
 //! own (`tokio::spawn`) is outside it.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use crate::id::{BusId, SubscriptionId};
+use crate::id::{BusId, Cause, SubscriptionId};
 
 /// The handler runner a thread is working for.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -27,6 +27,50 @@ pub(crate) struct RunnerOf {
 
 thread_local! {
     static CURRENT: Cell<Option<RunnerOf>> = const { Cell::new(None) };
+    /// The cause of what a handler publishes: the event it handles.
+    static CAUSE: RefCell<Option<Cause>> = const { RefCell::new(None) };
+}
+
+/// The cause of a publish made here and now: the event being handled, if
+/// a handler is running on this thread.
+pub(crate) fn cause() -> Option<Cause> {
+    CAUSE.with(|c| c.borrow().clone())
+}
+
+/// Runs `f` with `cause` as the cause of what it publishes.
+pub(crate) fn with_cause<R>(cause: Cause, f: impl FnOnce() -> R) -> R {
+    let mut slot = Some(cause);
+    swap_cause(&mut slot);
+    struct Restore(Option<Cause>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            swap_cause(&mut self.0);
+        }
+    }
+    let _restore = Restore(slot);
+    f()
+}
+
+fn swap_cause(slot: &mut Option<Cause>) {
+    CAUSE.with(|c| std::mem::swap(&mut *c.borrow_mut(), slot));
+}
+
+/// `fut`, polled with `cause` as the cause of what it publishes.
+pub(crate) async fn caused<F: Future>(cause: Cause, fut: F) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    let mut slot = Some(cause);
+    std::future::poll_fn(move |cx| {
+        swap_cause(&mut slot);
+        struct Restore<'a>(&'a mut Option<Cause>);
+        impl Drop for Restore<'_> {
+            fn drop(&mut self) {
+                swap_cause(self.0);
+            }
+        }
+        let _restore = Restore(&mut slot);
+        fut.as_mut().poll(cx)
+    })
+    .await
 }
 
 /// The runner this thread is working for, if any.

@@ -5,7 +5,7 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::id::EventId;
+use crate::id::{Cause, EventId, EventRef};
 
 /// A type that can travel on a [`Bus`](crate::Bus): it has exactly one topic.
 ///
@@ -63,6 +63,10 @@ pub(crate) struct Meta {
     pub(crate) origin: Option<Arc<str>>,
     /// Run when the event is let go of everywhere.
     pub(crate) done: Option<Arc<crate::config::OnDone>>,
+    /// What caused it, when published from a handler (or said).
+    pub(crate) cause: Option<Cause>,
+    /// Its id in the process it came from (a bridge's wire id).
+    pub(crate) remote: Option<Arc<str>>,
 }
 
 impl Drop for Meta {
@@ -80,6 +84,30 @@ impl<E> Published<E> {
 
     pub(crate) fn origin(&self) -> Option<&str> {
         self.meta.as_ref()?.origin.as_deref()
+    }
+
+    pub(crate) fn cause(&self) -> Option<&Cause> {
+        self.meta.as_ref()?.cause.as_ref()
+    }
+
+    /// How events it causes name it.
+    pub(crate) fn reference(&self) -> EventRef {
+        match self.meta.as_ref().and_then(|m| m.remote.as_ref()) {
+            Some(remote) => EventRef::Remote(Arc::clone(remote)),
+            None => EventRef::Local(self.id),
+        }
+    }
+
+    /// The cause of an event published while handling this one.
+    pub(crate) fn cause_of_follow_ups(&self) -> Cause {
+        let caused_by = self.reference();
+        let correlation = self
+            .cause()
+            .map_or_else(|| caused_by.clone(), |c| c.correlation.clone());
+        Cause {
+            caused_by,
+            correlation,
+        }
     }
 }
 
@@ -176,6 +204,27 @@ impl<E: Event> Envelope<E> {
     /// marks the events it imports.
     pub fn origin(&self) -> Option<&str> {
         self.inner.origin()
+    }
+
+    /// The event whose handler published this one, if it was published
+    /// from a handler of this bus (set automatically), with
+    /// [`PublishOptions::follows`](crate::PublishOptions::follows), or
+    /// carried across a bridge. `None` for an event nothing caused.
+    pub fn caused_by(&self) -> Option<&EventRef> {
+        self.inner.cause().map(|c| &c.caused_by)
+    }
+
+    /// The root of the chain of events that led to this one: the
+    /// `caused_by` of the first event published with no cause. `None` for
+    /// a root itself.
+    pub fn correlation(&self) -> Option<&EventRef> {
+        self.inner.cause().map(|c| &c.correlation)
+    }
+
+    /// How events caused by this one name it: its [`EventId`], or the id it
+    /// came with from another process.
+    pub fn reference(&self) -> EventRef {
+        self.inner.reference()
     }
 
     /// Which handler attempt this is: 1 for the first run, 2 for the first

@@ -3,6 +3,43 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// Names an event that caused another ([`Envelope::caused_by`](crate::Envelope::caused_by),
+/// [`Envelope::correlation`](crate::Envelope::correlation)): one of this
+/// process, by its [`EventId`], or one that came from another process, by
+/// the id it crossed with (a bridge's wire id).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EventRef {
+    /// An event published in this process.
+    Local(EventId),
+    /// An event from another process, by its id there (as a bridge carries it).
+    Remote(std::sync::Arc<str>),
+}
+
+impl fmt::Display for EventRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EventRef::Local(id) => id.fmt(f),
+            EventRef::Remote(id) => f.write_str(id),
+        }
+    }
+}
+
+#[cfg(feature = "serde")]
+impl serde::Serialize for EventRef {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// What caused an event: the event being handled when it was published,
+/// and the root of that chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Cause {
+    pub(crate) caused_by: EventRef,
+    pub(crate) correlation: EventRef,
+}
+
 /// A process-wide unique identifier of one published event.
 ///
 /// Ids are handed out in increasing order by every bus of the process, so no

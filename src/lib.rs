@@ -203,7 +203,7 @@ pub use config::{
 pub use dead_letter::{DeadLetter, DEAD_LETTER_TOPIC};
 pub use event::{Envelope, Event, SharedEvent};
 pub use handler::HandlerResult;
-pub use id::{EventId, SubscriptionId};
+pub use id::{EventId, EventRef, SubscriptionId};
 pub use info::{SubscriberKind, TopicInfo};
 pub use name::{Pattern, Topic, MAX_TOPIC_LEN};
 pub use publisher::Publisher;

@@ -62,10 +62,16 @@ pub(crate) fn record_receipt(span: &Span, receipt: &crate::receipt::PublishRecei
 
 /// The span of one handler run.
 #[inline]
-pub(crate) fn handler_span(info: &SubInfo, event_id: u64, seq: u64, attempt: u32) -> Span {
+pub(crate) fn handler_span(
+    info: &SubInfo,
+    event_id: u64,
+    seq: u64,
+    attempt: u32,
+    cause: Option<&crate::id::Cause>,
+) -> Span {
     #[cfg(feature = "tracing")]
     {
-        tracing::debug_span!(
+        let span = tracing::debug_span!(
             "tidings.handle",
             subscription = &*info.name,
             topic = info.topic,
@@ -73,13 +79,20 @@ pub(crate) fn handler_span(info: &SubInfo, event_id: u64, seq: u64, attempt: u32
             event_id,
             seq,
             attempt,
+            caused_by = tracing::field::Empty,
+            correlation = tracing::field::Empty,
             outcome = tracing::field::Empty,
             duration_us = tracing::field::Empty,
-        )
+        );
+        if let Some(cause) = cause.filter(|_| !span.is_disabled()) {
+            span.record("caused_by", tracing::field::display(&cause.caused_by));
+            span.record("correlation", tracing::field::display(&cause.correlation));
+        }
+        span
     }
     #[cfg(not(feature = "tracing"))]
     {
-        let _ = (info, event_id, seq, attempt);
+        let _ = (info, event_id, seq, attempt, cause);
         Span
     }
 }

@@ -27,7 +27,7 @@ use super::{
     REJECTED_FIELD_LIMIT,
 };
 use tidings::error::Refusal;
-use tidings::{Pattern, PublishOptions};
+use tidings::{EventRef, Pattern, PublishOptions};
 
 /// How many messages an importer pulls at once, and how long a pull waits
 /// for them: also how long a stopping importer may take to see the stop.
@@ -385,12 +385,16 @@ async fn import(ctx: &Ctx, leased: &Leased, stored: Option<&Bytes>) -> Imported 
             .await
         }
     };
-    let (event_id, key) = match (
-        id_header(&headers, wire::EVENT_ID),
-        id_header(&headers, wire::IDEMPOTENCY_KEY),
-    ) {
-        (Ok(id), Ok(key)) => (id, key),
-        (Err(e), _) | (_, Err(e)) => {
+    let checked = [
+        wire::EVENT_ID,
+        wire::IDEMPOTENCY_KEY,
+        wire::CAUSED_BY,
+        wire::CORRELATION,
+    ]
+    .map(|name| id_header(&headers, name));
+    let [event_id, key, caused_by, correlation] = match checked {
+        [Ok(id), Ok(key), Ok(cause), Ok(root)] => [id, key, cause, root],
+        [Err(e), ..] | [_, Err(e), ..] | [_, _, Err(e), _] | [.., Err(e)] => {
             let id = headers.get(wire::EVENT_ID).map(lossy);
             return reject(ctx, subject, RejectReason::BadHeaders(e), payload, id).await;
         }
@@ -428,6 +432,18 @@ async fn import(ctx: &Ctx, leased: &Leased, stored: Option<&Bytes>) -> Imported 
         }
     };
     let mut options = PublishOptions::new().origin(ctx.origin());
+    // Followed across processes: events its handlers publish name it by
+    // its id on the wire, and it keeps the cause it came with.
+    if let Some(id) = event_id.as_deref() {
+        options = options.remote_id(id);
+    }
+    if let Some(cause) = caused_by {
+        let root = correlation.unwrap_or_else(|| cause.clone());
+        options = options.cause(
+            EventRef::Remote(cause.into()),
+            EventRef::Remote(root.into()),
+        );
+    }
     let ack_when_done = stored.filter(|_| ctx.bus.topic_info(topic).is_some_and(|t| t.retain == 0));
     if let Some(reply) = ack_when_done {
         let (conn, reply, unacked) = (ctx.conn.clone(), reply.clone(), Arc::clone(&ctx.unacked));

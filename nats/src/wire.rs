@@ -2,23 +2,25 @@
 //! headers that carry an event's metadata, and the event ids.
 //!
 //! An exported event's id is `<origin>-<n>-<tag>`: the exporting bridge's
-//! origin, a counter, and a 64-bit tag that only that bridge can compute (a
-//! keyed hash of the origin and the counter, with a key drawn from the
-//! operating system's randomness when the bridge starts). Nobody else can
+//! origin (its name and a random token drawn when it starts), the event's
+//! [`EventId`](tidings::EventId) in its process, and a 64-bit tag that only
+//! that bridge can compute (a keyed hash of the origin and `n`, with a key
+//! drawn from the operating system's randomness when the bridge starts). Nobody else can
 //! predict the id of an event not yet exported, so no peer can publish it
 //! first to have the real one dropped as a duplicate; and a bridge tells
 //! its own exports coming back (an echo) from a peer that only copied its
-//! origin.
+//! origin. Because the id follows from the event, an event that caused
+//! another is named by the same id in the `Tidings-Caused-By` and
+//! `Tidings-Correlation` headers, exported or not.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::{BufMut, BytesMut};
 
 use tidings::error::DecodeError;
-use tidings::{AnyEvent, Bus, DynEvent};
+use tidings::{AnyEvent, Bus, DynEvent, EventRef};
 
 /// Header: the event's id, unique across processes (see the module docs).
 pub const EVENT_ID: &str = "Tidings-Event-Id";
@@ -37,6 +39,11 @@ pub const TYPE: &str = "Tidings-Type";
 pub const ORIGIN: &str = "Tidings-Origin";
 /// Header: the payload's format, e.g. `application/json`.
 pub const CONTENT_TYPE: &str = "Content-Type";
+/// Header: the id of the event whose handling published this one, as it
+/// crosses processes ([`tidings::Envelope::caused_by`]).
+pub const CAUSED_BY: &str = "Tidings-Caused-By";
+/// Header: the id of the root of its chain ([`tidings::Envelope::correlation`]).
+pub const CORRELATION: &str = "Tidings-Correlation";
 /// Header: JetStream's message id, for the stream's duplicate window.
 pub const NATS_MSG_ID: &str = "Nats-Msg-Id";
 
@@ -93,7 +100,6 @@ impl Format for Json {
 pub(crate) struct Ids {
     origin: String,
     key: RandomState,
-    next: AtomicU64,
 }
 
 impl Ids {
@@ -101,7 +107,6 @@ impl Ids {
         Ids {
             origin,
             key: RandomState::new(),
-            next: AtomicU64::new(1),
         }
     }
 
@@ -116,10 +121,23 @@ impl Ids {
         h.finish()
     }
 
-    /// A fresh id: `<origin>-<n>-<tag>`.
-    pub(crate) fn mint(&self) -> String {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
+    /// The id of local event `n` (its [`EventId`](tidings::EventId)) across
+    /// processes: `<origin>-<n>-<tag>`. The same event always gets the same
+    /// id, so one that caused another can be named before (or without)
+    /// being exported itself.
+    pub(crate) fn id_of(&self, n: u64) -> String {
         format!("{}-{n:x}-{:016x}", self.origin, self.tag(n))
+    }
+
+    /// How `event` is named across processes: its id there if it came from
+    /// another process, else the id this bridge gives local events.
+    pub(crate) fn reference(&self, event: &EventRef) -> String {
+        match event {
+            EventRef::Local(id) => self.id_of(id.get()),
+            EventRef::Remote(id) => id.to_string(),
+            // A kind of reference this bridge does not know: its text.
+            other => other.to_string(),
+        }
     }
 
     /// Whether `id` was minted by this bridge.
@@ -150,12 +168,13 @@ fn tag_width(rest: &str) -> bool {
 /// with `msg_id`, the JetStream message id too. Every value is ours or
 /// checked at publish (keys hold no control character).
 pub(crate) fn headers(
-    origin: &str,
+    ids: &Ids,
     id: &str,
     event: &AnyEvent,
     content_type: &str,
     msg_id: Option<&str>,
 ) -> BytesMut {
+    let origin = ids.origin();
     let mut h = BytesMut::with_capacity(256);
     let mut field = |name: &str, value: &str| {
         h.put_slice(name.as_bytes());
@@ -181,6 +200,10 @@ pub(crate) fn headers(
     if let Some(msg_id) = msg_id {
         field(NATS_MSG_ID, msg_id);
     }
+    if let (Some(cause), Some(root)) = (event.caused_by(), event.correlation()) {
+        field(CAUSED_BY, &ids.reference(cause));
+        field(CORRELATION, &ids.reference(root));
+    }
     let mut block = BytesMut::with_capacity(h.len() + 14);
     block.put_slice(b"NATS/1.0\r\n");
     block.put_slice(&h);
@@ -196,11 +219,12 @@ mod tests {
     fn ids_are_recognised_by_their_minter_only() {
         let a = Ids::new("billing.0123".into());
         let b = Ids::new("billing.0123".into()); // same origin, other key
-        let id = a.mint();
+        let id = a.id_of(1);
         assert!(id.starts_with("billing.0123-1-"), "{id}");
+        assert_eq!(a.id_of(1), id, "the same event, the same id");
         assert!(a.is_ours(&id));
         assert!(!b.is_ours(&id), "a copied origin is not enough");
-        let next = a.mint();
+        let next = a.id_of(2);
         assert_ne!(id, next);
         // The next id cannot be guessed from the last one.
         let forged = format!("billing.0123-2-{}", &id[id.len() - 16..]);

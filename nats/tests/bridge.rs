@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{next, until, NatsServer};
-use tidings::{Bus, Event, PublishOptions};
+use tidings::{Bus, Event, EventRef, PublishOptions};
 use tidings_nats::{Bridge, BridgeError, BridgeTopics, Durable, RejectReason, Rejected};
 
 #[derive(Debug, Clone, PartialEq, Event, serde::Serialize, serde::Deserialize)]
@@ -598,4 +598,60 @@ async fn a_durable_window_out_of_range_is_refused_at_start() {
             "{text}"
         );
     }
+}
+
+/// An order published in one process, charged by a handler in another
+/// whose answer comes back: each event names what caused it and the root of
+/// the chain, across both bridges, by the ids they crossed with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn causes_cross_the_bridge_both_ways() {
+    let server = NatsServer::start();
+    let (orders, billing) = (bus(), bus());
+    let mut answers = orders.subscribe::<Marker>().stream().unwrap();
+    let handled = Arc::new(Mutex::new(None));
+    let (b_bus, seen) = (billing.clone(), Arc::clone(&handled));
+    // Billing's handler answers each order (published from the handler:
+    // caused by the imported order without saying so).
+    let _charge = billing
+        .subscribe::<OrderCreated>()
+        .sync(move |o| {
+            *seen.lock().unwrap() = Some((o.reference(), o.caused_by().cloned()));
+            b_bus.try_publish(Marker(o.id)).unwrap();
+        })
+        .unwrap();
+    let b = Bridge::builder(&billing, server.connect())
+        .name("billing")
+        .import::<OrderCreated>()
+        .export::<Marker>()
+        .start()
+        .await
+        .unwrap();
+    let a = Bridge::builder(&orders, server.connect())
+        .name("orders")
+        .import::<Marker>()
+        .export::<OrderCreated>()
+        .start()
+        .await
+        .unwrap();
+    let receipt = orders
+        .publish(OrderCreated {
+            id: 3,
+            total_cents: 300,
+        })
+        .await
+        .unwrap();
+    let answer = next("the answer", answers.recv()).await;
+    assert_eq!(answer.0, 3);
+    // The order's id on the wire: the exporting bridge's origin and the
+    // order's local id.
+    let order_on_wire = format!("{}-{:x}-", a.origin(), receipt.id.get());
+    let (order_in_billing, its_cause) = handled.lock().unwrap().clone().expect("handled");
+    let EventRef::Remote(id) = &order_in_billing else {
+        panic!("an imported event is named by its wire id: {order_in_billing:?}");
+    };
+    assert!(id.starts_with(&order_on_wire), "{id} vs {order_on_wire}");
+    assert_eq!(its_cause, None, "the order is a root");
+    assert_eq!(answer.caused_by(), Some(&order_in_billing));
+    assert_eq!(answer.correlation(), Some(&order_in_billing));
+    drop((a, b));
 }

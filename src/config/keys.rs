@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::id::{Cause, EventRef};
+
 /// Options of one publish ([`Bus::publish_with`](crate::Bus::publish_with)).
 ///
 /// ```
@@ -26,6 +28,8 @@ pub struct PublishOptions {
     pub(crate) timeout: Option<Duration>,
     pub(crate) origin: Option<Arc<str>>,
     pub(crate) done: Option<Arc<OnDone>>,
+    pub(crate) cause: Option<Cause>,
+    pub(crate) remote: Option<Arc<str>>,
 }
 
 /// What [`PublishOptions::on_done`] runs, once.
@@ -63,6 +67,8 @@ impl PublishOptions {
         timeout: None,
         origin: None,
         done: None,
+        cause: None,
+        remote: None,
     };
 
     /// A plain publish that waits at most `timeout`.
@@ -188,6 +194,52 @@ impl PublishOptions {
     /// ```
     pub fn on_done(mut self, f: impl FnOnce() + Send + 'static) -> Self {
         self.done = Some(Arc::new(OnDone(parking_lot::Mutex::new(Some(Box::new(f))))));
+        self
+    }
+
+    /// Publishes the event as caused by `cause`: its
+    /// [`caused_by`](crate::Envelope::caused_by) is `cause`, its
+    /// [`correlation`](crate::Envelope::correlation) the root of `cause`'s
+    /// chain. A publish from inside a handler of the bus gets this without
+    /// asking (the event being handled); a stream subscriber says it.
+    ///
+    /// ```
+    /// # use tidings::{Bus, Event, PublishOptions};
+    /// # #[derive(Event)] #[event(topic = "orders.placed")] struct OrderPlaced { id: u64 }
+    /// # #[derive(Event)] #[event(topic = "orders.charged")] struct OrderCharged { id: u64 }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let bus = Bus::builder().topic::<OrderPlaced>().topic::<OrderCharged>().build()?;
+    /// let mut placed = bus.subscribe::<OrderPlaced>().stream()?;
+    /// let mut charged = bus.subscribe::<OrderCharged>().stream()?;
+    /// bus.publish(OrderPlaced { id: 7 }).await?;
+    /// let order = placed.recv().await.expect("delivered");
+    /// bus.publish_with(OrderCharged { id: order.id }, PublishOptions::new().follows(&order)).await?;
+    /// let charge = charged.recv().await.expect("delivered");
+    /// assert_eq!(charge.caused_by(), Some(&order.reference()));
+    /// assert_eq!(charge.correlation(), Some(&order.reference())); // the order is the root
+    /// # Ok(()) }
+    /// ```
+    pub fn follows<E>(mut self, cause: &crate::Envelope<E>) -> Self {
+        self.cause = Some(cause.inner.cause_of_follow_ups());
+        self
+    }
+
+    /// Sets what caused the event outright: for a bridge, which carries
+    /// both across processes.
+    pub fn cause(mut self, caused_by: EventRef, correlation: EventRef) -> Self {
+        self.cause = Some(Cause {
+            caused_by,
+            correlation,
+        });
+        self
+    }
+
+    /// The id the event has in the process it came from (for a bridge):
+    /// events caused by it name it by this id
+    /// ([`Envelope::reference`](crate::Envelope::reference)).
+    pub fn remote_id(mut self, id: impl Into<Arc<str>>) -> Self {
+        self.remote = Some(id.into());
         self
     }
 

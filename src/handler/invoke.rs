@@ -82,10 +82,15 @@ where
         span: &Span,
     ) -> (Outcome, Duration) {
         let f = &self.0;
+        // What it publishes is caused by `env`.
+        let cause = env.inner.cause_of_follow_ups();
         // The call to `f` runs inside the first poll, so a handler that
         // blocks before returning its future is timed and its panic
         // caught like any other.
-        let run = AssertUnwindSafe(async move { verdict(f(env).await) }).catch_unwind();
+        let run = crate::context::caused(
+            cause,
+            AssertUnwindSafe(async move { verdict(f(env).await) }).catch_unwind(),
+        );
         let limited = pin!(async {
             match limit {
                 Some(limit) => tokio::time::timeout(limit, run).await.map_err(|_| limit),
@@ -148,8 +153,11 @@ where
         let timed = budget.is_some() || limit.is_some() || telemetry::wants_duration(span);
         let start = timed.then(Instant::now);
         let event_id = env.id().get();
+        let cause = env.inner.cause_of_follow_ups();
         let result = telemetry::in_span(span, || {
-            catch_unwind(AssertUnwindSafe(|| verdict((self.0)(env))))
+            crate::context::with_cause(cause, || {
+                catch_unwind(AssertUnwindSafe(|| verdict((self.0)(env))))
+            })
         });
         let took = start.map_or(Duration::ZERO, |start| start.elapsed());
         if budget.is_some_and(|budget| took > budget) {

@@ -151,8 +151,13 @@ async fn attempts<E: Event, K: Invoke<E>>(
         // counts as done, so whoever waits for the subscription to drain
         // sees it closed.
         let next = {
-            let span =
-                telemetry::handler_span(&queue.info, env.id().get(), env.seq(), env.attempt());
+            let span = telemetry::handler_span(
+                &queue.info,
+                env.id().get(),
+                env.seq(),
+                env.attempt(),
+                env.inner.cause(),
+            );
             let (outcome, took) = kind.invoke(queue, limit, env.clone(), &span).await;
             after_attempt(queue, plan, &env, holding.probe, outcome, took, &span)
         };

@@ -17,7 +17,7 @@ use crate::config::{Overflow, PublishOptions};
 use crate::errors::{PublishError, Refusal};
 use crate::event::Event;
 use crate::event::{Meta, Published};
-use crate::id::EventId;
+use crate::id::{Cause, EventId};
 use crate::receipt::{Duplicate, PublishReceipt};
 use crate::telemetry;
 use crate::watch::FindingKind;
@@ -48,14 +48,17 @@ fn remember(dedup: &mut Dedup, key: &Arc<str>, id: EventId, seq: u64, now: Insta
     dedup.record(Arc::clone(key), original, now);
 }
 
-/// The metadata of a publish with a key, an origin or an `on_done`.
+/// The metadata of a publish with a key, an origin, an `on_done` or a
+/// cause.
 #[cold]
 #[inline(never)]
-fn meta(opts: &PublishOptions) -> Box<Meta> {
+fn meta(opts: &PublishOptions, cause: Option<Cause>) -> Box<Meta> {
     Box::new(Meta {
         key: opts.key.clone(),
         origin: opts.origin.clone(),
         done: opts.done.clone(),
+        cause: opts.cause.clone().or(cause),
+        remote: opts.remote.clone(),
     })
 }
 
@@ -240,8 +243,15 @@ impl<E: Event> TopicState<E> {
         inner.published += 1;
         self.metrics.published();
         let id = EventId::next();
-        let meta =
-            (key.is_some() || opts.origin.is_some() || opts.done.is_some()).then(|| meta(opts));
+        // Published from a handler: caused by the event it handles.
+        let cause = crate::context::cause();
+        let plain = key.is_none()
+            && opts.origin.is_none()
+            && opts.done.is_none()
+            && opts.cause.is_none()
+            && opts.remote.is_none()
+            && cause.is_none();
+        let meta = (!plain).then(|| meta(opts, cause));
         let published = Arc::new(Published {
             event,
             id,

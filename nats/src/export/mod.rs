@@ -151,8 +151,8 @@ async fn export(ctx: &Ctx, event: AnyEvent) {
         return;
     };
     let subject = ctx.subject(event.topic());
-    let id = ctx.ids.mint();
-    let headers = wire::headers(ctx.origin(), &id, &event, ctx.format.content_type(), None);
+    let id = ctx.ids.id_of(event.id().get());
+    let headers = wire::headers(&ctx.ids, &id, &event, ctx.format.content_type(), None);
     // Waits for room to write it: a slow connection slows the exporter, and
     // through its subscription local publishers, instead of losing events
     // here.

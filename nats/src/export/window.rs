@@ -159,10 +159,10 @@ impl<'a> Window<'a> {
         let Some(payload) = encode(ctx, &event) else {
             return;
         };
-        let id = ctx.ids.mint();
+        let id = ctx.ids.id_of(event.id().get());
         let msg_id = event.idempotency_key().unwrap_or(&id).to_owned();
         let format = ctx.format.content_type();
-        let headers = wire::headers(ctx.origin(), &id, &event, format, Some(&msg_id));
+        let headers = wire::headers(&ctx.ids, &id, &event, format, Some(&msg_id));
         self.entries.push_back(Entry {
             topic: event.topic(),
             subject: ctx.subject(event.topic()),

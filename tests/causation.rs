@@ -1,0 +1,134 @@
+//! Events know what caused them: one published from inside a handler
+//! carries the id of the event being handled (`caused_by`) and the root of
+//! the chain (`correlation`), without the handler saying so.
+
+use std::sync::{Arc, Mutex};
+
+use tidings::{Bus, Event, EventRef, PublishOptions};
+
+#[derive(Debug, Event)]
+#[event(topic = "orders.placed")]
+struct OrderPlaced {
+    id: u64,
+}
+
+#[derive(Debug, Event)]
+#[event(topic = "orders.charged")]
+struct OrderCharged {
+    id: u64,
+}
+
+#[derive(Debug, Event)]
+#[event(topic = "orders.shipped")]
+struct OrderShipped {
+    id: u64,
+}
+
+fn bus() -> Bus {
+    Bus::builder()
+        .topic::<OrderPlaced>()
+        .topic::<OrderCharged>()
+        .topic::<OrderShipped>()
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_of_handlers_carries_its_cause_and_its_root() {
+    let bus = bus();
+    let mut placed = bus.subscribe::<OrderPlaced>().stream().unwrap();
+    let mut charged = bus.subscribe::<OrderCharged>().stream().unwrap();
+    let mut shipped = bus.subscribe::<OrderShipped>().stream().unwrap();
+    // A blocking handler on the bus's threads publishes the charge...
+    let b = bus.clone();
+    let _charge = bus
+        .subscribe::<OrderPlaced>()
+        .sync(move |o| {
+            b.try_publish(OrderCharged { id: o.id }).unwrap();
+        })
+        .unwrap();
+    // ...and an async handler of the charge publishes the shipment.
+    let b = bus.clone();
+    let _ship = bus
+        .subscribe::<OrderCharged>()
+        .handler(move |c| {
+            let b = b.clone();
+            async move {
+                tokio::task::yield_now().await; // a later poll, still inside
+                b.publish(OrderShipped { id: c.id }).await.map(|_| ())
+            }
+        })
+        .unwrap();
+    bus.publish(OrderPlaced { id: 7 }).await.unwrap();
+    let order = placed.recv().await.unwrap();
+    let charge = charged.recv().await.unwrap();
+    let shipment = shipped.recv().await.unwrap();
+    let root = EventRef::Local(order.id());
+    assert_eq!(order.reference(), root);
+    assert_eq!(
+        (order.caused_by(), order.correlation()),
+        (None, None),
+        "a root"
+    );
+    assert_eq!(charge.caused_by(), Some(&root));
+    assert_eq!(charge.correlation(), Some(&root));
+    assert_eq!(shipment.caused_by(), Some(&charge.reference()));
+    assert_eq!(
+        shipment.correlation(),
+        Some(&root),
+        "the root, two steps up"
+    );
+}
+
+#[tokio::test]
+async fn outside_a_handler_nothing_is_caused_unless_said() {
+    let bus = bus();
+    let mut charged = bus.subscribe::<OrderCharged>().stream().unwrap();
+    bus.publish(OrderCharged { id: 1 }).await.unwrap();
+    let plain = charged.recv().await.unwrap();
+    assert_eq!(plain.caused_by(), None);
+    // A bridge says both outright, by the ids they crossed with.
+    let options = PublishOptions::new()
+        .remote_id("orders.1-2a-00000000000000ff")
+        .cause(
+            EventRef::Remote("orders.1-29-0000000000000001".into()),
+            EventRef::Remote("orders.1-01-0000000000000002".into()),
+        );
+    bus.publish_with(OrderCharged { id: 2 }, options)
+        .await
+        .unwrap();
+    let imported = charged.recv().await.unwrap();
+    assert_eq!(
+        imported.reference(),
+        EventRef::Remote("orders.1-2a-00000000000000ff".into())
+    );
+    assert_eq!(
+        imported.correlation().map(ToString::to_string).as_deref(),
+        Some("orders.1-01-0000000000000002")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_handler_publishes_follows_an_imported_event_by_its_remote_id() {
+    let bus = bus();
+    let seen = Arc::new(Mutex::new(None));
+    let mut charged = bus.subscribe::<OrderCharged>().stream().unwrap();
+    let b = bus.clone();
+    let s = Arc::clone(&seen);
+    let _h = bus
+        .subscribe::<OrderPlaced>()
+        .sync(move |o| {
+            *s.lock().unwrap() = Some(o.reference());
+            b.try_publish(OrderCharged { id: o.id }).unwrap();
+        })
+        .unwrap();
+    let options = PublishOptions::new().remote_id("shop-5-0123456789abcdef");
+    bus.publish_with(OrderPlaced { id: 5 }, options)
+        .await
+        .unwrap();
+    let charge = charged.recv().await.unwrap();
+    let remote = EventRef::Remote("shop-5-0123456789abcdef".into());
+    assert_eq!(charge.caused_by(), Some(&remote));
+    assert_eq!(charge.correlation(), Some(&remote));
+    assert_eq!(seen.lock().unwrap().clone(), Some(remote));
+}
