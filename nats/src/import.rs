@@ -186,13 +186,24 @@ async fn durable_loop(
     // Ask for no more bytes than may wait; at least one whole message.
     let max_bytes = (ctx.conn_budget() / 2).max(ctx.max_payload);
     while !*stopped.borrow() {
+        // No more in hand than one batch: what waits in the local queues
+        // waits for its acknowledgement, and the consumer's `ack_wait` runs
+        // meanwhile. Other replicas of a group take the rest.
+        let held = ctx.unacked.load(Ordering::Acquire);
+        let Some(batch) = IMPORT_BATCH
+            .checked_sub(usize::try_from(held).unwrap_or(usize::MAX))
+            .filter(|&b| b > 0)
+        else {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            continue;
+        };
         generation.borrow_and_update();
         if !js::pull(
             &ctx.conn,
             &pull.stream,
             &pull.consumer,
             &pull.inbox,
-            IMPORT_BATCH,
+            batch,
             max_bytes,
             IMPORT_WAIT,
         ) {
@@ -231,7 +242,7 @@ async fn durable_loop(
                     if let Some(how) = how {
                         js::ack(&ctx.conn, &reply, how);
                     }
-                    if got >= IMPORT_BATCH {
+                    if got >= batch {
                         break;
                     }
                 }

@@ -11,7 +11,7 @@
 //! In durable mode one replica is also killed (SIGKILL) part-way: no order
 //! is lost, and the only orders handled twice are ones the killed replica
 //! had handled without its acknowledgement reaching the broker; their
-//! number is reported and bounded by the consumer's in-flight limit.
+//! number is reported and bounded by what an importer holds (one batch).
 
 mod common;
 
@@ -64,9 +64,9 @@ fn mode(
 /// How long the shared consumer waits for an acknowledgement before it
 /// delivers a message to another replica.
 const ACK_WAIT: Duration = Duration::from_secs(3);
-/// The consumer's limit of messages delivered and not acknowledged (the
-/// bridge's importer sets it): the most a killed replica can take with it.
-const IN_FLIGHT: usize = 1_024;
+/// The most a replica's importer holds unacknowledged (one pull batch):
+/// the most a killed replica can take with it.
+const IN_FLIGHT: usize = 256;
 /// Reported instead of an order id: the replica stalled (see `share`).
 const STALLED: u64 = u64::MAX;
 
@@ -390,7 +390,7 @@ async fn a_bad_group_is_refused_at_start() {
 /// the consumer's acknowledgement wait. None is lost; an order is handled
 /// twice only if the killed replica handled it and died before its
 /// acknowledgement reached the broker, and there are at most as many of
-/// those as the consumer lets be in flight.
+/// those as one importer holds (a pull batch).
 #[test]
 fn durable_replicas_lose_nothing_when_one_is_killed() {
     let stream = format!("SHOPK{}", std::process::id());
@@ -432,10 +432,10 @@ fn durable_replicas_lose_nothing_when_one_is_killed() {
     eprintln!("the killed replica held {held} orders unacknowledged");
     assert!(
         (1..=IN_FLIGHT as u64).contains(&held),
-        "it held the order it stalled on, and at most the in-flight limit: {held}"
+        "it held the order it stalled on, and at most one batch: {held}"
     );
     assert!(
         again_after_kill <= IN_FLIGHT,
-        "{again_after_kill} handled again: more than the consumer lets be in flight"
+        "{again_after_kill} handled again: more than an importer holds"
     );
 }
