@@ -29,6 +29,8 @@ pub(crate) trait ErasedPublished: Send + Sync {
     fn origin(&self) -> Option<&str>;
     fn cause(&self) -> Option<&Cause>;
     fn reference(&self) -> EventRef;
+    #[cfg(feature = "opentelemetry")]
+    fn trace_parent(&self) -> Option<&opentelemetry::trace::SpanContext>;
     fn event(&self) -> &(dyn Any + Send + Sync);
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
     fn codec(&self) -> Option<Codec>;
@@ -61,6 +63,10 @@ impl<E: Event> ErasedPublished for Published<E> {
     }
     fn reference(&self) -> EventRef {
         Published::reference(self)
+    }
+    #[cfg(feature = "opentelemetry")]
+    fn trace_parent(&self) -> Option<&opentelemetry::trace::SpanContext> {
+        self.meta.as_ref()?.parent.as_ref()
     }
     fn event(&self) -> &(dyn Any + Send + Sync) {
         &self.event
@@ -153,6 +159,13 @@ impl AnyEvent {
     /// How events caused by it name it, as [`Envelope::reference`].
     pub fn reference(&self) -> EventRef {
         self.inner.reference()
+    }
+
+    /// The OpenTelemetry span it was published in, as
+    /// [`Envelope::trace_parent`].
+    #[cfg(feature = "opentelemetry")]
+    pub fn trace_parent(&self) -> Option<&opentelemetry::trace::SpanContext> {
+        self.inner.trace_parent()
     }
 
     /// Events the subscription lost just before this one, as

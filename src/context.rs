@@ -16,7 +16,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use crate::id::{BusId, Cause, SubscriptionId};
+use crate::id::{BusId, Cause, EventId, EventRef, SubscriptionId};
 
 /// The handler runner a thread is working for.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -27,50 +27,163 @@ pub(crate) struct RunnerOf {
 
 thread_local! {
     static CURRENT: Cell<Option<RunnerOf>> = const { Cell::new(None) };
-    /// The cause of what a handler publishes: the event it handles.
-    static CAUSE: RefCell<Option<Cause>> = const { RefCell::new(None) };
+    /// The cause of what a handler publishes, when its event is local: a
+    /// `Copy` cell, so a publish reads it without touching anything that
+    /// needs dropping (the cheap kind of thread-local).
+    static CAUSE: Cell<Slot> = const { Cell::new(Slot::EMPTY) };
+    /// The cause when it names an event of another process (`REMOTE`).
+    static REMOTE_CAUSE: RefCell<Option<Box<Cause>>> = const { RefCell::new(None) };
+}
+
+/// What `CAUSE` holds: the two ids of a cause whose events are both local,
+/// packed into two words (`EMPTY` and `REMOTE` in `caused_by` say there is
+/// none, or that it is in `REMOTE_CAUSE`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+struct Slot {
+    caused_by: u64,
+    correlation: u64,
+}
+
+/// No cause (event ids start at 1).
+const EMPTY: u64 = 0;
+/// The cause is in `REMOTE_CAUSE`.
+const REMOTE: u64 = u64::MAX;
+
+impl Slot {
+    const EMPTY: Slot = Slot {
+        caused_by: EMPTY,
+        correlation: EMPTY,
+    };
+    const REMOTE: Slot = Slot {
+        caused_by: REMOTE,
+        correlation: REMOTE,
+    };
+
+    /// Both local; `None` if an id would read as a marker.
+    fn local(caused_by: EventId, correlation: EventId) -> Option<Slot> {
+        let (c, r) = (caused_by.get(), correlation.get());
+        let plain = |id: u64| id != EMPTY && id != REMOTE;
+        (plain(c) && plain(r)).then_some(Slot {
+            caused_by: c,
+            correlation: r,
+        })
+    }
+}
+
+/// Whether a handler's run on this thread set a cause for what it
+/// publishes (one read of a `Copy` thread-local: the publish path's check).
+#[inline]
+pub(crate) fn handling() -> bool {
+    CAUSE.with(Cell::get).caused_by != EMPTY
 }
 
 /// The cause of a publish made here and now: the event being handled, if
 /// a handler is running on this thread.
+#[cold]
 pub(crate) fn cause() -> Option<Cause> {
-    CAUSE.with(|c| c.borrow().clone())
+    match CAUSE.with(Cell::get) {
+        Slot {
+            caused_by: EMPTY, ..
+        } => None,
+        Slot {
+            caused_by: REMOTE, ..
+        } => REMOTE_CAUSE.with(|c| c.borrow().as_deref().cloned()),
+        Slot {
+            caused_by,
+            correlation,
+        } => Some(Cause {
+            caused_by: EventRef::Local(EventId::from_raw(caused_by)),
+            correlation: EventRef::Local(EventId::from_raw(correlation)),
+        }),
+    }
+}
+
+/// A cause, held by whoever sets it around a handler's run, and swapped
+/// with the thread's while it runs.
+pub(crate) struct Held {
+    slot: Slot,
+    /// Boxed: it rides in every handler's future, and is rarely there.
+    remote: Option<Box<Cause>>,
+}
+
+impl Held {
+    /// The cause of what is published while handling a local event of
+    /// this id that nothing caused.
+    #[inline]
+    pub(crate) fn root(id: EventId) -> Self {
+        match Slot::local(id, id) {
+            Some(slot) => Held { slot, remote: None },
+            None => Held::new(Cause {
+                caused_by: EventRef::Local(id),
+                correlation: EventRef::Local(id),
+            }),
+        }
+    }
+
+    pub(crate) fn new(cause: Cause) -> Self {
+        if let (EventRef::Local(c), EventRef::Local(r)) = (&cause.caused_by, &cause.correlation) {
+            if let Some(slot) = Slot::local(*c, *r) {
+                return Held { slot, remote: None };
+            }
+        }
+        Held {
+            slot: Slot::REMOTE,
+            remote: Some(Box::new(cause)),
+        }
+    }
+
+    /// Puts this cause in place of the thread's (and the thread's here).
+    #[inline]
+    fn swap(&mut self) {
+        let was = CAUSE.with(|c| c.replace(self.slot));
+        if was.caused_by == REMOTE || self.slot.caused_by == REMOTE {
+            REMOTE_CAUSE.with(|c| std::mem::swap(&mut *c.borrow_mut(), &mut self.remote));
+        }
+        self.slot = was;
+    }
 }
 
 /// Runs `f` with `cause` as the cause of what it publishes.
-pub(crate) fn with_cause<R>(cause: Cause, f: impl FnOnce() -> R) -> R {
-    let mut slot = Some(cause);
-    swap_cause(&mut slot);
-    struct Restore(Option<Cause>);
+pub(crate) fn with_cause<R>(cause: Held, f: impl FnOnce() -> R) -> R {
+    struct Restore(Held);
     impl Drop for Restore {
         fn drop(&mut self) {
-            swap_cause(&mut self.0);
+            self.0.swap();
         }
     }
-    let _restore = Restore(slot);
+    let mut held = cause;
+    held.swap();
+    let _restore = Restore(held);
     f()
 }
 
-fn swap_cause(slot: &mut Option<Cause>) {
-    CAUSE.with(|c| std::mem::swap(&mut *c.borrow_mut(), slot));
+pin_project_lite::pin_project! {
+    /// A handler's future, polled with the cause of what it publishes.
+    pub(crate) struct Caused<F> {
+        held: Held,
+        #[pin]
+        fut: F,
+    }
 }
 
-/// `fut`, polled with `cause` as the cause of what it publishes.
-pub(crate) async fn caused<F: Future>(cause: Cause, fut: F) -> F::Output {
-    let mut fut = std::pin::pin!(fut);
-    let mut slot = Some(cause);
-    std::future::poll_fn(move |cx| {
-        swap_cause(&mut slot);
-        struct Restore<'a>(&'a mut Option<Cause>);
-        impl Drop for Restore<'_> {
-            fn drop(&mut self) {
-                swap_cause(self.0);
-            }
-        }
-        let _restore = Restore(&mut slot);
-        fut.as_mut().poll(cx)
-    })
-    .await
+impl<F> Caused<F> {
+    pub(crate) fn new(cause: Held, fut: F) -> Self {
+        Caused { held: cause, fut }
+    }
+}
+
+impl<F: Future> Future for Caused<F> {
+    type Output = F::Output;
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        this.held.swap();
+        // No guard for the way back: the handler's future catches its own
+        // panics (`catch_unwind` inside this), so this poll returns.
+        let polled = this.fut.poll(cx);
+        this.held.swap();
+        polled
+    }
 }
 
 /// The runner this thread is working for, if any.

@@ -67,6 +67,9 @@ pub(crate) struct Meta {
     pub(crate) cause: Option<Cause>,
     /// Its id in the process it came from (a bridge's wire id).
     pub(crate) remote: Option<Arc<str>>,
+    /// The OpenTelemetry span it was published in.
+    #[cfg(feature = "opentelemetry")]
+    pub(crate) parent: Option<opentelemetry::trace::SpanContext>,
 }
 
 impl Drop for Meta {
@@ -95,6 +98,16 @@ impl<E> Published<E> {
         match self.meta.as_ref().and_then(|m| m.remote.as_ref()) {
             Some(remote) => EventRef::Remote(Arc::clone(remote)),
             None => EventRef::Local(self.id),
+        }
+    }
+
+    /// The cause of what a handler of this event publishes, as the handler
+    /// runners hold it (cheap for the usual event: no metadata).
+    #[inline]
+    pub(crate) fn held_cause(&self) -> crate::context::Held {
+        match &self.meta {
+            None => crate::context::Held::root(self.id),
+            Some(_) => crate::context::Held::new(self.cause_of_follow_ups()),
         }
     }
 
@@ -225,6 +238,14 @@ impl<E: Event> Envelope<E> {
     /// came with from another process.
     pub fn reference(&self) -> EventRef {
         self.inner.reference()
+    }
+
+    /// The OpenTelemetry span the event was published in (in this process
+    /// or, carried by a bridge, another), if it was published in one. Its
+    /// handlers' spans are children of it.
+    #[cfg(feature = "opentelemetry")]
+    pub fn trace_parent(&self) -> Option<&opentelemetry::trace::SpanContext> {
+        self.inner.meta.as_ref()?.parent.as_ref()
     }
 
     /// Which handler attempt this is: 1 for the first run, 2 for the first

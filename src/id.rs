@@ -54,6 +54,11 @@ impl EventId {
         self.0
     }
 
+    /// The id whose number `get` gave.
+    pub(crate) fn from_raw(n: u64) -> Self {
+        EventId(n)
+    }
+
     /// An id for a loom model, outside the process-wide count.
     #[cfg(all(test, tidings_loom))]
     pub(crate) fn for_test(n: u64) -> Self {

@@ -60,6 +60,23 @@ pub(crate) fn record_receipt(span: &Span, receipt: &crate::receipt::PublishRecei
     let _ = (span, receipt);
 }
 
+/// The OpenTelemetry span context of the current `tracing` span, if it has
+/// a valid one (an OpenTelemetry layer is installed and the span is
+/// recorded).
+#[cfg(feature = "opentelemetry")]
+pub(crate) fn trace_parent() -> Option<opentelemetry::trace::SpanContext> {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let current = tracing::Span::current();
+    if current.is_disabled() {
+        return None;
+    }
+    let context = current.context();
+    let span = context.span();
+    let parent = span.span_context();
+    parent.is_valid().then(|| parent.clone())
+}
+
 /// The span of one handler run.
 #[inline]
 pub(crate) fn handler_span(
@@ -67,8 +84,9 @@ pub(crate) fn handler_span(
     event_id: u64,
     seq: u64,
     attempt: u32,
-    cause: Option<&crate::id::Cause>,
+    meta: Option<&crate::event::Meta>,
 ) -> Span {
+    let cause = meta.and_then(|m| m.cause.as_ref());
     #[cfg(feature = "tracing")]
     {
         let span = tracing::debug_span!(
@@ -87,6 +105,17 @@ pub(crate) fn handler_span(
         if let Some(cause) = cause.filter(|_| !span.is_disabled()) {
             span.record("caused_by", tracing::field::display(&cause.caused_by));
             span.record("correlation", tracing::field::display(&cause.correlation));
+        }
+        #[cfg(feature = "opentelemetry")]
+        if let Some(parent) = meta.and_then(|m| m.parent.as_ref()) {
+            use opentelemetry::trace::TraceContextExt;
+            use tracing_opentelemetry::OpenTelemetrySpanExt;
+            if !span.is_disabled() {
+                // The handler's span joins the publisher's trace.
+                let context =
+                    opentelemetry::Context::new().with_remote_span_context(parent.clone());
+                let _ = span.set_parent(context);
+            }
         }
         span
     }

@@ -72,6 +72,7 @@ async fn a_chain_of_handlers_carries_its_cause_and_its_root() {
     );
     assert_eq!(charge.caused_by(), Some(&root));
     assert_eq!(charge.correlation(), Some(&root));
+    assert_eq!(shipment.id, 7);
     assert_eq!(shipment.caused_by(), Some(&charge.reference()));
     assert_eq!(
         shipment.correlation(),

@@ -203,8 +203,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     } else if killed.is_none() && paid >= args.orders / 3 {
                         let mut victim = replicas.remove(0);
                         let pid = victim.id();
-                        victim.kill()?; // SIGKILL: no shutdown, nothing flushed
+                        // SIGKILL: no shutdown, nothing flushed.
+                        let killed_now = victim.kill();
                         victim.wait()?;
+                        killed_now?;
                         println!("orders: killed billing {pid} after {paid} payments");
                         killed = Some(pid);
                     }

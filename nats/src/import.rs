@@ -11,7 +11,7 @@
 //! the connection down, and is never lost without a count.
 
 use std::pin::pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +33,10 @@ use tidings::{EventRef, Pattern, PublishOptions};
 /// for them: also how long a stopping importer may take to see the stop.
 const IMPORT_BATCH: usize = 256;
 const IMPORT_WAIT: Duration = Duration::from_millis(250);
+
+/// A stored message's acknowledgement subject, and the count of its
+/// importer's messages handed to the bus and not yet acknowledged.
+type Stored<'a> = (&'a Bytes, &'a Arc<AtomicU64>);
 
 /// What became of one message.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -101,13 +105,17 @@ pub(super) async fn start(
                 inbox,
             };
             let (c, stopped_pull) = (Arc::clone(ctx), stopped.clone());
+            // This importer's messages handed to the bus, not yet handled.
+            let mine = Arc::new(AtomicU64::new(0));
             tasks.push(tokio::spawn(async move {
                 let ctx = Arc::clone(&c);
                 supervised(c, "import", || {
                     let (ctx, sub, stopped) =
                         (Arc::clone(&ctx), Arc::clone(&sub), stopped_pull.clone());
-                    let pull = pull.clone();
-                    async move { durable_loop(&ctx, &pull, &mut *sub.lock().await, stopped).await }
+                    let (pull, mine) = (pull.clone(), Arc::clone(&mine));
+                    async move {
+                        durable_loop(&ctx, &pull, &mut *sub.lock().await, stopped, &mine).await
+                    }
                 })
                 .await;
             }));
@@ -181,6 +189,7 @@ async fn durable_loop(
     pull: &Pull,
     sub: &mut Subscription,
     stopped: watch::Receiver<bool>,
+    mine: &Arc<AtomicU64>,
 ) {
     let mut generation = ctx.conn.generation();
     // Ask for no more bytes than may wait; at least one whole message.
@@ -189,7 +198,7 @@ async fn durable_loop(
         // No more in hand than one batch: what waits in the local queues
         // waits for its acknowledgement, and the consumer's `ack_wait` runs
         // meanwhile. Other replicas of a group take the rest.
-        let held = ctx.unacked.load(Ordering::Acquire);
+        let held = mine.load(Ordering::Acquire);
         let Some(batch) = IMPORT_BATCH
             .checked_sub(usize::try_from(held).unwrap_or(usize::MAX))
             .filter(|&b| b > 0)
@@ -233,7 +242,7 @@ async fn durable_loop(
                 Pulled::Over => break,
                 Pulled::Message(reply) => {
                     got += 1;
-                    let how = match import(ctx, &leased, Some(&reply)).await {
+                    let how = match import(ctx, &leased, Some((&reply, mine))).await {
                         Imported::Handed => None,
                         Imported::Done => Some(js::Verdict::Ack),
                         Imported::Rejected => Some(js::Verdict::Term),
@@ -364,7 +373,7 @@ fn id_header(headers: &Headers, name: &str) -> Result<Option<String>, String> {
 /// local subscription is done with it (so a replica killed with events in
 /// hand has them delivered again), or at once on a topic that retains
 /// events (its log would hold them past their handling).
-async fn import(ctx: &Ctx, leased: &Leased, stored: Option<&Bytes>) -> Imported {
+async fn import(ctx: &Ctx, leased: &Leased, stored: Option<Stored<'_>>) -> Imported {
     let durable = stored.is_some();
     let (subject, headers, payload) = match &leased.delivery {
         Delivery::Oversize {
@@ -448,6 +457,13 @@ async fn import(ctx: &Ctx, leased: &Leased, stored: Option<&Bytes>) -> Imported 
     if let Some(id) = event_id.as_deref() {
         options = options.remote_id(id);
     }
+    #[cfg(feature = "opentelemetry")]
+    if let Some(parent) = headers
+        .get(wire::TRACEPARENT)
+        .and_then(|v| wire::parse_traceparent(v))
+    {
+        options = options.trace_parent(parent);
+    }
     if let Some(cause) = caused_by {
         let root = correlation.unwrap_or_else(|| cause.clone());
         options = options.cause(
@@ -457,11 +473,15 @@ async fn import(ctx: &Ctx, leased: &Leased, stored: Option<&Bytes>) -> Imported 
     }
     let ack_when_done = stored.filter(|_| ctx.bus.topic_info(topic).is_some_and(|t| t.retain == 0));
     if let Some(reply) = ack_when_done {
-        let (conn, reply, unacked) = (ctx.conn.clone(), reply.clone(), Arc::clone(&ctx.unacked));
+        let (reply, mine) = reply;
+        let (conn, reply) = (ctx.conn.clone(), reply.clone());
+        let (unacked, mine) = (Arc::clone(&ctx.unacked), Arc::clone(mine));
         unacked.fetch_add(1, Ordering::AcqRel);
+        mine.fetch_add(1, Ordering::AcqRel);
         options = options.on_done(move || {
             js::ack(&conn, &reply, js::Verdict::Ack);
             unacked.fetch_sub(1, Ordering::AcqRel);
+            mine.fetch_sub(1, Ordering::AcqRel);
         });
     }
     if let Some(key) = key.as_deref().or(event_id.as_deref()) {
@@ -496,6 +516,9 @@ async fn import(ctx: &Ctx, leased: &Leased, stored: Option<&Bytes>) -> Imported 
     if ack_when_done.is_some() && imported != Imported::Handed {
         // Not accepted: `on_done` never runs, the caller answers now.
         ctx.unacked.fetch_sub(1, Ordering::AcqRel);
+        if let Some((_, mine)) = ack_when_done {
+            mine.fetch_sub(1, Ordering::AcqRel);
+        }
     }
     imported
 }

@@ -44,6 +44,9 @@ pub const CONTENT_TYPE: &str = "Content-Type";
 pub const CAUSED_BY: &str = "Tidings-Caused-By";
 /// Header: the id of the root of its chain ([`tidings::Envelope::correlation`]).
 pub const CORRELATION: &str = "Tidings-Correlation";
+/// Header: the W3C trace context of the span the event was published in
+/// (`00-<trace id>-<span id>-<flags>`), with the `opentelemetry` feature.
+pub const TRACEPARENT: &str = "traceparent";
 /// Header: JetStream's message id, for the stream's duplicate window.
 pub const NATS_MSG_ID: &str = "Nats-Msg-Id";
 
@@ -204,6 +207,10 @@ pub(crate) fn headers(
         field(CAUSED_BY, &ids.reference(cause));
         field(CORRELATION, &ids.reference(root));
     }
+    #[cfg(feature = "opentelemetry")]
+    if let Some(parent) = event.trace_parent() {
+        field(TRACEPARENT, &traceparent(parent));
+    }
     let mut block = BytesMut::with_capacity(h.len() + 14);
     block.put_slice(b"NATS/1.0\r\n");
     block.put_slice(&h);
@@ -211,9 +218,80 @@ pub(crate) fn headers(
     block
 }
 
+/// A span context as a W3C `traceparent` value.
+#[cfg(feature = "opentelemetry")]
+fn traceparent(parent: &opentelemetry::trace::SpanContext) -> String {
+    format!(
+        "00-{}-{}-{:02x}",
+        parent.trace_id(),
+        parent.span_id(),
+        parent.trace_flags().to_u8()
+    )
+}
+
+/// Reads a W3C `traceparent` value (version 00: lowercase hex, ids not
+/// all zero); `None` for anything else, which is ignored as the standard
+/// says.
+#[cfg(feature = "opentelemetry")]
+pub(crate) fn parse_traceparent(value: &[u8]) -> Option<opentelemetry::trace::SpanContext> {
+    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+    let text = std::str::from_utf8(value).ok()?;
+    let mut parts = text.split('-');
+    let (version, trace, span, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    if parts.next().is_some()
+        || version != "00"
+        || !hex(trace, 32)
+        || !hex(span, 16)
+        || !hex(flags, 2)
+    {
+        return None;
+    }
+    let trace = TraceId::from_hex(trace).ok()?;
+    let span = SpanId::from_hex(span).ok()?;
+    let flags = u8::from_str_radix(flags, 16).ok()?;
+    let parent = SpanContext::new(
+        trace,
+        span,
+        TraceFlags::new(flags & 1),
+        true,
+        TraceState::default(),
+    );
+    parent.is_valid().then_some(parent)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(feature = "opentelemetry")]
+    #[test]
+    fn traceparents_round_trip_and_odd_ones_are_ignored() {
+        let good = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let parent = parse_traceparent(good).expect("valid");
+        assert_eq!(traceparent(&parent).as_bytes(), good);
+        for bad in [
+            &b""[..],
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            b"00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+            b"00-4bf92f3577b34da6a3ce929d0e0e47\xff-00f067aa0ba902b7-01",
+        ] {
+            assert!(
+                parse_traceparent(bad).is_none(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
 
     #[test]
     fn ids_are_recognised_by_their_minter_only() {

@@ -655,3 +655,62 @@ async fn causes_cross_the_bridge_both_ways() {
     assert_eq!(answer.correlation(), Some(&order_in_billing));
     drop((a, b));
 }
+
+/// A durable importer holds at most one batch of events its bus has not
+/// finished handling; a topic whose subscriber stopped reading stalls its
+/// own import there, never another topic's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_topic_does_not_stall_another_topics_import() {
+    let server = NatsServer::start();
+    let (orders, billing) = (bus(), bus());
+    let stuck = billing
+        .subscribe::<OrderCreated>()
+        .capacity(4096)
+        .stream()
+        .unwrap(); // never read
+    let mut markers = billing.subscribe::<Marker>().stream().unwrap();
+    let durable = || Durable::new("ORDERS", ["orders.>"]);
+    let b = Bridge::builder(&billing, server.connect())
+        .name("billing")
+        .durable(durable())
+        .import::<OrderCreated>()
+        .import::<Marker>()
+        .start()
+        .await
+        .unwrap();
+    let a = Bridge::builder(&orders, server.connect())
+        .name("orders")
+        .durable(durable())
+        .export::<OrderCreated>()
+        .export::<Marker>()
+        .start()
+        .await
+        .unwrap();
+    for id in 1..=600 {
+        orders
+            .publish(OrderCreated { id, total_cents: 1 })
+            .await
+            .unwrap();
+    }
+    until("the orders importer to hold a full batch", || {
+        b.stats().unacknowledged == 256
+    })
+    .await;
+    orders.publish(Marker(1)).await.unwrap();
+    assert_eq!(next("the marker", markers.recv()).await.0, 1);
+    // Counted once its publish returned, which may be just after delivery.
+    until("the marker to be counted", || b.stats().imported == 257).await;
+    let stats = b.stats();
+    assert_eq!(
+        (stats.imported, stats.unacknowledged),
+        (257, 256),
+        "the orders wait for their reader: {stats:?}"
+    );
+    drop(stuck); // lets the 256 go: handled (dropped), acknowledged
+    until("the rest of the orders", || b.stats().imported == 601).await;
+    until("every import acknowledged", || {
+        b.stats().unacknowledged == 0
+    })
+    .await;
+    drop(a);
+}

@@ -27,9 +27,19 @@ pub struct PublishOptions {
     pub(crate) scope: Option<Arc<str>>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) origin: Option<Arc<str>>,
+    /// The options few publishes use, boxed: a plain publish checks one
+    /// pointer for all of them.
+    pub(crate) extra: Option<Box<Extra>>,
+}
+
+/// The rarer options of a publish.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Extra {
     pub(crate) done: Option<Arc<OnDone>>,
     pub(crate) cause: Option<Cause>,
     pub(crate) remote: Option<Arc<str>>,
+    #[cfg(feature = "opentelemetry")]
+    pub(crate) parent: Option<opentelemetry::trace::SpanContext>,
 }
 
 /// What [`PublishOptions::on_done`] runs, once.
@@ -66,9 +76,7 @@ impl PublishOptions {
         scope: None,
         timeout: None,
         origin: None,
-        done: None,
-        cause: None,
-        remote: None,
+        extra: None,
     };
 
     /// A plain publish that waits at most `timeout`.
@@ -106,6 +114,10 @@ impl PublishOptions {
     pub fn key_scope(mut self, scope: impl Into<Arc<str>>) -> Self {
         self.scope = Some(scope.into());
         self
+    }
+
+    fn extra(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Box::default)
     }
 
     /// The key the topic's window remembers: the key, or scope and key
@@ -193,7 +205,7 @@ impl PublishOptions {
     /// # Ok(()) }
     /// ```
     pub fn on_done(mut self, f: impl FnOnce() + Send + 'static) -> Self {
-        self.done = Some(Arc::new(OnDone(parking_lot::Mutex::new(Some(Box::new(f))))));
+        self.extra().done = Some(Arc::new(OnDone(parking_lot::Mutex::new(Some(Box::new(f))))));
         self
     }
 
@@ -221,14 +233,14 @@ impl PublishOptions {
     /// # Ok(()) }
     /// ```
     pub fn follows<E>(mut self, cause: &crate::Envelope<E>) -> Self {
-        self.cause = Some(cause.inner.cause_of_follow_ups());
+        self.extra().cause = Some(cause.inner.cause_of_follow_ups());
         self
     }
 
     /// Sets what caused the event outright: for a bridge, which carries
     /// both across processes.
     pub fn cause(mut self, caused_by: EventRef, correlation: EventRef) -> Self {
-        self.cause = Some(Cause {
+        self.extra().cause = Some(Cause {
             caused_by,
             correlation,
         });
@@ -239,7 +251,17 @@ impl PublishOptions {
     /// events caused by it name it by this id
     /// ([`Envelope::reference`](crate::Envelope::reference)).
     pub fn remote_id(mut self, id: impl Into<Arc<str>>) -> Self {
-        self.remote = Some(id.into());
+        self.extra().remote = Some(id.into());
+        self
+    }
+
+    /// The OpenTelemetry span the event was published in, when it was not
+    /// the current one: for a bridge, which carries it across processes
+    /// (the W3C `traceparent`). Without it, a publish takes the span
+    /// context of the current `tracing` span.
+    #[cfg(feature = "opentelemetry")]
+    pub fn trace_parent(mut self, parent: opentelemetry::trace::SpanContext) -> Self {
+        self.extra().parent = Some(parent);
         self
     }
 

@@ -83,11 +83,11 @@ where
     ) -> (Outcome, Duration) {
         let f = &self.0;
         // What it publishes is caused by `env`.
-        let cause = env.inner.cause_of_follow_ups();
+        let cause = env.inner.held_cause();
         // The call to `f` runs inside the first poll, so a handler that
         // blocks before returning its future is timed and its panic
         // caught like any other.
-        let run = crate::context::caused(
+        let run = crate::context::Caused::new(
             cause,
             AssertUnwindSafe(async move { verdict(f(env).await) }).catch_unwind(),
         );
@@ -153,7 +153,7 @@ where
         let timed = budget.is_some() || limit.is_some() || telemetry::wants_duration(span);
         let start = timed.then(Instant::now);
         let event_id = env.id().get();
-        let cause = env.inner.cause_of_follow_ups();
+        let cause = env.inner.held_cause();
         let result = telemetry::in_span(span, || {
             crate::context::with_cause(cause, || {
                 catch_unwind(AssertUnwindSafe(|| verdict((self.0)(env))))

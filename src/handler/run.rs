@@ -156,7 +156,7 @@ async fn attempts<E: Event, K: Invoke<E>>(
                 env.id().get(),
                 env.seq(),
                 env.attempt(),
-                env.inner.cause(),
+                env.inner.meta.as_deref(),
             );
             let (outcome, took) = kind.invoke(queue, limit, env.clone(), &span).await;
             after_attempt(queue, plan, &env, holding.probe, outcome, took, &span)

@@ -17,7 +17,7 @@ use crate::config::{Overflow, PublishOptions};
 use crate::errors::{PublishError, Refusal};
 use crate::event::Event;
 use crate::event::{Meta, Published};
-use crate::id::{Cause, EventId};
+use crate::id::EventId;
 use crate::receipt::{Duplicate, PublishReceipt};
 use crate::telemetry;
 use crate::watch::FindingKind;
@@ -52,15 +52,29 @@ fn remember(dedup: &mut Dedup, key: &Arc<str>, id: EventId, seq: u64, now: Insta
 /// cause.
 #[cold]
 #[inline(never)]
-fn meta(opts: &PublishOptions, cause: Option<Cause>) -> Box<Meta> {
+fn meta(opts: &PublishOptions, parent: Parent) -> Box<Meta> {
+    #[cfg(not(feature = "opentelemetry"))]
+    let () = parent;
+    let extra = opts.extra.as_deref();
     Box::new(Meta {
         key: opts.key.clone(),
         origin: opts.origin.clone(),
-        done: opts.done.clone(),
-        cause: opts.cause.clone().or(cause),
-        remote: opts.remote.clone(),
+        done: extra.and_then(|e| e.done.clone()),
+        cause: extra
+            .and_then(|e| e.cause.clone())
+            .or_else(crate::context::cause),
+        remote: extra.and_then(|e| e.remote.clone()),
+        #[cfg(feature = "opentelemetry")]
+        parent: extra.and_then(|e| e.parent.clone()).or(parent),
     })
 }
+
+/// The span context a publish was made in, with the `opentelemetry`
+/// feature.
+#[cfg(feature = "opentelemetry")]
+type Parent = Option<opentelemetry::trace::SpanContext>;
+#[cfg(not(feature = "opentelemetry"))]
+type Parent = ();
 
 /// Adds an accepted event to a topic's retained log of `retain` events.
 #[inline(never)]
@@ -244,14 +258,17 @@ impl<E: Event> TopicState<E> {
         self.metrics.published();
         let id = EventId::next();
         // Published from a handler: caused by the event it handles.
-        let cause = crate::context::cause();
+        #[cfg(feature = "opentelemetry")]
+        let parent = telemetry::trace_parent();
+        #[cfg(not(feature = "opentelemetry"))]
+        let parent = ();
         let plain = key.is_none()
             && opts.origin.is_none()
-            && opts.done.is_none()
-            && opts.cause.is_none()
-            && opts.remote.is_none()
-            && cause.is_none();
-        let meta = (!plain).then(|| meta(opts, cause));
+            && opts.extra.is_none()
+            && !crate::context::handling();
+        #[cfg(feature = "opentelemetry")]
+        let plain = plain && parent.is_none();
+        let meta = (!plain).then(|| meta(opts, parent));
         let published = Arc::new(Published {
             event,
             id,
