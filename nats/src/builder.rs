@@ -331,8 +331,11 @@ impl BridgeBuilder {
                 what: "connect",
                 message: e.to_string(),
             })?;
+        let ids = Ids::new(origin_id(&self.name));
+        let shared_origin: Arc<str> = ids.origin().into();
         let ctx = Arc::new(Ctx {
-            ids: Ids::new(origin_id(&self.name)),
+            shared_origin,
+            ids,
             name: self.name.clone(),
             bus: self.bus.clone(),
             conn: conn.clone(),
@@ -343,6 +346,7 @@ impl BridgeBuilder {
             max_payload: self.max_payload,
             raw_limit: self.raw_limit,
             share_keys: self.share_keys,
+            key_scope: format!("bridge:{}", self.name).into(),
             queue_group: self.queue_group.clone(),
             counters: Counters::default(),
             in_hand: AtomicU64::new(0),

@@ -26,6 +26,10 @@ pub(crate) struct Ctx {
     pub(crate) max_payload: usize,
     pub(crate) raw_limit: usize,
     pub(crate) share_keys: bool,
+    /// The origin imported events carry, shared by all of them.
+    pub(crate) shared_origin: Arc<str>,
+    /// The scope of imported idempotency keys: `bridge:<name>`.
+    pub(crate) key_scope: Arc<str>,
     pub(crate) queue_group: Option<String>,
     pub(crate) counters: Counters,
     /// Events an exporter holds between its subscription and the server.

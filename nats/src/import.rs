@@ -451,11 +451,12 @@ async fn import(ctx: &Ctx, leased: &Leased, stored: Option<Stored<'_>>) -> Impor
             return reject(ctx, subject, reason, payload, event_id).await;
         }
     };
-    let mut options = PublishOptions::new().origin(ctx.origin());
+    let mut options = PublishOptions::new().origin(Arc::clone(&ctx.shared_origin));
     // Followed across processes: events its handlers publish name it by
     // its id on the wire, and it keeps the cause it came with.
-    if let Some(id) = event_id.as_deref() {
-        options = options.remote_id(id);
+    let wire_id: Option<Arc<str>> = event_id.as_deref().map(Arc::from);
+    if let Some(id) = &wire_id {
+        options = options.remote_id(Arc::clone(id));
     }
     #[cfg(feature = "opentelemetry")]
     if let Some(parent) = headers
@@ -484,10 +485,11 @@ async fn import(ctx: &Ctx, leased: &Leased, stored: Option<Stored<'_>>) -> Impor
             mine.fetch_sub(1, Ordering::AcqRel);
         });
     }
-    if let Some(key) = key.as_deref().or(event_id.as_deref()) {
+    let key: Option<Arc<str>> = key.as_deref().map(Arc::from).or(wire_id);
+    if let Some(key) = key {
         options = options.idempotency_key(key);
         if !ctx.share_keys {
-            options = options.key_scope(format!("bridge:{}", ctx.name));
+            options = options.key_scope(Arc::clone(&ctx.key_scope));
         }
     }
     let imported = match ctx.bus.publish_dyn(event, options).await {

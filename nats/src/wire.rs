@@ -17,6 +17,8 @@ use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, UNIX_EPOCH};
 
+use std::fmt::Write as _;
+
 use bytes::{BufMut, BytesMut};
 
 use tidings::error::DecodeError;
@@ -178,44 +180,47 @@ pub(crate) fn headers(
     msg_id: Option<&str>,
 ) -> BytesMut {
     let origin = ids.origin();
-    let mut h = BytesMut::with_capacity(256);
-    let mut field = |name: &str, value: &str| {
+    let mut h = BytesMut::with_capacity(320);
+    h.put_slice(b"NATS/1.0\r\n");
+    let field = |h: &mut BytesMut, name: &str, value: &str| {
         h.put_slice(name.as_bytes());
         h.put_slice(b": ");
         h.put_slice(value.as_bytes());
         h.put_slice(b"\r\n");
     };
-    field(EVENT_ID, id);
-    field(TOPIC, event.topic());
-    field(SEQ, &event.seq().to_string());
+    field(&mut h, EVENT_ID, id);
+    field(&mut h, TOPIC, event.topic());
     let at = event
         .published_at()
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
         .as_nanos();
-    field(PUBLISHED_AT, &at.to_string());
-    if let Some(key) = event.idempotency_key() {
-        field(IDEMPOTENCY_KEY, key);
+    // Numbers written in place: no string made for them.
+    for (name, n) in [(SEQ, u128::from(event.seq())), (PUBLISHED_AT, at)] {
+        h.put_slice(name.as_bytes());
+        h.put_slice(b": ");
+        let _ = write!(h, "{n}");
+        h.put_slice(b"\r\n");
     }
-    field(TYPE, event.type_name());
-    field(ORIGIN, origin);
-    field(CONTENT_TYPE, content_type);
+    if let Some(key) = event.idempotency_key() {
+        field(&mut h, IDEMPOTENCY_KEY, key);
+    }
+    field(&mut h, TYPE, event.type_name());
+    field(&mut h, ORIGIN, origin);
+    field(&mut h, CONTENT_TYPE, content_type);
     if let Some(msg_id) = msg_id {
-        field(NATS_MSG_ID, msg_id);
+        field(&mut h, NATS_MSG_ID, msg_id);
     }
     if let (Some(cause), Some(root)) = (event.caused_by(), event.correlation()) {
-        field(CAUSED_BY, &ids.reference(cause));
-        field(CORRELATION, &ids.reference(root));
+        field(&mut h, CAUSED_BY, &ids.reference(cause));
+        field(&mut h, CORRELATION, &ids.reference(root));
     }
     #[cfg(feature = "opentelemetry")]
     if let Some(parent) = event.trace_parent() {
-        field(TRACEPARENT, &traceparent(parent));
+        field(&mut h, TRACEPARENT, &traceparent(parent));
     }
-    let mut block = BytesMut::with_capacity(h.len() + 14);
-    block.put_slice(b"NATS/1.0\r\n");
-    block.put_slice(&h);
-    block.put_slice(b"\r\n");
-    block
+    h.put_slice(b"\r\n");
+    h
 }
 
 /// A span context as a W3C `traceparent` value.

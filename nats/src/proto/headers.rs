@@ -34,13 +34,13 @@ impl Headers {
     /// whole (its message is rejected by the caller): better than guessing
     /// which fields a hostile sender meant.
     pub(crate) fn parse(block: &Bytes) -> Result<Headers, HeaderError> {
-        let mut lines = split_lines(block)?;
-        let version = lines.next().ok_or(HeaderError::Version)?;
+        let mut lines = Lines(block);
+        let version = lines.next().ok_or(HeaderError::Version)??;
         let rest = version
             .strip_prefix(b"NATS/1.0")
             .ok_or(HeaderError::Version)?
             .trim_ascii();
-        let (status, description) = match rest.iter().position(|b| *b == b' ') {
+        let (status, description) = match memchr::memchr(b' ', rest) {
             Some(i) => (&rest[..i], rest[i + 1..].trim_ascii()),
             None => (rest, &b""[..]),
         };
@@ -50,17 +50,15 @@ impl Headers {
             let code = number(status).ok_or(HeaderError::BadStatus)?;
             Some(u16::try_from(code).map_err(|_| HeaderError::BadStatus)?)
         };
-        let mut fields = Vec::new();
+        let mut fields = Vec::with_capacity(12);
         for line in lines {
+            let line = line?;
             if line.is_empty() {
                 continue;
             }
-            let colon = line
-                .iter()
-                .position(|b| *b == b':')
-                .ok_or(HeaderError::NoColon)?;
+            let colon = memchr::memchr(b':', line).ok_or(HeaderError::NoColon)?;
             let name = &line[..colon];
-            if name.is_empty() || !name.iter().all(|b| b.is_ascii_graphic()) {
+            if name.is_empty() || !name.iter().all(u8::is_ascii_graphic) {
                 return Err(HeaderError::BadName);
             }
             let value = line[colon + 1..].trim_ascii();
@@ -85,17 +83,29 @@ impl Headers {
 /// The lines of a header block, split on CRLF; a CR or LF that is not part
 /// of a CRLF is refused (it is how a hostile header breaks clients that
 /// split on one and check the other).
-fn split_lines(block: &[u8]) -> Result<impl Iterator<Item = &[u8]>, HeaderError> {
-    let mut lines = Vec::new();
-    let mut rest = block;
-    while !rest.is_empty() {
-        let end = memchr::memmem::find(rest, b"\r\n").unwrap_or(rest.len());
-        let line = &rest[..end];
-        if line.iter().any(|b| *b == b'\r' || *b == b'\n') {
-            return Err(HeaderError::BareLineBreak);
+struct Lines<'a>(&'a [u8]);
+
+impl<'a> Iterator for Lines<'a> {
+    type Item = Result<&'a [u8], HeaderError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let rest = self.0;
+        if rest.is_empty() {
+            return None;
         }
-        lines.push(line);
-        rest = rest.get(end + 2..).unwrap_or(&[]);
+        Some(match memchr::memchr2(b'\r', b'\n', rest) {
+            None => {
+                self.0 = &[];
+                Ok(rest)
+            }
+            Some(end) if rest[end] == b'\r' && rest.get(end + 1) == Some(&b'\n') => {
+                self.0 = &rest[end + 2..];
+                Ok(&rest[..end])
+            }
+            Some(_) => {
+                self.0 = &[];
+                Err(HeaderError::BareLineBreak)
+            }
+        })
     }
-    Ok(lines.into_iter())
 }
