@@ -168,7 +168,11 @@ impl Durable {
     }
 
     /// How long the consumer waits for an acknowledgement before it
-    /// delivers a message again (default 10 s).
+    /// delivers a message again (default 10 s). The importer acknowledges
+    /// an event once the local bus is done with it, and holds at most 256
+    /// it has not seen handled: choose a wait longer than an event may
+    /// take to be handled, or the broker delivers it again meanwhile (to
+    /// another replica of a group, which handles it too).
     pub fn ack_wait(mut self, wait: Duration) -> Self {
         self.ack_wait = wait;
         self

@@ -32,17 +32,28 @@
 //!   published while a subscriber's bridge is not connected are not
 //!   delivered to it. Fast: no acknowledgement.
 //! - **Durable** ([`BridgeBuilder::durable`], JetStream): effectively once,
-//!   end to end. The exporter publishes with `Nats-Msg-Id` set to the
-//!   event's idempotency key or its cross-process id, waits for the stream's
-//!   acknowledgement and retries until it comes (the broker's duplicate
-//!   window drops a repeat); while it retries, the export subscription's
-//!   queue fills under the topic's overflow policy (`Block`: local
-//!   publishers wait). The importer pulls from a durable consumer and
-//!   acknowledges a message only after the local bus accepted the event
-//!   (at least once), publishing it with the same id as idempotency key so
-//!   that a redelivery is not handled twice (within the topic's
-//!   [`DedupWindow`](tidings::DedupWindow)). A broker restart loses nothing:
-//!   the exporter retries, the importer resumes from the consumer.
+//!   end to end, in each topic's order. The exporter publishes with
+//!   `Nats-Msg-Id` set to the event's idempotency key or its cross-process
+//!   id, through a window of publishes awaiting the stream's acknowledgement
+//!   ([`Durable::window`]); after any trouble it sends everything
+//!   unacknowledged again, in order, on a connection that never carries a
+//!   publish over from the one before (the broker's duplicate window drops
+//!   what it holds already), so the order holds across an outage. While the
+//!   window is full, the export subscription's queue fills under the
+//!   topic's overflow policy (`Block`: local publishers wait). The importer
+//!   pulls from a durable consumer, publishes each event with its id as
+//!   idempotency key (a redelivery is not handled twice within the topic's
+//!   [`DedupWindow`](tidings::DedupWindow)), and acknowledges it once every
+//!   local subscription is done with it
+//!   ([`PublishOptions::on_done`](tidings::PublishOptions::on_done)): a
+//!   process killed with events in hand has them delivered again, to its
+//!   next run or another replica. A broker restart loses nothing.
+//!
+//! Events carry what caused them across the bridge
+//! ([`Envelope::caused_by`](tidings::Envelope::caused_by),
+//! [`Envelope::correlation`](tidings::Envelope::correlation)), and with the
+//! `opentelemetry` feature the span context of their publish (a W3C
+//! `traceparent`).
 //!
 //! # Hostile input
 //! The bridge speaks the NATS protocol over a connection of its own, and
