@@ -1,0 +1,188 @@
+//! The durable importer: pulls from a JetStream consumer in batches, holds
+//! no more than one batch the local bus has not finished handling, and
+//! reads the consumer's max-deliveries advisories.
+
+use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::Either;
+use tokio::sync::watch;
+
+use super::super::conn::{Delivery, Leased, Subscription};
+use super::super::proto::Headers;
+use super::super::{js, stopping, wire, Ctx, RejectReason};
+use super::{import, lossy, reject, Imported, IMPORT_BATCH, IMPORT_WAIT};
+
+#[derive(Clone)]
+pub(super) struct Pull {
+    pub(super) stream: String,
+    pub(super) consumer: String,
+    pub(super) inbox: String,
+}
+
+/// Pulls batches from the durable consumer and imports them one by one,
+/// each acknowledged once the local bus has it. Once stopped it asks for no
+/// more, but finishes the pull it has out: every message fetched is handed
+/// to the bus, counted and acknowledged, so a restart takes up exactly
+/// where this left off.
+pub(super) async fn durable_loop(
+    ctx: &Ctx,
+    pull: &Pull,
+    sub: &mut Subscription,
+    stopped: watch::Receiver<bool>,
+    mine: &Arc<AtomicU64>,
+) {
+    let mut generation = ctx.conn.generation();
+    // Ask for no more bytes than may wait; at least one whole message.
+    let max_bytes = (ctx.conn_budget() / 2).max(ctx.max_payload);
+    while !*stopped.borrow() {
+        // No more in hand than one batch: what waits in the local queues
+        // waits for its acknowledgement, and the consumer's `ack_wait` runs
+        // meanwhile. Other replicas of a group take the rest.
+        let held = mine.load(Ordering::Acquire);
+        let Some(batch) = IMPORT_BATCH
+            .checked_sub(usize::try_from(held).unwrap_or(usize::MAX))
+            .filter(|&b| b > 0)
+        else {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            continue;
+        };
+        generation.borrow_and_update();
+        if !js::pull(
+            &ctx.conn,
+            &pull.stream,
+            &pull.consumer,
+            &pull.inbox,
+            batch,
+            max_bytes,
+            IMPORT_WAIT,
+        ) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        // Read this pull's answers until it is over: its batch is full, the
+        // server says it expired, or it cannot be answered any more (the
+        // connection was made again: the pull went with the old one).
+        let over = tokio::time::Instant::now() + IMPORT_WAIT + Duration::from_secs(2);
+        let mut got = 0;
+        loop {
+            let next = {
+                let recv = pin!(sub.next());
+                let changed = pin!(generation.changed());
+                match tokio::time::timeout_at(over, futures::future::select(recv, changed)).await {
+                    Err(_) | Ok(Either::Right(_)) => None,
+                    Ok(Either::Left((None, _))) => return,
+                    Ok(Either::Left((Some(leased), _))) => Some(leased),
+                }
+            };
+            let Some(leased) = next else {
+                break;
+            };
+            match pulled(&leased) {
+                Pulled::Heartbeat => {}
+                Pulled::Over => break,
+                Pulled::Message(reply) => {
+                    got += 1;
+                    let how = match import(ctx, &leased, Some((&reply, mine))).await {
+                        Imported::Handed => None,
+                        Imported::Done => Some(js::Verdict::Ack),
+                        Imported::Rejected => Some(js::Verdict::Term),
+                        Imported::Retry => Some(js::Verdict::Nak(Duration::from_millis(200))),
+                    };
+                    if let Some(how) = how {
+                        js::ack(&ctx.conn, &reply, how);
+                    }
+                    if got >= batch {
+                        break;
+                    }
+                }
+                Pulled::Stray => {
+                    import(ctx, &leased, None).await;
+                }
+            }
+        }
+    }
+}
+
+/// What arrived on a pull's inbox.
+enum Pulled {
+    /// A stored message to import and acknowledge on this subject.
+    Message(Bytes),
+    /// The server is still there.
+    Heartbeat,
+    /// The pull is over (expired, no messages, or refused).
+    Over,
+    /// Something that is not JetStream's (someone else published to the
+    /// inbox): imported like any message, so it is checked and rejected.
+    Stray,
+}
+
+fn pulled(leased: &Leased) -> Pulled {
+    let Delivery::Msg(msg) = &leased.delivery else {
+        return match &leased.delivery {
+            Delivery::Oversize { reply: Some(r), .. } if r.starts_with(b"$JS.ACK.") => {
+                Pulled::Message(r.clone())
+            }
+            _ => Pulled::Stray,
+        };
+    };
+    if let Some(reply) = &msg.reply {
+        if reply.starts_with(b"$JS.ACK.") {
+            return Pulled::Message(reply.clone());
+        }
+        return Pulled::Stray;
+    }
+    let status = msg
+        .headers
+        .as_ref()
+        .and_then(|h| Headers::parse(h).ok())
+        .and_then(|h| h.status);
+    match status {
+        Some(100) => Pulled::Heartbeat,
+        Some(404 | 408 | 409) => Pulled::Over,
+        _ => Pulled::Stray,
+    }
+}
+
+/// Reads the consumer's max-deliveries advisories: each names a message the
+/// consumer gave up on, which becomes a [`Rejected`] with its bytes.
+pub(super) async fn advisory_loop(
+    ctx: &Ctx,
+    stream: &str,
+    sub: &mut Subscription,
+    stopped: watch::Receiver<bool>,
+) {
+    let mut stop = pin!(stopping(stopped));
+    loop {
+        let leased = match futures::future::select(pin!(sub.next()), stop.as_mut()).await {
+            Either::Left((Some(leased), _)) => leased,
+            Either::Left((None, _)) | Either::Right(_) => return,
+        };
+        let Delivery::Msg(msg) = &leased.delivery else {
+            continue;
+        };
+        let Ok(advisory) = serde_json::from_slice::<js::MaxDeliveries>(&msg.payload) else {
+            continue;
+        };
+        let reason = RejectReason::Undeliverable {
+            deliveries: advisory.deliveries,
+        };
+        match js::get_message(&ctx.conn, stream, advisory.stream_seq).await {
+            Ok(stored) => {
+                let id = stored
+                    .headers
+                    .as_ref()
+                    .and_then(|h| Headers::parse(h).ok())
+                    .and_then(|h| h.get(wire::EVENT_ID).map(lossy));
+                reject(ctx, stored.subject.as_bytes(), reason, &stored.payload, id).await;
+            }
+            Err(e) => {
+                let subject = format!("{stream} seq {} (not readable: {e})", advisory.stream_seq);
+                reject(ctx, subject.as_bytes(), reason, &[], None).await;
+            }
+        }
+    }
+}
