@@ -339,19 +339,29 @@ impl Conn {
         headers: Option<&[u8]>,
         payload: &[u8],
     ) -> bool {
+        let Some((frame, len)) = self.framed_with_room(subject, reply, headers, payload) else {
+            self.shared
+                .counters
+                .unwritten
+                .fetch_add(1, Ordering::Relaxed);
+            return false;
+        };
+        self.send(Cmd::Pub(frame, len))
+    }
+
+    /// The frame of a publish, if there is room to hold it now (the room
+    /// taken, with its size).
+    fn framed_with_room(
+        &self,
+        subject: &[u8],
+        reply: Option<&[u8]>,
+        headers: Option<&[u8]>,
+        payload: &[u8],
+    ) -> Option<(Bytes, usize)> {
         let frame = frame(subject, reply, headers, payload);
         let len = room_for(frame.len());
-        match self.shared.room.try_acquire_many(len) {
-            Ok(permit) => permit.forget(),
-            Err(_) => {
-                self.shared
-                    .counters
-                    .unwritten
-                    .fetch_add(1, Ordering::Relaxed);
-                return false;
-            }
-        }
-        self.send(Cmd::Pub(frame, len as usize))
+        self.shared.room.try_acquire_many(len).ok()?.forget();
+        Some((frame, len as usize))
     }
 
     /// Publishes on the connection of `generation` only, without waiting:
@@ -368,13 +378,10 @@ impl Conn {
         headers: Option<&[u8]>,
         payload: &[u8],
     ) -> bool {
-        let frame = frame(subject, reply, headers, payload);
-        let len = room_for(frame.len());
-        match self.shared.room.try_acquire_many(len) {
-            Ok(permit) => permit.forget(),
-            Err(_) => return false,
+        match self.framed_with_room(subject, reply, headers, payload) {
+            Some((frame, len)) => self.send(Cmd::PubOn(generation, frame, len)),
+            None => false,
         }
-        self.send(Cmd::PubOn(generation, frame, len as usize))
     }
 
     /// Publishes, waiting for room to write it: `false` only if the
