@@ -161,6 +161,18 @@ impl AnyEvent {
         self.inner.reference()
     }
 
+    /// The cause of an event published because of this one.
+    pub(crate) fn cause_of_follow_ups(&self) -> Cause {
+        let caused_by = self.reference();
+        let correlation = self
+            .correlation()
+            .map_or_else(|| caused_by.clone(), Clone::clone);
+        Cause {
+            caused_by,
+            correlation,
+        }
+    }
+
     /// The OpenTelemetry span it was published in, as
     /// [`Envelope::trace_parent`].
     #[cfg(feature = "opentelemetry")]

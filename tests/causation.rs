@@ -133,3 +133,19 @@ async fn what_a_handler_publishes_follows_an_imported_event_by_its_remote_id() {
     assert_eq!(charge.correlation(), Some(&remote));
     assert_eq!(seen.lock().unwrap().clone(), Some(remote));
 }
+
+#[tokio::test]
+async fn a_dead_letter_is_caused_by_the_event_that_failed() {
+    let bus = bus();
+    let mut letters = bus.dead_letters().stream().unwrap();
+    let _fails = bus
+        .subscribe::<OrderPlaced>()
+        .handler(|_o| async { Err::<(), _>("the card was declined") })
+        .unwrap();
+    let placed = bus.publish(OrderPlaced { id: 9 }).await.unwrap();
+    let letter = letters.recv().await.unwrap();
+    let order = EventRef::Local(placed.id);
+    assert_eq!(letter.event_id, placed.id);
+    assert_eq!(letter.caused_by(), Some(&order));
+    assert_eq!(letter.correlation(), Some(&order));
+}

@@ -89,8 +89,11 @@ async fn send_dead_letter<E>(
 ) -> bool {
     let (event_id, error) = (letter.event_id.get(), letter.error.clone());
     let topic = plan.dead_letters.as_deref();
+    // The failed event caused it.
+    let cause = letter.event.cause_of_follow_ups();
+    let options = PublishOptions::new().cause(cause.caused_by, cause.correlation);
     let receipt = match topic {
-        Some(topic) => topic.publish(letter, &PublishOptions::PLAIN).await.ok(),
+        Some(topic) => topic.publish(letter, &options).await.ok(),
         None => None,
     };
     let retained = topic.is_some_and(|t| t.config.retained() > 0);
