@@ -34,8 +34,8 @@ pub struct BridgeStats {
     /// Of those, stored messages (durable mode) the local bus has not
     /// finished handling yet, and so not acknowledged: a process that dies
     /// now has them delivered again, to its next run or another replica of
-    /// its group. At most one pull batch (256) per bridge: the importer
-    /// takes no more while it holds that many.
+    /// its group. At most one pull batch (256) per imported topic or
+    /// pattern: its importer takes no more while it holds that many.
     pub unacknowledged: u64,
     /// Messages from NATS recognised as already imported (redeliveries).
     pub duplicates: u64,
