@@ -29,6 +29,7 @@ pub(crate) trait ErasedPublished: Send + Sync {
     fn origin(&self) -> Option<&str>;
     fn cause(&self) -> Option<&Cause>;
     fn reference(&self) -> EventRef;
+    fn cause_of_follow_ups(&self) -> Cause;
     #[cfg(feature = "opentelemetry")]
     fn trace_parent(&self) -> Option<&opentelemetry::trace::SpanContext>;
     fn event(&self) -> &(dyn Any + Send + Sync);
@@ -64,9 +65,12 @@ impl<E: Event> ErasedPublished for Published<E> {
     fn reference(&self) -> EventRef {
         Published::reference(self)
     }
+    fn cause_of_follow_ups(&self) -> Cause {
+        Published::cause_of_follow_ups(self)
+    }
     #[cfg(feature = "opentelemetry")]
     fn trace_parent(&self) -> Option<&opentelemetry::trace::SpanContext> {
-        self.meta.as_ref()?.parent.as_ref()
+        Published::trace_parent(self)
     }
     fn event(&self) -> &(dyn Any + Send + Sync) {
         &self.event
@@ -163,14 +167,7 @@ impl AnyEvent {
 
     /// The cause of an event published because of this one.
     pub(crate) fn cause_of_follow_ups(&self) -> Cause {
-        let caused_by = self.reference();
-        let correlation = self
-            .correlation()
-            .map_or_else(|| caused_by.clone(), Clone::clone);
-        Cause {
-            caused_by,
-            correlation,
-        }
+        self.inner.cause_of_follow_ups()
     }
 
     /// The OpenTelemetry span it was published in, as

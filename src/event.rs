@@ -111,6 +111,12 @@ impl<E> Published<E> {
         }
     }
 
+    /// The OpenTelemetry span it was published in.
+    #[cfg(feature = "opentelemetry")]
+    pub(crate) fn trace_parent(&self) -> Option<&opentelemetry::trace::SpanContext> {
+        self.meta.as_ref()?.parent.as_ref()
+    }
+
     /// The cause of an event published while handling this one.
     pub(crate) fn cause_of_follow_ups(&self) -> Cause {
         let caused_by = self.reference();
@@ -245,7 +251,7 @@ impl<E: Event> Envelope<E> {
     /// handlers' spans are children of it.
     #[cfg(feature = "opentelemetry")]
     pub fn trace_parent(&self) -> Option<&opentelemetry::trace::SpanContext> {
-        self.inner.meta.as_ref()?.parent.as_ref()
+        self.inner.trace_parent()
     }
 
     /// Which handler attempt this is: 1 for the first run, 2 for the first
