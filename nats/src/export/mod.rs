@@ -141,24 +141,52 @@ fn encode(ctx: &Ctx, event: &AnyEvent) -> Option<Vec<u8>> {
     }
 }
 
+/// An event made ready to send.
+struct Outgoing {
+    subject: String,
+    headers: bytes::BytesMut,
+    payload: Vec<u8>,
+    /// Its JetStream message id (durable mode): its idempotency key or
+    /// its id.
+    msg_id: Option<String>,
+}
+
+/// `event` ready to send; `None` if it must not go (an import of this
+/// bridge's own, never sent back) or does not encode (counted, logged).
+fn outgoing(ctx: &Ctx, event: &AnyEvent, durable: bool) -> Option<Outgoing> {
+    if event.origin() == Some(ctx.origin()) {
+        return None;
+    }
+    let payload = encode(ctx, event)?;
+    let id = ctx.ids.id_of(event.id().get());
+    let msg_id = durable.then(|| event.idempotency_key().unwrap_or(&id).to_owned());
+    let format = ctx.format.content_type();
+    let headers = wire::headers(&ctx.ids, &id, event, format, msg_id.as_deref());
+    Some(Outgoing {
+        subject: ctx.subject(event.topic()),
+        headers,
+        payload,
+        msg_id,
+    })
+}
+
 /// Core mode: one plain publish.
 async fn export(ctx: &Ctx, event: AnyEvent) {
-    if event.origin() == Some(ctx.origin()) {
-        return; // imported by this bridge: never sent back
-    }
     let _held = InHand::new(ctx);
-    let Some(payload) = encode(ctx, &event) else {
+    let Some(out) = outgoing(ctx, &event, false) else {
         return;
     };
-    let subject = ctx.subject(event.topic());
-    let id = ctx.ids.id_of(event.id().get());
-    let headers = wire::headers(&ctx.ids, &id, &event, ctx.format.content_type(), None);
     // Waits for room to write it: a slow connection slows the exporter, and
     // through its subscription local publishers, instead of losing events
     // here.
     if !ctx
         .conn
-        .publish_wait(subject.as_bytes(), None, Some(&headers), &payload)
+        .publish_wait(
+            out.subject.as_bytes(),
+            None,
+            Some(&out.headers),
+            &out.payload,
+        )
         .await
     {
         return failed(

@@ -38,8 +38,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::super::conn::{Delivery, Leased};
-use super::super::{js, stopping, warn, wire, Ctx};
-use super::{encode, InHand};
+use super::super::{js, stopping, warn, Ctx};
+use super::{outgoing, InHand};
 use tidings::{AnyEvent, PatternSubscription};
 
 /// How long an acknowledgement may take before the window sends again.
@@ -152,28 +152,20 @@ pub(super) async fn durable_loop(
 impl<'a> Window<'a> {
     /// Takes an event into the window (sent by the next `pump`).
     fn push(&mut self, event: AnyEvent) {
-        let ctx = self.ctx;
-        if event.origin() == Some(ctx.origin()) {
-            return; // imported by this bridge: never sent back
-        }
-        let Some(payload) = encode(ctx, &event) else {
+        let Some(out) = outgoing(self.ctx, &event, true) else {
             return;
         };
-        let id = ctx.ids.id_of(event.id().get());
-        let msg_id = event.idempotency_key().unwrap_or(&id).to_owned();
-        let format = ctx.format.content_type();
-        let headers = wire::headers(&ctx.ids, &id, &event, format, Some(&msg_id));
         self.entries.push_back(Entry {
             topic: event.topic(),
-            subject: ctx.subject(event.topic()),
-            headers,
-            payload,
-            msg_id,
+            subject: out.subject,
+            headers: out.headers,
+            payload: out.payload,
+            msg_id: out.msg_id.unwrap_or_default(),
             token: None,
             sent_at: Instant::now(),
             sends: 0,
             stored: None,
-            _held: InHand::new(ctx),
+            _held: InHand::new(self.ctx),
         });
     }
 
