@@ -30,19 +30,31 @@ fn bus() -> Bus {
         .unwrap()
 }
 
+/// The spans every test of this binary records (one global subscriber).
+fn spans() -> (InMemorySpanExporter, SdkTracerProvider) {
+    static SPANS: std::sync::OnceLock<(InMemorySpanExporter, SdkTracerProvider)> =
+        std::sync::OnceLock::new();
+    SPANS
+        .get_or_init(|| {
+            let exporter = InMemorySpanExporter::default();
+            let provider = SdkTracerProvider::builder()
+                .with_simple_exporter(exporter.clone())
+                .build();
+            let subscriber = tracing_subscriber::registry()
+                .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("tidings-test")));
+            tracing::subscriber::set_global_default(subscriber).expect("set once, here");
+            (exporter, provider)
+        })
+        .clone()
+}
+
 fn named<'a>(spans: &'a [SpanData], name: &str) -> Vec<&'a SpanData> {
     spans.iter().filter(|s| s.name == name).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_span_in_another_process_joins_the_publishers_trace() {
-    let exporter = InMemorySpanExporter::default();
-    let provider = SdkTracerProvider::builder()
-        .with_simple_exporter(exporter.clone())
-        .build();
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("tidings-test")));
-    tracing::subscriber::set_global_default(subscriber).expect("the only test here");
+    let (exporter, provider) = spans();
 
     let server = NatsServer::start();
     let (orders, billing) = (bus(), bus());
@@ -76,7 +88,12 @@ async fn a_handler_span_in_another_process_joins_the_publishers_trace() {
     assert_eq!(next("the order to be handled", handled.recv()).await, 1);
     // The handler's span ends just after its run.
     until("the handler's span to end", || {
-        named(&exporter.get_finished_spans().unwrap(), "tidings.handle").len() == 1
+        let spans = exporter.get_finished_spans().unwrap();
+        named(&spans, "checkout").iter().any(|checkout| {
+            named(&spans, "tidings.handle")
+                .iter()
+                .any(|h| h.span_context.trace_id() == checkout.span_context.trace_id())
+        })
     })
     .await;
     a.shutdown(Duration::from_secs(10)).await;
@@ -96,14 +113,55 @@ async fn a_handler_span_in_another_process_joins_the_publishers_trace() {
         .unwrap_or_else(|| panic!("a publish span in the checkout's trace: {spans:#?}"));
     assert_eq!(publish.parent_span_id, checkout.span_context.span_id());
     // In the importing process: the handler's run, a child of that publish.
-    let handle = named(&spans, "tidings.handle");
+    let handle: Vec<_> = named(&spans, "tidings.handle")
+        .into_iter()
+        .filter(|s| s.span_context.trace_id() == trace)
+        .collect();
     let [handle] = handle.as_slice() else {
-        panic!("one handler span: {spans:#?}");
+        panic!("one handler span in the checkout's trace: {spans:#?}");
     };
-    assert_eq!(handle.span_context.trace_id(), trace, "the same trace");
     assert_eq!(
         handle.parent_span_id,
         publish.span_context.span_id(),
         "a child of the publish"
     );
+}
+
+/// In one process too: the handler's span is a child of the publish, in
+/// the trace of the span the publish was made in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_handler_span_joins_the_publishers_trace() {
+    let (exporter, provider) = spans();
+    let bus = bus();
+    let (handled_tx, mut handled) = tokio::sync::mpsc::unbounded_channel();
+    let _audit = bus
+        .subscribe::<OrderCreated>()
+        .handler(move |order| {
+            let handled = handled_tx.clone();
+            async move {
+                let _ = handled.send(order.id);
+            }
+        })
+        .unwrap();
+    bus.publish(OrderCreated { id: 2 })
+        .instrument(tracing::info_span!("refund"))
+        .await
+        .unwrap();
+    assert_eq!(next("the order to be handled", handled.recv()).await, 2);
+    let in_refund_trace = |spans: &[SpanData], name: &str| -> Option<SpanData> {
+        let refund = named(spans, "refund").into_iter().next()?.clone();
+        named(spans, name)
+            .into_iter()
+            .find(|s| s.span_context.trace_id() == refund.span_context.trace_id())
+            .cloned()
+    };
+    until("the handler's span to end", || {
+        in_refund_trace(&exporter.get_finished_spans().unwrap(), "tidings.handle").is_some()
+    })
+    .await;
+    provider.force_flush().unwrap();
+    let spans = exporter.get_finished_spans().unwrap();
+    let publish = in_refund_trace(&spans, "tidings.publish").expect("the publish, in the trace");
+    let handle = in_refund_trace(&spans, "tidings.handle").expect("the handler, in the trace");
+    assert_eq!(handle.parent_span_id, publish.span_context.span_id());
 }
