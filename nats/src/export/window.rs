@@ -180,26 +180,26 @@ impl<'a> Window<'a> {
             if self.probing && self.next > 0 {
                 return;
             }
-            let token = self.next_token;
-            let reply = format!("{}.{token}", self.reply_prefix);
+            let ctx = self.ctx;
             let e = &mut self.entries[self.next];
-            if e.stored.is_none()
-                && !self.ctx.conn.publish_on(
+            if e.stored.is_none() {
+                let token = self.next_token;
+                let reply = format!("{}.{token}", self.reply_prefix);
+                let sent = ctx.conn.publish_on(
                     self.generation,
                     e.subject.as_bytes(),
                     Some(reply.as_bytes()),
                     Some(&e.headers),
                     &e.payload,
-                )
-            {
-                // No room to write it now: nothing after it goes first.
-                self.retry_at = Some(Instant::now() + FIRST_DELAY);
-                return;
-            }
-            if e.stored.is_none() {
+                );
+                if !sent {
+                    // No room to write it now: nothing after it goes first.
+                    self.retry_at = Some(Instant::now() + FIRST_DELAY);
+                    return;
+                }
                 if e.sends > 0 {
-                    self.ctx.count(
-                        &self.ctx.counters.export_retries,
+                    ctx.count(
+                        &ctx.counters.export_retries,
                         "tidings_bridge_export_retries_total",
                     );
                 }
