@@ -52,14 +52,27 @@ fn named<'a>(spans: &'a [SpanData], name: &str) -> Vec<&'a SpanData> {
     spans.iter().filter(|s| s.name == name).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_handler_span_in_another_process_joins_the_publishers_trace() {
-    let (exporter, provider) = spans();
+/// The spans named `name` in the trace of the first span named `root`.
+fn in_trace_of<'a>(spans: &'a [SpanData], root: &str, name: &str) -> Vec<&'a SpanData> {
+    let Some(root) = named(spans, root).into_iter().next() else {
+        return Vec::new();
+    };
+    let trace = root.span_context.trace_id();
+    named(spans, name)
+        .into_iter()
+        .filter(|s| s.span_context.trace_id() == trace)
+        .collect()
+}
 
-    let server = NatsServer::start();
-    let (orders, billing) = (bus(), bus());
-    let (handled_tx, mut handled) = tokio::sync::mpsc::unbounded_channel();
-    let _charge = billing
+/// An async handler of `bus`'s orders that reports each order's id.
+fn reporting_handler(
+    bus: &Bus,
+) -> (
+    tidings::SubscriptionHandle,
+    tokio::sync::mpsc::UnboundedReceiver<u64>,
+) {
+    let (handled_tx, handled) = tokio::sync::mpsc::unbounded_channel();
+    let handle = bus
         .subscribe::<OrderCreated>()
         .handler(move |order| {
             let handled = handled_tx.clone();
@@ -68,6 +81,16 @@ async fn a_handler_span_in_another_process_joins_the_publishers_trace() {
             }
         })
         .unwrap();
+    (handle, handled)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_span_in_another_process_joins_the_publishers_trace() {
+    let (exporter, provider) = spans();
+
+    let server = NatsServer::start();
+    let (orders, billing) = (bus(), bus());
+    let (_charge, mut handled) = reporting_handler(&billing);
     let b = Bridge::builder(&billing, server.connect())
         .name("billing")
         .import::<OrderCreated>()
@@ -89,11 +112,7 @@ async fn a_handler_span_in_another_process_joins_the_publishers_trace() {
     // The handler's span ends just after its run.
     until("the handler's span to end", || {
         let spans = exporter.get_finished_spans().unwrap();
-        named(&spans, "checkout").iter().any(|checkout| {
-            named(&spans, "tidings.handle")
-                .iter()
-                .any(|h| h.span_context.trace_id() == checkout.span_context.trace_id())
-        })
+        !in_trace_of(&spans, "checkout", "tidings.handle").is_empty()
     })
     .await;
     a.shutdown(Duration::from_secs(10)).await;
@@ -105,18 +124,13 @@ async fn a_handler_span_in_another_process_joins_the_publishers_trace() {
     let [checkout] = checkout.as_slice() else {
         panic!("one checkout span: {spans:#?}");
     };
-    let trace = checkout.span_context.trace_id();
     // In the exporting process: the publish, inside the checkout.
-    let publish = named(&spans, "tidings.publish")
-        .into_iter()
-        .find(|s| s.span_context.trace_id() == trace)
+    let publish = *in_trace_of(&spans, "checkout", "tidings.publish")
+        .first()
         .unwrap_or_else(|| panic!("a publish span in the checkout's trace: {spans:#?}"));
     assert_eq!(publish.parent_span_id, checkout.span_context.span_id());
     // In the importing process: the handler's run, a child of that publish.
-    let handle: Vec<_> = named(&spans, "tidings.handle")
-        .into_iter()
-        .filter(|s| s.span_context.trace_id() == trace)
-        .collect();
+    let handle = in_trace_of(&spans, "checkout", "tidings.handle");
     let [handle] = handle.as_slice() else {
         panic!("one handler span in the checkout's trace: {spans:#?}");
     };
@@ -133,35 +147,24 @@ async fn a_handler_span_in_another_process_joins_the_publishers_trace() {
 async fn a_local_handler_span_joins_the_publishers_trace() {
     let (exporter, provider) = spans();
     let bus = bus();
-    let (handled_tx, mut handled) = tokio::sync::mpsc::unbounded_channel();
-    let _audit = bus
-        .subscribe::<OrderCreated>()
-        .handler(move |order| {
-            let handled = handled_tx.clone();
-            async move {
-                let _ = handled.send(order.id);
-            }
-        })
-        .unwrap();
+    let (_audit, mut handled) = reporting_handler(&bus);
     bus.publish(OrderCreated { id: 2 })
         .instrument(tracing::info_span!("refund"))
         .await
         .unwrap();
     assert_eq!(next("the order to be handled", handled.recv()).await, 2);
-    let in_refund_trace = |spans: &[SpanData], name: &str| -> Option<SpanData> {
-        let refund = named(spans, "refund").into_iter().next()?.clone();
-        named(spans, name)
-            .into_iter()
-            .find(|s| s.span_context.trace_id() == refund.span_context.trace_id())
-            .cloned()
-    };
     until("the handler's span to end", || {
-        in_refund_trace(&exporter.get_finished_spans().unwrap(), "tidings.handle").is_some()
+        let spans = exporter.get_finished_spans().unwrap();
+        !in_trace_of(&spans, "refund", "tidings.handle").is_empty()
     })
     .await;
     provider.force_flush().unwrap();
     let spans = exporter.get_finished_spans().unwrap();
-    let publish = in_refund_trace(&spans, "tidings.publish").expect("the publish, in the trace");
-    let handle = in_refund_trace(&spans, "tidings.handle").expect("the handler, in the trace");
+    let publish = *in_trace_of(&spans, "refund", "tidings.publish")
+        .first()
+        .expect("the publish, in the trace");
+    let handle = *in_trace_of(&spans, "refund", "tidings.handle")
+        .first()
+        .expect("the handler, in the trace");
     assert_eq!(handle.parent_span_id, publish.span_context.span_id());
 }
