@@ -101,20 +101,22 @@ impl<E> Published<E> {
         }
     }
 
+    /// The OpenTelemetry span it was published in.
+    #[cfg(feature = "opentelemetry")]
+    pub(crate) fn trace_parent(&self) -> Option<&opentelemetry::trace::SpanContext> {
+        self.meta.as_ref()?.parent.as_ref()
+    }
+}
+
+impl<E: Event> Published<E> {
     /// The cause of what a handler of this event publishes, as the handler
     /// runners hold it (cheap for the usual event: no metadata).
     #[inline]
     pub(crate) fn held_cause(&self) -> crate::context::Held {
         match &self.meta {
-            None => crate::context::Held::root(self.id),
+            None => crate::context::Held::root(self.id, E::TOPIC),
             Some(_) => crate::context::Held::new(self.cause_of_follow_ups()),
         }
-    }
-
-    /// The OpenTelemetry span it was published in.
-    #[cfg(feature = "opentelemetry")]
-    pub(crate) fn trace_parent(&self) -> Option<&opentelemetry::trace::SpanContext> {
-        self.meta.as_ref()?.parent.as_ref()
     }
 
     /// The cause of an event published while handling this one.
@@ -126,6 +128,7 @@ impl<E> Published<E> {
         Cause {
             caused_by,
             correlation,
+            topic: Some(E::TOPIC),
         }
     }
 }

@@ -38,6 +38,11 @@ impl serde::Serialize for EventRef {
 pub(crate) struct Cause {
     pub(crate) caused_by: EventRef,
     pub(crate) correlation: EventRef,
+    /// The topic of `caused_by`, when this process handed that event out
+    /// (`None` for a cause known by its id only: another process's event,
+    /// or one named with `PublishOptions::cause`). Counted per topic in
+    /// `TopicStats::caused_by`.
+    pub(crate) topic: Option<&'static str>,
 }
 
 /// A process-wide unique identifier of one published event.

@@ -123,6 +123,7 @@
 //!   for handler failures, panics, drops (at most once per interval) and
 //!   findings. No allocation when no subscriber is enabled.
 //! - **`metrics`** (feature): `tidings_published_total`,
+//!   `tidings_caused_total` (by topic and causing topic),
 //!   `tidings_delivered_total`, `tidings_dropped_total`,
 //!   `tidings_discarded_total`, `tidings_handler_failures_total`,
 //!   `tidings_handler_panics_total`, `tidings_handler_timeouts_total`,
@@ -210,7 +211,7 @@ pub use publisher::Publisher;
 pub use receipt::{Duplicate, PublishReceipt};
 pub use report::{ShutdownReport, Unclean, UncleanKind};
 pub use resume::{Replayed, Started};
-pub use stats::{BreakerState, BusStats, SubscriptionStats, TopicStats};
+pub use stats::{BreakerState, BusStats, CausedBy, SubscriptionStats, TopicStats};
 pub use subscribe::{
     HandlerBuilder, PatternBuilder, PatternSubscription, SubscribeBuilder, Subscription,
     SubscriptionHandle, MAX_CONCURRENCY,

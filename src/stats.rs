@@ -92,6 +92,16 @@ pub struct TopicStats {
     /// ([`Refusal::Closed`](crate::error::Refusal::Closed)), each
     /// event handed back to its caller.
     pub refused: u64,
+    /// The accepted events that had a cause, by the topic of the event
+    /// that caused them, in the order those topics were first seen: the
+    /// edges of the bus's flow from this topic's side. An event has a cause
+    /// when it was published from inside a handler of the bus (the event
+    /// being handled), or said to
+    /// ([`PublishOptions::follows`](crate::PublishOptions::follows),
+    /// [`cause`](crate::PublishOptions::cause)); the others, `published`
+    /// less [`caused`](TopicStats::caused), were roots. A dead letter's
+    /// cause is the event that failed.
+    pub caused_by: Vec<CausedBy>,
     /// The current subscriptions (and, after shutdown, the ones shut down).
     pub subscriptions: Vec<SubscriptionStats>,
     /// Subscriptions that unsubscribed
@@ -100,6 +110,57 @@ pub struct TopicStats {
     /// held events or ran their handler, and are still draining; listed until
     /// they finish, and kept in a shutdown report, which waits for them.
     pub draining: Vec<SubscriptionStats>,
+}
+
+/// How the printed stats and the metrics name a cause known by its id
+/// only ([`CausedBy::topic`] is `None`).
+pub(crate) const BY_ID_ONLY: &str = "(by id only)";
+
+impl TopicStats {
+    /// How many accepted events had a cause: the sum of
+    /// [`caused_by`](TopicStats::caused_by).
+    pub fn caused(&self) -> u64 {
+        self.caused_by.iter().map(|c| c.events).sum()
+    }
+}
+
+/// How many events of a topic the events of one topic caused: a row of
+/// [`TopicStats::caused_by`].
+///
+/// ```
+/// # use tidings::{Bus, Event};
+/// # #[derive(Event)] #[event(topic = "orders.placed")] struct OrderPlaced { id: u64 }
+/// # #[derive(Event)] #[event(topic = "orders.charged")] struct OrderCharged { id: u64 }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let bus = Bus::builder().topic::<OrderPlaced>().topic::<OrderCharged>().build()?;
+/// let charges = bus.publisher::<OrderCharged>()?;
+/// let billing = bus.subscribe::<OrderPlaced>().handler(move |order| {
+///     let charges = charges.clone();
+///     async move { charges.publish(OrderCharged { id: order.id }).await.map(|_| ()) }
+/// })?;
+/// for id in 0..3 {
+///     bus.publish(OrderPlaced { id }).await?;
+/// }
+/// bus.shutdown(std::time::Duration::from_secs(5)).await;
+/// let stats = bus.stats();
+/// let charged = stats.topic("orders.charged").expect("registered");
+/// assert_eq!(charged.caused(), 3);
+/// assert_eq!(charged.caused_by[0].topic, Some("orders.placed"));
+/// assert_eq!(stats.topic("orders.placed").map(|t| t.caused()), Some(0)); // roots
+/// # drop(billing);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct CausedBy {
+    /// The topic of the causing events; `None` for causes known by their
+    /// id only: events of another process (through a bridge), or named with
+    /// [`PublishOptions::cause`](crate::PublishOptions::cause).
+    pub topic: Option<&'static str>,
+    /// How many accepted events they caused.
+    pub events: u64,
 }
 
 /// A snapshot of one subscription.
@@ -287,7 +348,9 @@ fn ms(d: Duration) -> String {
 /// `dropped()`, `failed_attempts()`, `retried`, `dead_lettered`,
 /// `worst_poll` (async handlers only). A topic without subscriptions is one
 /// row saying how many events it published; a subscription that left but
-/// still drains is marked `(left)`.
+/// still drains is marked `(left)`. When events had causes, a second table
+/// follows, a row per [`TopicStats::caused_by`] entry: `topic`,
+/// `caused_by` (the causing topic, or `(by id only)`), `events`.
 impl fmt::Display for BusStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The columns are named as the fields (and methods) of
@@ -338,30 +401,59 @@ impl fmt::Display for BusStats {
                 ]);
             }
         }
-        let mut widths = HEAD.map(str::len);
-        for row in &rows {
-            for (w, cell) in widths.iter_mut().zip(row) {
-                *w = (*w).max(cell.chars().count());
-            }
-        }
-        let line = |f: &mut fmt::Formatter<'_>, cells: &[&str]| -> fmt::Result {
-            let mut text = String::new();
-            for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
-                use fmt::Write as _;
-                // Names left, numbers right.
-                if i < 4 {
-                    write!(text, "{cell:<w$}  ")?;
-                } else {
-                    write!(text, "{cell:>w$}  ")?;
-                }
-            }
-            writeln!(f, "{}", text.trim_end())
-        };
-        line(f, &HEAD)?;
-        for row in &rows {
-            let cells: Vec<&str> = row.iter().map(String::as_str).collect();
-            line(f, &cells)?;
+        table(f, &HEAD, &rows, 4)?;
+        // What caused what, when anything did: one row per pair of topics.
+        let causes: Vec<[String; 3]> = self
+            .topics
+            .iter()
+            .flat_map(|t| {
+                t.caused_by.iter().map(move |c| {
+                    [
+                        t.topic.to_owned(),
+                        c.topic.unwrap_or(BY_ID_ONLY).to_owned(),
+                        c.events.to_string(),
+                    ]
+                })
+            })
+            .collect();
+        if !causes.is_empty() {
+            writeln!(f)?;
+            table(f, &["topic", "caused_by", "events"], &causes, 2)?;
         }
         Ok(())
     }
+}
+
+/// Writes `rows` under `head` in columns as wide as their widest cell: the
+/// first `names` columns left-aligned, the rest (numbers) right-aligned.
+fn table<const N: usize>(
+    f: &mut fmt::Formatter<'_>,
+    head: &[&str; N],
+    rows: &[[String; N]],
+    names: usize,
+) -> fmt::Result {
+    let mut widths = head.map(str::len);
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |f: &mut fmt::Formatter<'_>, cells: &[&str]| -> fmt::Result {
+        let mut text = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            use fmt::Write as _;
+            if i < names {
+                write!(text, "{cell:<w$}  ")?;
+            } else {
+                write!(text, "{cell:>w$}  ")?;
+            }
+        }
+        writeln!(f, "{}", text.trim_end())
+    };
+    line(f, head)?;
+    for row in rows {
+        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
+        line(f, &cells)?;
+    }
+    Ok(())
 }

@@ -408,6 +408,41 @@ impl TopicMetrics {
     }
 }
 
+/// The count of a topic's events caused by events of one topic: the row of
+/// [`TopicStats::caused_by`](crate::TopicStats::caused_by) and, with the
+/// `metrics` feature, `tidings_caused_total{topic, caused_by}`, registered
+/// when the pair is first seen.
+pub(crate) struct CauseCount {
+    pub(crate) row: crate::stats::CausedBy,
+    #[cfg(feature = "metrics")]
+    counter: metrics::Counter,
+}
+
+impl CauseCount {
+    pub(crate) fn new(topic: &'static str, caused_by: Option<&'static str>) -> Self {
+        #[cfg(not(feature = "metrics"))]
+        let _ = topic;
+        CauseCount {
+            row: crate::stats::CausedBy {
+                topic: caused_by,
+                events: 0,
+            },
+            #[cfg(feature = "metrics")]
+            counter: metrics::counter!(
+                "tidings_caused_total",
+                "topic" => topic,
+                "caused_by" => caused_by.unwrap_or(crate::stats::BY_ID_ONLY),
+            ),
+        }
+    }
+
+    pub(crate) fn count(&mut self) {
+        self.row.events = self.row.events.saturating_add(1);
+        #[cfg(feature = "metrics")]
+        self.counter.increment(1);
+    }
+}
+
 #[cfg(feature = "metrics")]
 mod metrics_impl {
     use std::time::Duration;

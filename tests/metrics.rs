@@ -244,6 +244,18 @@ async fn counters_gauges_and_histograms_match_the_workload_and_the_stats() {
         ),
         5
     );
+    // Each dead letter was caused by the order that failed.
+    assert_eq!(
+        counter(
+            readings,
+            "tidings_caused_total",
+            &[
+                ("topic", tidings::DEAD_LETTER_TOPIC),
+                ("caused_by", "orders.created")
+            ]
+        ),
+        5
+    );
     match value(
         readings,
         "tidings_handler_duration_seconds",
@@ -277,4 +289,6 @@ async fn counters_gauges_and_histograms_match_the_workload_and_the_stats() {
         );
     }
     assert_eq!(stats.topic("orders.created").unwrap().published, 10);
+    let letters = stats.topic(tidings::DEAD_LETTER_TOPIC).unwrap();
+    assert_eq!(letters.caused(), 5);
 }

@@ -653,6 +653,20 @@ async fn causes_cross_the_bridge_both_ways() {
     assert_eq!(its_cause, None, "the order is a root");
     assert_eq!(answer.caused_by(), Some(&order_in_billing));
     assert_eq!(answer.correlation(), Some(&order_in_billing));
+    // The stats count it on each side: in billing, an answer caused by an
+    // order; back in the orders bus, one caused by an event known by its id
+    // only (the order as billing named it).
+    let caused_by = |bus: &Bus| -> Vec<(Option<&'static str>, u64)> {
+        let stats = bus.stats();
+        let topic = stats.topic(Marker::TOPIC).expect("registered");
+        topic
+            .caused_by
+            .iter()
+            .map(|c| (c.topic, c.events))
+            .collect()
+    };
+    assert_eq!(caused_by(&billing), vec![(Some(OrderCreated::TOPIC), 1)]);
+    assert_eq!(caused_by(&orders), vec![(None, 1)]);
     drop((a, b));
 }
 

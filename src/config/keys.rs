@@ -232,7 +232,7 @@ impl PublishOptions {
     /// assert_eq!(charge.correlation(), Some(&order.reference())); // the order is the root
     /// # Ok(()) }
     /// ```
-    pub fn follows<E>(mut self, cause: &crate::Envelope<E>) -> Self {
+    pub fn follows<E: crate::Event>(mut self, cause: &crate::Envelope<E>) -> Self {
         self.extra().cause = Some(cause.inner.cause_of_follow_ups());
         self
     }
@@ -243,7 +243,15 @@ impl PublishOptions {
         self.extra().cause = Some(Cause {
             caused_by,
             correlation,
+            topic: None,
         });
+        self
+    }
+
+    /// Sets what caused the event, topic and all (for the bus's own
+    /// publishes: dead letters).
+    pub(crate) fn caused(mut self, cause: Cause) -> Self {
+        self.extra().cause = Some(cause);
         self
     }
 

@@ -87,6 +87,7 @@ pub(crate) fn spawn_async<E, F, Fut>(
     let of = RunnerOf {
         bus: plan.bus,
         subscription: queue.info.id,
+        topic: E::TOPIC,
     };
     let plan = Arc::new(plan);
     for consumer in 0..concurrency {
@@ -120,6 +121,7 @@ where
     let of = RunnerOf {
         bus: plan.bus,
         subscription: queue.info.id,
+        topic: E::TOPIC,
     };
     let plan = Arc::new(plan);
     for consumer in 0..concurrency {

@@ -31,6 +31,9 @@ enum Next {
 }
 
 /// Books an attempt's outcome: breaker, counters, and what comes next.
+/// Inlined: left out of line, it costs a handler run about 35
+/// instructions (the icount gate's `handler_c1`, 1.9 %).
+#[inline]
 fn after_attempt<E: Event>(
     queue: &SubscriptionState<E>,
     plan: &HandlerPlan,
@@ -90,8 +93,7 @@ async fn send_dead_letter<E>(
     let (event_id, error) = (letter.event_id.get(), letter.error.clone());
     let topic = plan.dead_letters.as_deref();
     // The failed event caused it.
-    let cause = letter.event.cause_of_follow_ups();
-    let options = PublishOptions::new().cause(cause.caused_by, cause.correlation);
+    let options = PublishOptions::new().caused(letter.event.cause_of_follow_ups());
     let receipt = match topic {
         Some(topic) => topic.publish(letter, &options).await.ok(),
         None => None,

@@ -51,7 +51,7 @@ use crate::event::Published;
 use crate::id::{BusId, SubscriptionId};
 use crate::receipt::PublishReceipt;
 use crate::stats::TopicStats;
-use crate::telemetry::TopicMetrics;
+use crate::telemetry::{CauseCount, TopicMetrics};
 use crate::watch::{Finding, WatchSlot};
 
 /// A subscription as its topic's publishers see it.
@@ -141,6 +141,13 @@ pub(crate) struct TopicState<E> {
     pub(crate) inner: Mutex<TopicInner<E>>,
     pub(crate) watch: WatchSlot,
     pub(crate) metrics: TopicMetrics,
+    /// Accepted events with a cause, by the cause's topic (an entry per
+    /// topic name of the program's event types, and one for causes known
+    /// by id only: bounded by the program, whatever arrives). Locked while
+    /// `inner` is, never the other way round. Not in `inner`: there, a
+    /// publish without a cause measured 4 instructions more (the icount
+    /// gate's `publish_block`).
+    caused_by: Mutex<Vec<CauseCount>>,
 }
 
 impl<E: Event> TopicState<E> {
@@ -150,6 +157,7 @@ impl<E: Event> TopicState<E> {
             bus,
             watch,
             metrics: TopicMetrics::new(E::TOPIC),
+            caused_by: Mutex::new(Vec::new()),
             inner: Mutex::new(TopicInner {
                 subs: Vec::new(),
                 draining: Vec::new(),
@@ -221,6 +229,12 @@ impl<E: Event> ErasedTopic for TopicState<E> {
             unsubscribed: inner.unsubscribed,
             discarded_on_unsubscribe: inner.discarded_on_unsubscribe,
             refused: inner.refused,
+            caused_by: self
+                .caused_by
+                .lock()
+                .iter()
+                .map(|c| c.row.clone())
+                .collect(),
             subscriptions: inner
                 .subs
                 .iter()

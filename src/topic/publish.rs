@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
+
 use super::keys::Dedup;
 use super::line::{leave_line, wait_in_line, Turn};
 use super::queue::Push;
@@ -19,7 +21,7 @@ use crate::event::Event;
 use crate::event::{Meta, Published};
 use crate::id::EventId;
 use crate::receipt::{Duplicate, PublishReceipt};
-use crate::telemetry;
+use crate::telemetry::{self, CauseCount};
 use crate::watch::FindingKind;
 
 /// The receipt of a publish whose key is within the window, if it is.
@@ -49,14 +51,19 @@ fn remember(dedup: &mut Dedup, key: &Arc<str>, id: EventId, seq: u64, now: Insta
 }
 
 /// The metadata of a publish with a key, an origin, an `on_done` or a
-/// cause.
+/// cause; a cause is counted in the topic's `caused_by`.
 #[cold]
 #[inline(never)]
-fn meta(opts: &PublishOptions, parent: Parent) -> Box<Meta> {
+fn meta(
+    opts: &PublishOptions,
+    parent: Parent,
+    topic: &'static str,
+    caused_by: &Mutex<Vec<CauseCount>>,
+) -> Box<Meta> {
     #[cfg(not(feature = "opentelemetry"))]
     let () = parent;
     let extra = opts.extra.as_deref();
-    Box::new(Meta {
+    let meta = Box::new(Meta {
         key: opts.key.clone(),
         origin: opts.origin.clone(),
         done: extra.and_then(|e| e.done.clone()),
@@ -66,7 +73,11 @@ fn meta(opts: &PublishOptions, parent: Parent) -> Box<Meta> {
         remote: extra.and_then(|e| e.remote.clone()),
         #[cfg(feature = "opentelemetry")]
         parent: extra.and_then(|e| e.parent.clone()).or(parent),
-    })
+    });
+    if let Some(cause) = &meta.cause {
+        count_cause(&mut caused_by.lock(), topic, cause.topic);
+    }
+    meta
 }
 
 /// The span context a publish was made in, with the `opentelemetry`
@@ -75,6 +86,19 @@ fn meta(opts: &PublishOptions, parent: Parent) -> Box<Meta> {
 type Parent = Option<opentelemetry::trace::SpanContext>;
 #[cfg(not(feature = "opentelemetry"))]
 type Parent = ();
+
+/// Counts an accepted event of `topic` caused by an event of `caused_by`.
+#[inline(never)]
+fn count_cause(counts: &mut Vec<CauseCount>, topic: &'static str, caused_by: Option<&'static str>) {
+    match counts.iter_mut().find(|c| c.row.topic == caused_by) {
+        Some(c) => c.count(),
+        None => {
+            let mut c = CauseCount::new(topic, caused_by);
+            c.count();
+            counts.push(c);
+        }
+    }
+}
 
 /// Adds an accepted event to a topic's retained log of `retain` events.
 #[inline(never)]
@@ -268,7 +292,7 @@ impl<E: Event> TopicState<E> {
             && !crate::context::handling();
         #[cfg(feature = "opentelemetry")]
         let plain = plain && parent.is_none();
-        let meta = (!plain).then(|| meta(opts, parent));
+        let meta = (!plain).then(|| meta(opts, parent, E::TOPIC, &self.caused_by));
         let published = Arc::new(Published {
             event,
             id,
