@@ -352,6 +352,7 @@ impl BridgeBuilder {
             in_hand: AtomicU64::new(0),
             unacked: Arc::new(AtomicU64::new(0)),
             last_restart: parking_lot::Mutex::new(None),
+            unanswered: parking_lot::Mutex::new((None, None)),
             max_held: self.max_held,
             rejection_log: parking_lot::Mutex::new((None, 0)),
         });

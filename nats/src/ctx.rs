@@ -38,6 +38,8 @@ pub(crate) struct Ctx {
     /// acknowledged when it has.
     pub(crate) unacked: Arc<AtomicU64>,
     pub(crate) last_restart: parking_lot::Mutex<Option<Instant>>,
+    /// When a pull last went unanswered, and when that was last logged.
+    pub(crate) unanswered: parking_lot::Mutex<(Option<Instant>, Option<Instant>)>,
     pub(crate) max_held: usize,
     /// When a rejection was last logged, and how many since were not.
     pub(crate) rejection_log: parking_lot::Mutex<(Option<Instant>, u64)>,
@@ -82,6 +84,41 @@ impl Ctx {
                 Some(std::mem::take(&mut log.1))
             }
         }
+    }
+
+    /// A pull from a durable consumer went unanswered: counted, reported
+    /// in the bridge's health, and logged (at most once a minute: a stuck
+    /// consumer leaves every pull unanswered).
+    pub(crate) fn pull_unanswered(&self, stream: &str, consumer: &str) {
+        self.count(
+            &self.counters.pulls_unanswered,
+            "tidings_bridge_pulls_unanswered_total",
+        );
+        let now = Instant::now();
+        let log = {
+            let mut seen = self.unanswered.lock();
+            seen.0 = Some(now);
+            let log = !seen
+                .1
+                .is_some_and(|at| now.duration_since(at) < Duration::from_secs(60));
+            if log {
+                seen.1 = Some(now);
+            }
+            log
+        };
+        if !log {
+            return;
+        }
+        warn(
+            &self.name,
+            stream,
+            &format!(
+                "consumer `{consumer}` of stream `{stream}` answered no pull, not even \
+                 when it expired: the broker's consumer is stuck (nats-server before \
+                 2.9.15 can do this to a consumer created by several replicas at the \
+                 same moment); restart the broker"
+            ),
+        );
     }
 
     /// A task of the bridge failed and goes on: counted, reported.

@@ -86,22 +86,51 @@ async fn api<T: for<'de> Deserialize<'de>>(
 #[derive(Deserialize)]
 struct Anything {}
 
+/// How many times a step that replicas starting together race on is
+/// tried: creating the stream, and the group's shared consumer.
+const RACE_ATTEMPTS: u32 = 4;
+
+/// How long replicas that found no consumer spread their second look over.
+const CREATE_SPREAD: Duration = Duration::from_millis(250);
+
+/// A pause of up to `spread`, different from one process or task to the
+/// next (the clock's nanoseconds through a hasher with a random key).
+fn jitter(spread: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos()),
+    );
+    let spread = u64::try_from(spread.as_nanos()).unwrap_or(u64::MAX).max(1);
+    Duration::from_nanos(h.finish() % spread)
+}
+
+/// Waits before trying a raced step again: 100, 200, 400 ms, plus up to
+/// 100 ms of jitter, so that replicas that lost together do not try again
+/// together.
+async fn after_a_lost_race(attempt: u32) {
+    let wait = Duration::from_millis(100u64 << attempt.min(4)) + jitter(Duration::from_millis(100));
+    tokio::time::sleep(wait).await;
+}
+
 /// Makes sure stream `name` exists, holding `subjects`, with the given
 /// duplicate window; creates it (file storage) if it does not.
+///
+/// Replicas deployed together each find no stream and ask to create it:
+/// the broker answers all but one with an error (10065, "subjects overlap
+/// with an existing stream"), and some brokers leave a request of that
+/// crowd unanswered for a while. So a failed creation, or an unanswered
+/// request, is followed by another look, a few times: a stream someone else
+/// made is as good as ours. An error that says something else (no
+/// permission, say) is returned at once.
 pub(crate) async fn ensure_stream(
     conn: &Conn,
     name: &str,
     subjects: &[String],
     duplicate_window: Duration,
 ) -> Result<(), JsError> {
-    match api::<Anything>(conn, &format!("$JS.API.STREAM.INFO.{name}"), &json!({})).await {
-        Ok(_) => return Ok(()),
-        // 10059: stream not found.
-        Err(JsError::Api {
-            err_code: 10059, ..
-        }) => {}
-        Err(e) => return Err(e),
-    }
     let window = u64::try_from(duplicate_window.as_nanos()).unwrap_or(u64::MAX);
     let config = json!({
         "name": name,
@@ -112,9 +141,46 @@ pub(crate) async fn ensure_stream(
         "num_replicas": 1,
         "duplicate_window": window,
     });
-    api::<Anything>(conn, &format!("$JS.API.STREAM.CREATE.{name}"), &config)
-        .await
-        .map(|_| ())
+    let (info, create) = (
+        format!("$JS.API.STREAM.INFO.{name}"),
+        format!("$JS.API.STREAM.CREATE.{name}"),
+    );
+    let mut attempt = 1;
+    loop {
+        let failed = match api::<Anything>(conn, &info, &json!({})).await {
+            Ok(_) => return Ok(()),
+            // 10059: stream not found.
+            Err(JsError::Api {
+                err_code: 10059, ..
+            }) => match api::<Anything>(conn, &create, &config).await {
+                Ok(_) => return Ok(()),
+                Err(e) => e,
+            },
+            Err(e @ JsError::Conn(_)) => e,
+            Err(e) => return Err(e),
+        };
+        if attempt >= RACE_ATTEMPTS {
+            return Err(failed);
+        }
+        after_a_lost_race(attempt).await;
+        attempt += 1;
+    }
+}
+
+/// What the bridge sets of a consumer, as the broker reports it.
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+struct ConsumerSettings {
+    ack_wait: u64,
+    max_deliver: i64,
+    max_ack_pending: i64,
+    filter_subject: String,
+}
+
+#[derive(Deserialize)]
+struct ConsumerInfo {
+    #[serde(default)]
+    config: ConsumerSettings,
 }
 
 /// A durable pull consumer's settings.
@@ -127,8 +193,9 @@ pub(crate) struct ConsumerConfig<'a> {
     pub(crate) max_ack_pending: i64,
 }
 
-/// Makes sure the durable pull consumer exists (the server keeps an
-/// existing one with the same settings).
+/// Makes sure the durable pull consumer exists with these settings:
+/// creates it if it is not there, updates it if its settings differ, and
+/// otherwise sends nothing.
 pub(crate) async fn ensure_consumer(conn: &Conn, c: &ConsumerConfig<'_>) -> Result<(), JsError> {
     let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
     let body = json!({
@@ -145,13 +212,52 @@ pub(crate) async fn ensure_consumer(conn: &Conn, c: &ConsumerConfig<'_>) -> Resu
             "replay_policy": "instant",
         }
     });
-    api::<Anything>(
-        conn,
-        &format!("$JS.API.CONSUMER.CREATE.{}.{}", c.stream, c.name),
-        &body,
-    )
-    .await
-    .map(|_| ())
+    // A consumer that exists with these settings is left as it is: asking
+    // the broker to create a consumer that replicas are already pulling
+    // from can leave it answering no pull again (nats-server before 2.9.15;
+    // see the README's "Replicas"). One whose settings differ (a new
+    // `ack_wait`, say) is updated. One that does not exist yet is looked
+    // for once more after a random pause, so that replicas starting
+    // together mostly find the first one's instead of all creating it at
+    // once.
+    let info = format!("$JS.API.CONSUMER.INFO.{}.{}", c.stream, c.name);
+    let create = format!("$JS.API.CONSUMER.CREATE.{}.{}", c.stream, c.name);
+    let wanted = ConsumerSettings {
+        ack_wait: nanos(c.ack_wait),
+        max_deliver: c.max_deliver,
+        max_ack_pending: c.max_ack_pending,
+        filter_subject: c.filter.to_owned(),
+    };
+    let mut attempt = 1;
+    loop {
+        let found = match api::<ConsumerInfo>(conn, &info, &json!({})).await {
+            // 10014: consumer not found.
+            Err(JsError::Api {
+                err_code: 10014, ..
+            }) => {
+                tokio::time::sleep(jitter(CREATE_SPREAD)).await;
+                api::<ConsumerInfo>(conn, &info, &json!({})).await
+            }
+            other => other,
+        };
+        let outcome = match found {
+            Ok(found) if found.config == wanted => Ok(()),
+            Ok(_)
+            | Err(JsError::Api {
+                err_code: 10014, ..
+            }) => api::<Anything>(conn, &create, &body).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(()) => return Ok(()),
+            // Unanswered (a crowded broker): asked again.
+            Err(JsError::Conn(_)) if attempt < RACE_ATTEMPTS => {
+                after_a_lost_race(attempt).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// The acknowledgement of a publish to a stream.

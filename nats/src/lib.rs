@@ -155,6 +155,7 @@ impl Bridge {
             held_bytes: self.ctx.conn.held(),
             disconnects: n.disconnects,
             restarts: load(&c.restarts) + n.restarts,
+            pulls_unanswered: load(&c.pulls_unanswered),
             broken_frames: n.broken_frames,
             server_errors: n.server_errors,
             unwritten: n.unwritten,
@@ -194,6 +195,11 @@ impl Bridge {
                 BridgeProblemKind::ServerErrors,
                 stats.server_errors,
                 conn.last_seen(Trouble::ServerError),
+            ),
+            (
+                BridgeProblemKind::PullsUnanswered,
+                stats.pulls_unanswered,
+                self.ctx.unanswered.lock().0,
             ),
         ] {
             if count > 0 {

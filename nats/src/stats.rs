@@ -55,6 +55,15 @@ pub struct BridgeStats {
     pub disconnects: u64,
     /// Times a task of the bridge failed and was started again.
     pub restarts: u64,
+    /// Pulls from a durable consumer that the broker did not answer at
+    /// all: no message, not even the status it sends when a pull expires.
+    /// A healthy broker answers every pull, so this stays 0; a consumer
+    /// that answers none is stuck in the broker (nats-server before 2.9.15
+    /// can leave a consumer so when several replicas create it at the same
+    /// moment, which the bridge avoids as far as it can: see the README's
+    /// "Replicas"). Logged, and reported by
+    /// [`Bridge::health`](crate::Bridge::health).
+    pub pulls_unanswered: u64,
     /// Frames from the server that could not be parsed (each cost a
     /// reconnect).
     pub broken_frames: u64,
@@ -80,6 +89,7 @@ pub(crate) struct Counters {
     pub(crate) rejected: AtomicU64,
     pub(crate) rejected_unpublished: AtomicU64,
     pub(crate) restarts: AtomicU64,
+    pub(crate) pulls_unanswered: AtomicU64,
 }
 
 /// What [`Bridge::health`](crate::Bridge::health) found.
@@ -118,6 +128,9 @@ pub enum BridgeProblemKind {
     Dropped,
     /// The server reported errors (`-ERR`).
     ServerErrors,
+    /// A durable consumer answered no pull
+    /// ([`BridgeStats::pulls_unanswered`](crate::BridgeStats::pulls_unanswered)).
+    PullsUnanswered,
 }
 
 impl BridgeHealth {

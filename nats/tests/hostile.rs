@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use common::{header_block, next, until, NatsServer};
 use tidings::{Bus, Event, Overflow, PublishOptions, Subscription};
-use tidings_nats::{Bridge, BridgeTopics, Durable, RejectReason, Rejected, REJECTED_FIELD_LIMIT};
+use tidings_nats::{
+    Bridge, BridgeProblemKind, BridgeTopics, Durable, RejectReason, Rejected, REJECTED_FIELD_LIMIT,
+};
 
 #[derive(Debug, Clone, PartialEq, Event, serde::Serialize, serde::Deserialize)]
 #[event(topic = "orders.created", serde)]
@@ -898,6 +900,53 @@ async fn permissions_keep_a_guest_off_the_imported_subjects() {
     let stats = importer.stats();
     assert_eq!((stats.rejected, stats.server_errors), (0, 0), "{stats:?}");
     assert!(b.orders.try_recv().is_err(), "only the real order");
+}
+
+/// A durable consumer that answers no pull (here the broker drops the
+/// pulls, as it drops those of a consumer stuck in nats-server before
+/// 2.9.15) is not a silent stall: each pull that saw nothing at all, not
+/// even the status a broker sends when a pull expires, is counted, logged
+/// and reported by the bridge's health.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_answers_no_pull_is_reported() {
+    let server = NatsServer::start_with(Some(
+        r#"
+        jetstream { store_dir: "{store}" }
+        authorization {
+          users = [{
+            user: "stuck", password: "stuck-pw",
+            permissions: {
+              publish: { allow: [">"], deny: ["$JS.API.CONSUMER.MSG.NEXT.>"] },
+              subscribe: [">"]
+            }
+          }]
+        }
+        "#,
+    ));
+    let b = billing();
+    let importer = Bridge::builder(
+        &b.bus,
+        server.connect().user_and_password("stuck", "stuck-pw"),
+    )
+    .name("billing")
+    .durable(Durable::new("ORDERS", ["orders.>"]))
+    .import::<OrderCreated>()
+    .start()
+    .await
+    .expect("the consumer is made: only pulls are dropped");
+    until("a pull reported unanswered", || {
+        importer.stats().pulls_unanswered > 0
+    })
+    .await;
+    let health = importer.health();
+    assert!(
+        health
+            .problems
+            .iter()
+            .any(|p| p.kind == BridgeProblemKind::PullsUnanswered && p.recent),
+        "{health}"
+    );
+    assert!(!health.is_healthy(), "{health}");
 }
 
 fn raw_publish_refused(guest: &mut common::Raw) {

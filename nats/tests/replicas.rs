@@ -385,6 +385,85 @@ async fn a_bad_group_is_refused_at_start() {
     );
 }
 
+/// Replicas deployed together start together: each finds no stream and
+/// asks the broker to create it, and all but one lose that race; then each
+/// finds no consumer. Every one of them must start, on the stream the
+/// winner made, and the group's one consumer must serve them (on
+/// nats-server 2.9.10 a consumer several replicas create at the same moment
+/// can end up answering no pull: the bridge looks for it again after a
+/// random pause before it creates it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_replicas_starting_at_once_all_start() {
+    const AT_ONCE: usize = 8;
+    let server = NatsServer::start();
+    let buses: Vec<Bus> = (0..AT_ONCE).map(|_| bus()).collect();
+    let starts = buses.iter().map(|bus| {
+        mode(
+            Bridge::builder(bus, server.connect())
+                .name("billing")
+                .group("billing")
+                .prefix("together"),
+            Some("TOGETHER"),
+            "together",
+        )
+        .import::<Order>()
+        .start()
+    });
+    let bridges: Vec<Bridge> = futures::future::join_all(starts)
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .expect("every replica starts");
+    let shop = bus();
+    let mut handled = Vec::new();
+    for b in &buses {
+        handled.push(b.subscribe::<Order>().capacity(64).stream().unwrap());
+    }
+    let exporter = mode(
+        Bridge::builder(&shop, server.connect())
+            .name("shop")
+            .prefix("together"),
+        Some("TOGETHER"),
+        "together",
+    )
+    .export::<Order>()
+    .start()
+    .await
+    .expect("the shop starts");
+    for id in 0..32 {
+        shop.publish(Order { id }).await.unwrap();
+    }
+    // Each order reaches one replica of the group.
+    let mut seen = Vec::new();
+    while seen.len() < 32 {
+        let orders = handled.iter_mut().map(|s| Box::pin(s.recv()));
+        let Ok((order, _, _)) =
+            tokio::time::timeout(DEADLINE, futures::future::select_all(orders)).await
+        else {
+            let replicas: Vec<_> = bridges.iter().map(Bridge::stats).collect();
+            let client = server.client().await;
+            let mut broker = String::new();
+            for subject in [
+                "$JS.API.STREAM.INFO.TOGETHER",
+                "$JS.API.CONSUMER.LIST.TOGETHER",
+            ] {
+                let answer = client.request(subject, "".into()).await;
+                let text = answer.map(|m| String::from_utf8_lossy(&m.payload).into_owned());
+                broker.push_str(&format!("{subject}: {text:?}\n"));
+            }
+            panic!(
+                "{} of 32 orders arrived: {seen:?}\nshop: {:?}\nreplicas: {replicas:?}\n{broker}",
+                seen.len(),
+                exporter.stats()
+            );
+        };
+        seen.push(order.expect("open").id);
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (0..32).collect::<Vec<_>>());
+    drop((bridges, exporter));
+}
+
 /// A replica killed part-way (SIGKILL: no shutdown, nothing flushed): the
 /// orders it held unacknowledged are delivered again to the others after
 /// the consumer's acknowledgement wait. None is lost; an order is handled

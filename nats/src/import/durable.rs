@@ -68,12 +68,21 @@ pub(super) async fn durable_loop(
         // connection was made again: the pull went with the old one).
         let over = tokio::time::Instant::now() + IMPORT_WAIT + Duration::from_secs(2);
         let mut got = 0;
+        // Whether anything at all came for this pull: a broker answers every
+        // pull, at the latest with the status it sends when the pull expires.
+        let mut answered = false;
         loop {
             let next = {
                 let recv = pin!(sub.next());
                 let changed = pin!(generation.changed());
                 match tokio::time::timeout_at(over, futures::future::select(recv, changed)).await {
-                    Err(_) | Ok(Either::Right(_)) => None,
+                    Err(_) => {
+                        if !answered {
+                            ctx.pull_unanswered(&pull.stream, &pull.consumer);
+                        }
+                        None
+                    }
+                    Ok(Either::Right(_)) => None,
                     Ok(Either::Left((None, _))) => return,
                     Ok(Either::Left((Some(leased), _))) => Some(leased),
                 }
@@ -81,6 +90,7 @@ pub(super) async fn durable_loop(
             let Some(leased) = next else {
                 break;
             };
+            answered = true;
             match pulled(&leased) {
                 Pulled::Heartbeat => {}
                 Pulled::Over => break,
