@@ -105,6 +105,13 @@ pub(super) struct State<E> {
     pub(super) counters: Counters,
     /// One slot per consumer (stream: 1, handlers: their concurrency).
     pub(super) consumers: Vec<Option<Waker>>,
+    /// A ring subscription's consumer that waits on the ring for all of
+    /// them: its siblings wait in their slots, and whoever takes an event
+    /// while nobody watches wakes one of them (which takes the next event or
+    /// becomes the watcher). So a write wakes one runner per subscription,
+    /// not every one of its siblings, which would find the event taken and
+    /// wait again.
+    pub(super) watcher: Option<usize>,
     pub(super) publishers: Vec<Waker>,
     pub(super) idle: Vec<Waker>,
 }

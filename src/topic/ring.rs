@@ -87,6 +87,9 @@ pub(crate) struct Ring<E> {
     tail: Padded<AtomicU64>,
     /// Ring readers waiting for the next event.
     waiters: Padded<Mutex<Vec<Waker>>>,
+    /// An empty list with room, swapped in for `waiters` by a wake-up so
+    /// that the next reader to wait allocates nothing.
+    spare: Mutex<Vec<Waker>>,
 }
 
 // SAFETY: the ring hands `Arc<Published<E>>` from the publisher's thread to
@@ -115,6 +118,7 @@ impl<E> Ring<E> {
             // Room for a few readers, so that the first to wait allocates
             // nothing (wait() runs on the delivery path).
             waiters: Padded(Mutex::new(Vec::with_capacity(4))),
+            spare: Mutex::new(Vec::with_capacity(4)),
         }
     }
 
@@ -234,27 +238,21 @@ impl<E> Ring<E> {
             .saturating_sub(next) as usize
     }
 
-    /// Wakes every waiting reader, outside the list's lock, a few at a
-    /// time through a buffer on the stack: waking never allocates (a fresh
-    /// list for each wake-up was an allocation per wake-up,
-    /// `tests/allocations.rs`). A reader that registers meanwhile may be
-    /// woken once for nothing; it looks again.
+    /// Wakes the readers that wait at this moment, outside the list's
+    /// lock. The list is taken once, whole, and an empty one with room put
+    /// in its place: a reader that registers meanwhile waits for the next
+    /// wake-up (it looked at the slot after registering, so it misses
+    /// nothing), and the publisher never loops on readers that keep
+    /// registering anew as it wakes others. Waking never allocates: the two
+    /// lists take turns (a fresh list for each wake-up was an allocation
+    /// per wake-up, `tests/allocations.rs`).
     pub(super) fn wake_all(&self) {
-        const AT_ONCE: usize = 8;
-        loop {
-            let mut batch: [Option<Waker>; AT_ONCE] = Default::default();
-            let more = {
-                let mut waiters = self.waiters.0.lock();
-                let n = waiters.len().min(AT_ONCE);
-                for (slot, waker) in batch.iter_mut().zip(waiters.drain(..n)) {
-                    *slot = Some(waker);
-                }
-                !waiters.is_empty()
-            };
-            batch.into_iter().flatten().for_each(Waker::wake);
-            if !more {
-                return;
-            }
+        let mut batch = std::mem::take(&mut *self.spare.lock());
+        std::mem::swap(&mut *self.waiters.0.lock(), &mut batch);
+        batch.drain(..).for_each(Waker::wake);
+        let mut spare = self.spare.lock();
+        if spare.capacity() < batch.capacity() {
+            *spare = batch;
         }
     }
 }

@@ -91,6 +91,7 @@ impl<E> SubscriptionState<E> {
                     ..Counters::default()
                 },
                 consumers: vec![None; consumers],
+                watcher: None,
                 publishers: Vec::new(),
                 idle: Vec::new(),
             }),
@@ -249,7 +250,12 @@ impl<E> SubscriptionState<E> {
     ) -> Poll<Option<Envelope<E>>> {
         let mut wakeups = Wakeups::default();
         let mut s = self.state.lock();
+        if s.watcher == Some(consumer) {
+            // Woken by the ring (or polled again): it watches no longer.
+            s.watcher = None;
+        }
         if let Some(env) = self.pop_locked(&mut s, &mut wakeups) {
+            pass_on(&mut s, consumer, &mut wakeups);
             drop(s);
             wakeups.wake();
             return Poll::Ready(Some(env));
@@ -258,14 +264,24 @@ impl<E> SubscriptionState<E> {
             return Poll::Ready(None);
         }
         if let Buf::Ring { ring, next, .. } = &s.buf {
+            if s.watcher.is_some() {
+                // A sibling waits on the ring for the subscription; this
+                // one waits for whoever takes the next event.
+                park(&mut s.consumers[consumer], cx.waker());
+                #[cfg(test)]
+                self.waits.fetch_add(1, Ordering::Relaxed);
+                return Poll::Pending;
+            }
             // Waits for the slot it wants; should the publisher have
             // written it meanwhile, it is there to take now.
             if ring.wait(*next, cx.waker()) {
+                s.watcher = Some(consumer);
                 #[cfg(test)]
                 self.waits.fetch_add(1, Ordering::Relaxed);
                 return Poll::Pending;
             }
             if let Some(env) = self.pop_locked(&mut s, &mut wakeups) {
+                pass_on(&mut s, consumer, &mut wakeups);
                 drop(s);
                 wakeups.wake();
                 return Poll::Ready(Some(env));
@@ -273,10 +289,7 @@ impl<E> SubscriptionState<E> {
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
-        match &mut s.consumers[consumer] {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            slot => *slot = Some(cx.waker().clone()),
-        }
+        park(&mut s.consumers[consumer], cx.waker());
         #[cfg(test)]
         self.waits.fetch_add(1, Ordering::Relaxed);
         Poll::Pending
@@ -295,6 +308,34 @@ impl<E> SubscriptionState<E> {
             None if s.closed && s.drained() => Err(TryRecvError::Closed),
             None => Err(TryRecvError::Empty),
         }
+    }
+}
+
+/// Keeps `waker` in a consumer's slot, to be woken when it may take.
+fn park(slot: &mut Option<Waker>, waker: &Waker) {
+    match slot {
+        Some(w) if w.will_wake(waker) => {}
+        slot => *slot = Some(waker.clone()),
+    }
+}
+
+/// A consumer of a ring subscription took an event while no sibling
+/// watched the ring: it wakes one waiting sibling, which takes the next
+/// event or becomes the watcher. A queue of its own needs none of this:
+/// each push wakes one consumer.
+#[inline]
+fn pass_on<E>(s: &mut State<E>, consumer: usize, wakeups: &mut Wakeups) {
+    if s.consumers.len() == 1 || s.watcher.is_some() || !matches!(s.buf, Buf::Ring { .. }) {
+        return;
+    }
+    let sibling = s
+        .consumers
+        .iter_mut()
+        .enumerate()
+        .filter(|(i, _)| *i != consumer)
+        .find_map(|(_, slot)| slot.take());
+    if let Some(waker) = sibling {
+        wakeups.push(waker);
     }
 }
 
