@@ -51,7 +51,8 @@ async fn a_hundred_sync_subscriptions_at_concurrency_four_do_not_stall_the_publi
             bus.subscribe::<Queued>()
                 .name(format!("sync-{i}"))
                 .concurrency(4)
-                .sync(move |_| {
+                .sync(move |e| {
+                    assert!(e.0 < PUBLISHES, "an event that was never published");
                     handled.fetch_add(1, Ordering::SeqCst);
                 })
                 .unwrap()
@@ -73,7 +74,8 @@ async fn a_hundred_async_subscriptions_at_concurrency_four_do_not_stall_the_publ
             bus.subscribe::<Queued>()
                 .name(format!("async-{i}"))
                 .concurrency(4)
-                .handler(move |_| {
+                .handler(move |e| {
+                    assert!(e.0 < PUBLISHES, "an event that was never published");
                     let handled = Arc::clone(&handled);
                     async move {
                         handled.fetch_add(1, Ordering::SeqCst);
