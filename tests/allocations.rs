@@ -226,3 +226,47 @@ fn a_sync_handler_run_allocates_nothing() {
         assert_eq!(runner, 0, "{runner} allocations to handle {EVENTS} events");
     });
 }
+
+/// Publishes `EVENTS` events while a reader on the same thread takes
+/// them.
+async fn publish_and_receive(publisher: &Publisher<Ev>, sub: &mut Subscription<Ev>) {
+    futures::join!(publish(publisher, EVENTS), async {
+        for _ in 0..EVENTS {
+            drop(sub.recv().await.expect("published"));
+        }
+    });
+}
+
+/// A publisher that waits for room and a reader that makes it, on one
+/// thread: the publisher is parked and woken for (nearly) every event, yet
+/// a publish still allocates only its event's `Arc`, and a delivery
+/// nothing: the lists of waiting publishers keep their room when they are
+/// woken. `prefill` events are queued before the count, so that a queue
+/// larger than the ring (a queue of its own) is full too.
+fn under_backpressure(capacity: usize, prefill: u64) -> u64 {
+    runtime().block_on(async {
+        let bus = Bus::builder().topic::<Ev>().build().expect("valid");
+        let mut sub = bus
+            .subscribe::<Ev>()
+            .capacity(capacity)
+            .stream()
+            .expect("subscribed");
+        let publisher = bus.publisher::<Ev>().expect("registered");
+        for i in 0..prefill {
+            publisher.publish(Ev(i)).await.expect("room");
+        }
+        publish_and_receive(&publisher, &mut sub).await;
+        allocations(publish_and_receive(&publisher, &mut sub)).await
+    })
+}
+
+#[test]
+fn waiting_for_room_allocates_nothing_more() {
+    for (capacity, prefill) in [(1, 0), (4, 0), (64, 0), (70_000, 70_000)] {
+        let n = under_backpressure(capacity, prefill);
+        assert!(
+            n <= EVENTS,
+            "capacity {capacity}: {n} allocations to publish and receive {EVENTS} events under backpressure"
+        );
+    }
+}

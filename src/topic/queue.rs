@@ -251,16 +251,26 @@ impl<E> State<E> {
     }
 }
 
-/// Wakers taken out under the lock, woken after it is released. Taking a
-/// list moves its buffer instead of copying it; on the hot path (nobody
-/// waiting) everything here is a no-op.
+/// Wakers taken out under the lock, woken after it is released. The first
+/// is kept in place and the lists they come from are drained, not taken,
+/// so that they keep their room: a publisher that waits again after being
+/// woken allocates nothing, nor does a wake-up of one waiter (the usual
+/// one: only the first publisher in a topic's line waits for room). On the
+/// hot path (nobody waiting) everything here is a no-op.
 #[derive(Default)]
-pub(super) struct Wakeups(Vec<Waker>);
+pub(super) struct Wakeups {
+    first: Option<Waker>,
+    rest: Vec<Waker>,
+}
 
 impl Wakeups {
     #[inline]
     pub(super) fn push(&mut self, waker: Waker) {
-        self.0.push(waker);
+        if self.first.is_none() {
+            self.first = Some(waker);
+        } else {
+            self.rest.push(waker);
+        }
     }
 
     #[inline]
@@ -268,16 +278,14 @@ impl Wakeups {
         if list.is_empty() {
             return;
         }
-        if self.0.is_empty() {
-            std::mem::swap(&mut self.0, list);
-        } else {
-            self.0.append(list);
+        for waker in list.drain(..) {
+            self.push(waker);
         }
     }
 
     #[inline]
     pub(super) fn wake(self) {
-        if self.0.is_empty() {
+        if self.first.is_none() {
             return;
         }
         self.wake_all();
@@ -285,7 +293,10 @@ impl Wakeups {
 
     #[cold]
     fn wake_all(self) {
-        self.0.into_iter().for_each(Waker::wake);
+        self.first
+            .into_iter()
+            .chain(self.rest)
+            .for_each(Waker::wake);
     }
 }
 
