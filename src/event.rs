@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::id::{Cause, EventId, EventRef};
+use crate::watch::{Callback, CallbackLog};
 
 /// A type that can travel on a [`Bus`](crate::Bus): it has exactly one topic.
 ///
@@ -47,22 +48,27 @@ pub trait Event: Send + Sync + 'static {
 
 /// One accepted event and its metadata, shared by every subscription that
 /// received it (fan-out clones the `Arc`, never the event).
+///
+/// The metadata is declared first so that it is dropped first: an
+/// `on_done` runs before the event's own `Drop`, and a panic in that `Drop`
+/// can never set off a second panic in `on_done` while the first unwinds.
 pub(crate) struct Published<E> {
+    /// The idempotency key and origin, for the few events published with
+    /// either: boxed, so that the others stay small.
+    pub(crate) meta: Option<Box<Meta>>,
     pub(crate) event: E,
     pub(crate) id: EventId,
     pub(crate) seq: u64,
     pub(crate) at: SystemTime,
-    /// The idempotency key and origin, for the few events published with
-    /// either: boxed, so that the others stay small.
-    pub(crate) meta: Option<Box<Meta>>,
 }
 
 /// What a publish said about an event beyond the event itself.
 pub(crate) struct Meta {
     pub(crate) key: Option<Arc<str>>,
     pub(crate) origin: Option<Arc<str>>,
-    /// Run when the event is let go of everywhere.
-    pub(crate) done: Option<Arc<crate::config::OnDone>>,
+    /// Run when the event is let go of everywhere; a panic in it is caught
+    /// and counted by its topic's log.
+    pub(crate) done: Option<(Arc<crate::config::OnDone>, Arc<CallbackLog>)>,
     /// What caused it, when published from a handler (or said).
     pub(crate) cause: Option<Cause>,
     /// Its id in the process it came from (a bridge's wire id).
@@ -74,8 +80,8 @@ pub(crate) struct Meta {
 
 impl Drop for Meta {
     fn drop(&mut self) {
-        if let Some(done) = self.done.take() {
-            done.run();
+        if let Some((done, log)) = self.done.take() {
+            log.run(Callback::OnDone, || done.run());
         }
     }
 }

@@ -216,7 +216,7 @@ pub use subscribe::{
     HandlerBuilder, PatternBuilder, PatternSubscription, SubscribeBuilder, Subscription,
     SubscriptionHandle, MAX_CONCURRENCY,
 };
-pub use watch::{Finding, FindingKind, Health};
+pub use watch::{CallbackPanics, Finding, FindingKind, Health};
 
 #[cfg(feature = "derive")]
 pub use tidings_macros::Event;

@@ -141,7 +141,9 @@ impl ShutdownReport {
             entry(
                 UncleanKind::Unfinished,
                 s,
-                (s.in_flight as u64).saturating_sub(own),
+                (s.in_flight as u64)
+                    .saturating_sub(own)
+                    .saturating_add(s.cancelled),
             );
             let before = dead_before.get(&s.id).copied().unwrap_or(0);
             entry(
@@ -187,7 +189,8 @@ impl ShutdownReport {
     }
 
     /// Handler runs still going when the deadline passed: async ones were
-    /// cancelled, sync ones could not be and may still finish.
+    /// cancelled (their subscriptions count them as `cancelled`), sync ones
+    /// could not be and may still finish (`in_flight`).
     pub fn in_flight(&self) -> u64 {
         self.count(UncleanKind::Unfinished)
     }

@@ -92,6 +92,10 @@ pub struct TopicStats {
     /// ([`Refusal::Closed`](crate::error::Refusal::Closed)), each
     /// event handed back to its caller.
     pub refused: u64,
+    /// Panics caught in callbacks the bus ran for this topic's events
+    /// (`on_done`, an event's `Drop`), outside any handler; also in
+    /// [`Bus::health`](crate::Bus::health).
+    pub callback_panics: u64,
     /// The accepted events that had a cause, by the topic of the event
     /// that caused them, in the order those topics were first seen: the
     /// edges of the bus's flow from this topic's side. An event has a cause
@@ -214,6 +218,11 @@ pub struct SubscriptionStats {
     pub missed_unreported: u64,
     /// Handler runs in progress.
     pub in_flight: usize,
+    /// Handler runs that never finished: async runs cancelled by a
+    /// shutdown deadline, and runs whose retry wait the deadline cut. Their
+    /// events were delivered and are neither handled nor dead-lettered; the
+    /// shutdown report names them as unfinished.
+    pub cancelled: u64,
     /// Events its handler handled successfully (on any attempt).
     pub handled: u64,
     /// Handler attempts that returned an error.
@@ -228,7 +237,7 @@ pub struct SubscriptionStats {
     pub retried: u64,
     /// Events given up after their last failed attempt, published as
     /// [`DeadLetter`](crate::DeadLetter)s. For a handler subscription,
-    /// `delivered == handled + dead_lettered + in_flight`.
+    /// `delivered == handled + dead_lettered + in_flight + cancelled`.
     pub dead_lettered: u64,
     /// Of those, dead letters that reached no subscription (and were not
     /// retained).
@@ -317,6 +326,9 @@ impl fmt::Display for SubscriptionStats {
             if self.dead_letters_unheard > 0 {
                 write!(f, " ({} unheard)", self.dead_letters_unheard)?;
             }
+        }
+        if self.cancelled > 0 {
+            write!(f, ", cancelled {}", self.cancelled)?;
         }
         if let Some(breaker) = self.breaker {
             write!(f, ", breaker {breaker} (opened {}x)", self.breaker_opened)?;

@@ -138,18 +138,140 @@ impl fmt::Display for Finding {
 pub struct Health {
     /// Everything seen since the bus was built, worst first.
     pub findings: Vec<Finding>,
+    /// Topics whose `on_done` callbacks or event `Drop`s panicked while the
+    /// bus ran them, outside any handler.
+    pub callback_panics: Vec<CallbackPanics>,
 }
 
 impl Health {
-    /// No finding was seen within the last report interval.
+    /// No finding was seen, and no callback panicked, within the last
+    /// report interval.
     pub fn is_healthy(&self) -> bool {
-        !self.findings.iter().any(|f| f.recent)
+        !self.findings.iter().any(|f| f.recent) && !self.callback_panics.iter().any(|p| p.recent)
+    }
+}
+
+/// Panics of user code that the bus ran for one topic outside any handler:
+/// an [`on_done`](crate::PublishOptions::on_done) callback, or the `Drop`
+/// of an event the bus let go of (evicted, discarded, cut off, or pushed
+/// out of a retained log). Each was caught: the publish or the drain that
+/// ran it went on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct CallbackPanics {
+    /// The topic of the events concerned.
+    pub topic: &'static str,
+    /// How many panics were caught.
+    pub count: u64,
+    /// The last panic's message, naming what panicked (`on_done: …` or
+    /// `drop: …`).
+    pub last_message: String,
+    /// When the last one was caught.
+    pub last_seen: SystemTime,
+    /// Whether it was within the last report interval.
+    pub recent: bool,
+}
+
+impl fmt::Display for CallbackPanics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "callback panicked on topic `{}`: {} time(s), last: {}{}; \
+             fix the `on_done` callback or the event's `Drop` (the bus caught the panic and went on)",
+            self.topic,
+            self.count,
+            self.last_message,
+            if self.recent { "" } else { " (not recently)" },
+        )
+    }
+}
+
+/// What kind of user code a [`CallbackLog`] caught panicking.
+#[derive(Copy, Clone, Debug)]
+pub(crate) enum Callback {
+    OnDone,
+    Drop,
+}
+
+/// The panics of one topic's callbacks (`on_done`, events' `Drop`s), which
+/// the bus catches wherever it runs them.
+pub(crate) struct CallbackLog {
+    topic: &'static str,
+    last: Mutex<Caught>,
+}
+
+/// What a [`CallbackLog`] caught so far.
+#[derive(Default)]
+struct Caught {
+    count: u64,
+    message: String,
+    /// When the last one was caught (wall clock and monotonic).
+    at: Option<(SystemTime, Instant)>,
+}
+
+impl CallbackLog {
+    pub(crate) fn new(topic: &'static str) -> Self {
+        CallbackLog {
+            topic,
+            last: Mutex::new(Caught::default()),
+        }
+    }
+
+    /// Runs `f`, catching a panic in it: counted, warned about once per
+    /// call (a panic is a bug to fix, never routine), kept for `health()`.
+    pub(crate) fn run(&self, what: Callback, f: impl FnOnce()) {
+        let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) else {
+            return;
+        };
+        let message = match payload.downcast_ref::<&'static str>() {
+            Some(s) => (*s).to_owned(),
+            None => payload
+                .downcast_ref::<String>()
+                .cloned()
+                .unwrap_or_else(|| "non-string panic payload".to_owned()),
+        };
+        let message = match what {
+            Callback::OnDone => format!("on_done: {message}"),
+            Callback::Drop => format!("drop: {message}"),
+        };
+        drop(payload);
+        #[cfg(feature = "tracing")]
+        tracing::warn!(
+            topic = self.topic,
+            error = %message,
+            "tidings: a callback panicked; the bus caught it and went on"
+        );
+        #[cfg(feature = "metrics")]
+        metrics::counter!("tidings_callback_panics_total", "topic" => self.topic).increment(1);
+        let mut last = self.last.lock();
+        last.count = last.count.saturating_add(1);
+        last.message = message;
+        last.at = Some((SystemTime::now(), Instant::now()));
+    }
+
+    /// How many panics were caught.
+    pub(crate) fn count(&self) -> u64 {
+        self.last.lock().count
+    }
+
+    /// The health entry, if anything panicked.
+    pub(crate) fn entry(&self, every: Duration) -> Option<CallbackPanics> {
+        let last = self.last.lock();
+        let (at, mono) = last.at?;
+        Some(CallbackPanics {
+            topic: self.topic,
+            count: last.count,
+            last_message: last.message.clone(),
+            last_seen: at,
+            recent: mono.elapsed() < every,
+        })
     }
 }
 
 impl fmt::Display for Health {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.findings.is_empty() {
+        if self.findings.is_empty() && self.callback_panics.is_empty() {
             return f.write_str(
                 "healthy: nothing blocked the runtime, overran or kept publishers waiting",
             );
@@ -162,10 +284,13 @@ impl fmt::Display for Health {
             } else {
                 "unhealthy"
             },
-            self.findings.len()
+            self.findings.len() + self.callback_panics.len()
         )?;
         for finding in &self.findings {
             writeln!(f, "- {finding}")?;
+        }
+        for panics in &self.callback_panics {
+            writeln!(f, "- {panics}")?;
         }
         Ok(())
     }

@@ -350,7 +350,7 @@ fn check(plan: &Plan, o: &Outcome) {
     let s = &o.settled;
     let dead: u64 = chain(s).map(|s| s.dead_lettered).sum();
     let cut: u64 = chain(s).map(|s| s.cut_off).sum();
-    let unfinished: u64 = chain(s).map(|s| s.in_flight as u64).sum();
+    let unfinished: u64 = chain(s).map(|s| s.in_flight as u64 + s.cancelled).sum();
     assert_eq!(
         accepted,
         sink(s) + dead + cut + unfinished,

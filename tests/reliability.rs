@@ -499,7 +499,7 @@ async fn duration_max_anywhere_saturates_and_strands_nothing() {
         assert_eq!(s.accepted, 2, "{s}");
         assert_eq!(
             s.delivered,
-            s.handled + s.dead_lettered + s.in_flight as u64,
+            s.handled + s.dead_lettered + s.in_flight as u64 + s.cancelled,
             "{s}"
         );
         assert_eq!(s.accepted, s.delivered + s.undelivered(), "{s}");

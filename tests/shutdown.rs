@@ -178,7 +178,16 @@ async fn a_deadline_cuts_off_what_is_left_and_the_report_says_so() {
         (0, 5, 0)
     );
     let stuck = by_name("stuck");
-    assert_eq!((stuck.delivered, stuck.cut_off, stuck.in_flight), (1, 4, 1));
+    // Its run was cancelled: over, counted once, no longer in flight.
+    assert_eq!(
+        (
+            stuck.delivered,
+            stuck.cut_off,
+            stuck.in_flight,
+            stuck.cancelled
+        ),
+        (1, 4, 0, 1)
+    );
     assert_eq!(report.cut_off(), 9);
     assert_eq!(report.in_flight(), 1);
     for s in report.subscriptions() {
@@ -758,6 +767,42 @@ async fn a_bus_dropped_mid_drain_still_accounts_for_every_event() {
     );
     assert_eq!(
         stats.delivered,
-        stats.handled + stats.dead_lettered + stats.in_flight as u64
+        stats.handled + stats.dead_lettered + stats.in_flight as u64 + stats.cancelled
     );
+}
+
+/// An async run that the deadline cancelled is finished in the books, once:
+/// named as unfinished in the report, no longer in flight, so that a second
+/// shutdown, `Duration::MAX` included, and `unsubscribe()` return at once.
+#[tokio::test(start_paused = true)]
+async fn a_run_cancelled_by_the_deadline_is_no_longer_in_flight() {
+    let bus = bus();
+    let stuck = bus
+        .subscribe::<Item>()
+        .name("stuck")
+        .handler(|_| std::future::pending::<()>())
+        .unwrap();
+    bus.publish(Item(1)).await.unwrap();
+    tokio::task::yield_now().await; // the handler takes it
+    let first = bus.shutdown(Duration::from_millis(100)).await;
+    assert!(first.deadline_hit, "{first}");
+    assert_eq!(first.in_flight(), 1, "named once: {first}");
+    let s = first.subscriptions().find(|s| s.name == "stuck").unwrap();
+    assert_eq!((s.delivered, s.in_flight, s.cancelled), (1, 0, 1), "{s}");
+    assert_eq!(
+        s.delivered,
+        s.handled + s.dead_lettered + s.in_flight as u64 + s.cancelled,
+        "{s}"
+    );
+    // Paused time: a call that waited would auto-advance the clock.
+    let before = tokio::time::Instant::now();
+    let second = tokio::time::timeout(LONG, bus.shutdown(Duration::MAX))
+        .await
+        .expect("a second shutdown returns");
+    assert_eq!(second.stats, first.stats, "changes nothing");
+    let stats = tokio::time::timeout(LONG, stuck.unsubscribe())
+        .await
+        .expect("unsubscribe returns");
+    assert_eq!((stats.in_flight, stats.cancelled), (0, 1));
+    assert_eq!(before.elapsed(), Duration::ZERO, "nothing waited");
 }

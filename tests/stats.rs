@@ -3,7 +3,7 @@
 //!
 //! - `accepted == delivered + dropped + discarded + cut_off + queue_depth`;
 //! - for handler subscriptions, `delivered == handled + dead_lettered +
-//!   in_flight`, and `dead_letters_unheard <= dead_lettered`;
+//!   in_flight + cancelled`, and `dead_letters_unheard <= dead_lettered`;
 //! - failed attempts are never fewer than the retries and dead letters they
 //!   caused: `failed_attempts() >= retried + dead_lettered`.
 
@@ -27,7 +27,7 @@ fn check(stats: &BusStats) {
         if s.kind != SubscriberKind::Stream {
             assert_eq!(
                 s.delivered,
-                s.handled + s.dead_lettered + s.in_flight as u64,
+                s.handled + s.dead_lettered + s.in_flight as u64 + s.cancelled,
                 "handling: {s}"
             );
             assert!(s.dead_letters_unheard <= s.dead_lettered, "{s}");

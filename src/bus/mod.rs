@@ -413,11 +413,16 @@ impl Bus {
     /// ```
     pub fn health(&self) -> Health {
         let mut findings = Vec::new();
+        let mut callback_panics = Vec::new();
         for entry in self.shared.registry.entries() {
             entry.erased.findings(&mut findings);
+            callback_panics.extend(entry.erased.callback_panics());
         }
         findings.sort_by_key(|f| std::cmp::Reverse(f.worst));
-        Health { findings }
+        Health {
+            findings,
+            callback_panics,
+        }
     }
 
     /// Shuts the bus down, draining it first.

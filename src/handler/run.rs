@@ -133,11 +133,24 @@ async fn permit<E, K: Invoke<E>>(
     }
 }
 
-/// The event a runner works on, as far as a panic needs to know.
-struct Holding {
+/// The event a runner works on, as far as a panic or a cancellation needs
+/// to know. Dropped before its event is done (the runner's task was
+/// cancelled at the shutdown deadline, or the deadline cut a wait to
+/// retry), it books the run as cancelled: the run is over, and counted
+/// once.
+struct Holding<'a, E> {
+    queue: &'a SubscriptionState<E>,
     probe: bool,
     /// `done` was called: the event is accounted for.
     finished: bool,
+}
+
+impl<E> Drop for Holding<'_, E> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.queue.cancelled();
+        }
+    }
 }
 
 /// Every attempt at one event: `false` if the queue was cut off while it
@@ -147,7 +160,7 @@ async fn attempts<E: Event, K: Invoke<E>>(
     plan: &HandlerPlan,
     kind: &K,
     mut env: Envelope<E>,
-    holding: &mut Holding,
+    holding: &mut Holding<'_, E>,
 ) -> bool {
     let limit = plan.timeout;
     let breaker = plan.breaker.as_deref();
@@ -271,6 +284,7 @@ pub(super) async fn run<E: Event, K: Invoke<E>>(
             }
         };
         let mut holding = Holding {
+            queue: &queue,
             probe,
             finished: false,
         };
@@ -286,6 +300,7 @@ pub(super) async fn run<E: Event, K: Invoke<E>>(
                     queue.runner_failed(Some(env.id().get()), &message);
                 } else {
                     give_up(&queue, &plan, &env, holding.probe, &message).await;
+                    holding.finished = true;
                 }
             }
         }

@@ -5,6 +5,7 @@
 use std::ops::RangeBounds;
 use std::sync::Arc;
 
+use super::deferred::Deferred;
 use super::queue::QueueSetup;
 use super::retained;
 use super::ring::{Ring, MAX_RING};
@@ -88,6 +89,7 @@ impl<E: Event> TopicState<E> {
             breaker: request.breaker,
             replay,
             start,
+            callbacks: Arc::clone(&self.callbacks),
         };
         let capacity = info.capacity;
         let queue = Arc::new(SubscriptionState::new(
@@ -129,6 +131,7 @@ impl<E: Event> TopicState<E> {
     /// or runs its handler goes on the topic's draining list, where shutdown
     /// finds it.
     pub(crate) fn detach(&self, queue: &Arc<SubscriptionState<E>>, discard: bool) {
+        let mut dropped = Deferred::new();
         let mut guard = self.inner.lock();
         let inner = &mut *guard;
         let tail = inner.next_seq;
@@ -169,12 +172,14 @@ impl<E: Event> TopicState<E> {
         // Closed under the topic lock: no publish sees the queue half gone,
         // and the ring cannot move on before a leaving reader has copied
         // what it still has to read.
-        inner.discarded_on_unsubscribe += queue.close(discard, leaving, view);
+        inner.discarded_on_unsubscribe += queue.close(discard, leaving, view, &mut dropped);
         // Discarding or not, a handler run may still be going: it counts.
         if leaving && !queue.is_idle() {
             inner.draining.push(Arc::clone(queue));
         }
         inner.prune_draining();
+        drop(guard);
+        dropped.finish(&self.callbacks);
     }
 
     /// One subscription's numbers, as exact as the topic's.

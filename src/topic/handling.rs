@@ -105,6 +105,19 @@ impl<E> SubscriptionState<E> {
         wakeups.wake();
     }
 
+    /// Handler side: a run ends without its event being done: its task was
+    /// cancelled at the shutdown deadline, or the deadline cut its wait to
+    /// retry. Counted once, so that it is no longer in flight.
+    pub(crate) fn cancelled(&self) {
+        let mut wakeups = Wakeups::default();
+        let mut s = self.state.lock();
+        s.counters.cancelled += 1;
+        s.in_flight = s.in_flight.saturating_sub(1);
+        s.wake_idle(&mut wakeups);
+        drop(s);
+        wakeups.wake();
+    }
+
     /// Handler side: the runner itself (not the handler) failed with
     /// `message`, e.g. a panic in code the bus runs around the handler.
     /// Counted, kept as the last error, reported as a finding.

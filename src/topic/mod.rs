@@ -19,6 +19,7 @@
 
 mod attach;
 mod breaker;
+mod deferred;
 mod handling;
 mod keys;
 mod line;
@@ -52,7 +53,8 @@ use crate::id::{BusId, SubscriptionId};
 use crate::receipt::PublishReceipt;
 use crate::stats::TopicStats;
 use crate::telemetry::{CauseCount, TopicMetrics};
-use crate::watch::{Finding, WatchSlot};
+use crate::watch::{CallbackLog, CallbackPanics, Finding, WatchSlot};
+use deferred::Deferred;
 
 /// A subscription as its topic's publishers see it.
 pub(crate) struct SubEntry<E> {
@@ -148,6 +150,8 @@ pub(crate) struct TopicState<E> {
     /// publish without a cause measured 4 instructions more (the icount
     /// gate's `publish_block`).
     caused_by: Mutex<Vec<CauseCount>>,
+    /// Panics of the callbacks it runs (`on_done`, events' `Drop`s).
+    pub(crate) callbacks: Arc<CallbackLog>,
 }
 
 impl<E: Event> TopicState<E> {
@@ -158,6 +162,7 @@ impl<E: Event> TopicState<E> {
             watch,
             metrics: TopicMetrics::new(E::TOPIC),
             caused_by: Mutex::new(Vec::new()),
+            callbacks: Arc::new(CallbackLog::new(E::TOPIC)),
             inner: Mutex::new(TopicInner {
                 subs: Vec::new(),
                 draining: Vec::new(),
@@ -187,6 +192,8 @@ pub(crate) trait ErasedTopic: Send + Sync {
     fn stats(&self) -> TopicStats;
     /// Adds the findings of the blocked-runtime watch to `out`.
     fn findings(&self, out: &mut Vec<Finding>);
+    /// The panics of its callbacks, if any, for `health()`.
+    fn callback_panics(&self) -> Option<CallbackPanics>;
     /// Shutdown begins: publishes from outside the bus's handlers are
     /// refused from now on, and publishers waiting for room look again.
     fn begin_drain(&self);
@@ -229,6 +236,7 @@ impl<E: Event> ErasedTopic for TopicState<E> {
             unsubscribed: inner.unsubscribed,
             discarded_on_unsubscribe: inner.discarded_on_unsubscribe,
             refused: inner.refused,
+            callback_panics: self.callbacks.count(),
             caused_by: self
                 .caused_by
                 .lock()
@@ -252,6 +260,11 @@ impl<E: Event> ErasedTopic for TopicState<E> {
         for entry in &inner.subs {
             entry.queue.findings(out);
         }
+    }
+
+    fn callback_panics(&self) -> Option<CallbackPanics> {
+        let every = crate::watch::current(&self.watch).report_interval();
+        self.callbacks.entry(every)
     }
 
     fn codec(&self) -> Option<Codec> {
@@ -319,21 +332,26 @@ impl<E: Event> ErasedTopic for TopicState<E> {
     }
 
     fn finish(&self) {
-        let mut inner = self.inner.lock();
-        inner.phase = Phase::Closed;
-        let tail = inner.next_seq;
-        for e in &inner.subs {
-            e.queue.close(false, false, e.view(tail));
+        let mut dropped = Deferred::new();
+        {
+            let mut inner = self.inner.lock();
+            inner.phase = Phase::Closed;
+            let tail = inner.next_seq;
+            for e in &inner.subs {
+                e.queue.close(false, false, e.view(tail), &mut dropped);
+            }
         }
+        dropped.finish(&self.callbacks);
     }
 
     fn cut_off(&self, caller: Option<SubscriptionId>) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut dropped = Deferred::new();
         let queues: Vec<Arc<SubscriptionState<E>>> = {
             let mut inner = self.inner.lock();
             inner.phase = Phase::Closed;
             let tail = inner.next_seq;
             for e in &inner.subs {
-                e.queue.close(false, false, e.view(tail));
+                e.queue.close(false, false, e.view(tail), &mut dropped);
             }
             inner
                 .subs
@@ -342,6 +360,7 @@ impl<E: Event> ErasedTopic for TopicState<E> {
                 .chain(inner.draining.iter().cloned())
                 .collect()
         };
+        dropped.finish(&self.callbacks);
         let mut tasks = Vec::new();
         for queue in queues {
             let stopped = ErasedQueue::cut_off(&*queue);

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use super::deferred::Deferred;
 use super::keys::Dedup;
 use super::line::{leave_line, wait_in_line, Turn};
 use super::queue::Push;
@@ -22,7 +23,7 @@ use crate::event::{Meta, Published};
 use crate::id::EventId;
 use crate::receipt::{Duplicate, PublishReceipt};
 use crate::telemetry::{self, CauseCount};
-use crate::watch::FindingKind;
+use crate::watch::{CallbackLog, FindingKind};
 
 /// The receipt of a publish whose key is within the window, if it is.
 #[cold]
@@ -59,6 +60,7 @@ fn meta(
     parent: Parent,
     topic: &'static str,
     caused_by: &Mutex<Vec<CauseCount>>,
+    callbacks: &Arc<CallbackLog>,
 ) -> Box<Meta> {
     #[cfg(not(feature = "opentelemetry"))]
     let () = parent;
@@ -66,7 +68,9 @@ fn meta(
     let meta = Box::new(Meta {
         key: opts.key.clone(),
         origin: opts.origin.clone(),
-        done: extra.and_then(|e| e.done.clone()),
+        done: extra
+            .and_then(|e| e.done.clone())
+            .map(|done| (done, Arc::clone(callbacks))),
         cause: extra
             .and_then(|e| e.cause.clone())
             .or_else(crate::context::cause),
@@ -100,11 +104,19 @@ fn count_cause(counts: &mut Vec<CauseCount>, topic: &'static str, caused_by: Opt
     }
 }
 
-/// Adds an accepted event to a topic's retained log of `retain` events.
+/// Adds an accepted event to a topic's retained log of `retain` events;
+/// the one it pushes out goes to `dropped`.
 #[inline(never)]
-fn keep<E>(log: &mut VecDeque<Arc<Published<E>>>, retain: usize, published: &Arc<Published<E>>) {
+fn keep<E>(
+    log: &mut VecDeque<Arc<Published<E>>>,
+    retain: usize,
+    published: &Arc<Published<E>>,
+    dropped: &mut Deferred<E>,
+) {
     if log.len() == retain {
-        log.pop_front();
+        if let Some(old) = log.pop_front() {
+            dropped.release(old);
+        }
     }
     log.push_back(Arc::clone(published));
 }
@@ -292,7 +304,7 @@ impl<E: Event> TopicState<E> {
             && !crate::context::handling();
         #[cfg(feature = "opentelemetry")]
         let plain = plain && parent.is_none();
-        let meta = (!plain).then(|| meta(opts, parent, E::TOPIC, &self.caused_by));
+        let meta = (!plain).then(|| meta(opts, parent, E::TOPIC, &self.caused_by, &self.callbacks));
         let published = Arc::new(Published {
             event,
             id,
@@ -303,9 +315,12 @@ impl<E: Event> TopicState<E> {
         if let (Some(key), Some(now)) = (key, now) {
             remember(&mut inner.dedup, key, id, seq, now);
         }
+        // What this publish lets go of (evicted, pushed out of the log) is
+        // dropped once the lock is released: that may run user code.
+        let mut dropped = Deferred::new();
         let retain = self.config.retained();
         if retain > 0 {
-            keep(&mut inner.retained, retain, &published);
+            keep(&mut inner.retained, retain, &published, &mut dropped);
         }
         let mut receipt = PublishReceipt {
             id,
@@ -320,7 +335,7 @@ impl<E: Event> TopicState<E> {
         receipt.enqueued = inner.ring_subs;
         if inner.own_subs > 0 {
             for entry in inner.subs.iter().filter(|e| e.ring.is_none()) {
-                match entry.queue.push(&published) {
+                match entry.queue.push(&published, &mut dropped) {
                     Push::Enqueued => receipt.enqueued += 1,
                     Push::EvictedOldest => {
                         receipt.enqueued += 1;
@@ -343,6 +358,7 @@ impl<E: Event> TopicState<E> {
         if let Some(next) = next {
             next.wake();
         }
+        dropped.finish(&self.callbacks);
         Ok(receipt)
     }
 

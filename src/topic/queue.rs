@@ -9,10 +9,12 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::task::Waker;
 
+use super::deferred::Deferred;
 use super::ring::Ring;
 use super::Breaker;
 use crate::event::Published;
 use crate::resume::Started;
+use crate::watch::CallbackLog;
 
 /// What was decided about one event for one subscription.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -34,6 +36,8 @@ pub(crate) struct QueueSetup<E> {
     /// Retained events it asked for, delivered before live ones.
     pub(crate) replay: VecDeque<Arc<Published<E>>>,
     pub(crate) start: Started,
+    /// Its topic's log of callback panics, for the events it lets go of.
+    pub(crate) callbacks: Arc<CallbackLog>,
 }
 
 pub(super) struct Slot<E> {
@@ -87,6 +91,7 @@ pub(super) struct Counters {
     pub(super) retried: u64,
     pub(super) dead_lettered: u64,
     pub(super) dead_letters_unheard: u64,
+    pub(super) cancelled: u64,
     pub(super) runner_failures: u64,
     pub(super) last_error: Option<String>,
 }
@@ -182,17 +187,21 @@ impl<E> State<E> {
     }
 
     /// Empties the queue, moving the in-band loss counts of what it held to
-    /// `pending_missed` so that none of them goes uncounted. A ring
+    /// `pending_missed` so that none of them goes uncounted; the events go
+    /// to `dropped`, to be let go of once the lock is released. A ring
     /// subscription must be closed first (its `end` set).
-    pub(super) fn clear(&mut self) -> u64 {
+    pub(super) fn clear(&mut self, dropped: &mut Deferred<E>) -> u64 {
         let replay = self.replay.len() as u64;
-        self.replay.clear();
+        for published in self.replay.drain(..) {
+            dropped.release(published);
+        }
         replay
             + match &mut self.buf {
                 Buf::Own(buf) => {
                     let n = buf.len() as u64;
                     for slot in buf.drain(..) {
                         self.pending_missed += slot.missed_before;
+                        dropped.release(slot.published);
                     }
                     n
                 }
@@ -204,7 +213,9 @@ impl<E> State<E> {
                     }
                     let n = end.saturating_sub(*next);
                     for seq in *next..*end {
-                        ring.release(seq);
+                        if let Some(published) = ring.read(seq) {
+                            dropped.release(published);
+                        }
                     }
                     *next = (*next).max(*end);
                     n

@@ -193,11 +193,6 @@ impl<E> Ring<E> {
         event
     }
 
-    /// One reader gives up event `seq` without taking it.
-    pub(super) fn release(&self, seq: u64) {
-        drop(self.read(seq));
-    }
-
     /// Reader side, under its subscription's lock, having found event `seq`
     /// not written: registers `waker` to be woken when it is. False if it
     /// was written meanwhile (look again; nothing is registered then, or a

@@ -9,6 +9,7 @@ use std::task::{Context, Poll, Waker};
 
 use parking_lot::Mutex;
 
+use super::deferred::Deferred;
 use super::queue::{register, Buf, Counters, Push, QueueSetup, RingView, Slot, State, Wakeups};
 use super::ring::Ring;
 use super::Breaker;
@@ -19,7 +20,7 @@ use crate::info::{SubInfo, SubscriberKind};
 use crate::resume::Started;
 use crate::stats::SubscriptionStats;
 use crate::telemetry::{self, SubMetrics};
-use crate::watch::{FindingKind, FindingLog};
+use crate::watch::{CallbackLog, FindingKind, FindingLog};
 
 /// A subscription's whole shared state: its fixed facts, its queue and
 /// numbers (under one lock), the watch's findings, its circuit breaker,
@@ -44,6 +45,8 @@ pub(crate) struct SubscriptionState<E> {
     pub(crate) start: Started,
     /// The tasks of an async handler's runners, to stop at a deadline.
     pub(super) tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Its topic's log of callback panics.
+    pub(super) callbacks: Arc<CallbackLog>,
     /// How often a consumer found the queue empty and waited (tests).
     #[cfg(test)]
     pub(crate) waits: AtomicU64,
@@ -63,6 +66,7 @@ impl<E> SubscriptionState<E> {
             breaker,
             replay,
             start,
+            callbacks,
         } = setup;
         let buf = match ring {
             Some((ring, tail)) => Buf::Ring {
@@ -106,6 +110,7 @@ impl<E> SubscriptionState<E> {
             breaker,
             start,
             tasks: Mutex::new(Vec::new()),
+            callbacks,
             #[cfg(test)]
             waits: AtomicU64::new(0),
         }
@@ -155,8 +160,9 @@ impl<E> SubscriptionState<E> {
     /// Publisher side, own queue: offers one accepted event to this
     /// subscription. Called with the topic lock held, after `has_room` said
     /// yes for every `Block` and `Fail` subscription; only consumers touch
-    /// the queue in between, and they only make room.
-    pub(crate) fn push(&self, published: &Arc<Published<E>>) -> Push {
+    /// the queue in between, and they only make room. An evicted event goes
+    /// to `dropped`.
+    pub(crate) fn push(&self, published: &Arc<Published<E>>, dropped: &mut Deferred<E>) -> Push {
         let mut s = self.state.lock();
         if s.closed {
             return Push::Closed;
@@ -185,6 +191,7 @@ impl<E> SubscriptionState<E> {
                             Some(next) => next.missed_before += carry,
                             None => s.pending_missed += carry,
                         }
+                        dropped.release(old.published);
                     }
                     outcome = Push::EvictedOldest;
                 }
@@ -346,8 +353,15 @@ impl<E> SubscriptionState<E> {
     /// leaves the topic (`leaving`) copies what it has still to read out of
     /// the ring, which will be overwritten once it no longer holds the
     /// publisher back. `view` is the publisher side's knowledge of a ring
-    /// subscription. Returns how many events were discarded.
-    pub(crate) fn close(&self, discard: bool, leaving: bool, view: Option<RingView>) -> u64 {
+    /// subscription. Returns how many events were discarded; they go to
+    /// `dropped`, for the caller to let go of once it holds no lock.
+    pub(crate) fn close(
+        &self,
+        discard: bool,
+        leaving: bool,
+        view: Option<RingView>,
+        dropped: &mut Deferred<E>,
+    ) -> u64 {
         let mut wakeups = Wakeups::default();
         let mut guard = self.state.lock();
         let s = &mut *guard;
@@ -358,7 +372,7 @@ impl<E> SubscriptionState<E> {
             }
         }
         s.closed = true;
-        let discarded = if discard { s.clear() } else { 0 };
+        let discarded = if discard { s.clear(dropped) } else { 0 };
         s.counters.discarded += discarded;
         self.metrics.discarded(discarded);
         let mut ring_readers = None;
@@ -476,6 +490,7 @@ impl<E> SubscriptionState<E> {
             cut_off: c.cut_off,
             missed_unreported: s.pending_missed,
             in_flight: s.in_flight,
+            cancelled: c.cancelled,
             handled: c.handled,
             failures: c.failures,
             panics: c.panics,
@@ -521,11 +536,12 @@ impl<E: Send + Sync + 'static> ErasedQueue for SubscriptionState<E> {
 
     fn cut_off(&self) -> Vec<tokio::task::JoinHandle<()>> {
         let mut wakeups = Wakeups::default();
+        let mut dropped = Deferred::new();
         {
             let mut s = self.state.lock();
             s.closed = true;
             s.cut = true;
-            let n = s.clear();
+            let n = s.clear(&mut dropped);
             s.counters.cut_off += n;
             self.metrics.discarded(n);
             for w in s.consumers.iter_mut().filter_map(Option::take) {
@@ -535,6 +551,7 @@ impl<E: Send + Sync + 'static> ErasedQueue for SubscriptionState<E> {
         }
         self.cut_signal.notify_all();
         wakeups.wake();
+        dropped.finish(&self.callbacks);
         let tasks = std::mem::take(&mut *self.tasks.lock());
         for task in &tasks {
             task.abort();
