@@ -206,3 +206,62 @@ async fn what_cannot_be_decoded_says_why() {
     let err = serde_json::to_string(&any).unwrap_err();
     assert!(err.to_string().contains("add #[event(serde)]"), "{err}");
 }
+
+#[tokio::test]
+async fn default_names_from_one_call_site_are_made_unique_for_wildcards_too() {
+    let bus = bus();
+    let subscribe = || bus.subscribe_pattern("orders.*").stream();
+    let first = subscribe().expect("the first");
+    let second = subscribe().expect("the second: the default name gets #2");
+    let third = subscribe().expect("the third: #3");
+    let stats = bus.stats();
+    let mut names: Vec<_> = stats
+        .topic("orders.created")
+        .unwrap()
+        .subscriptions
+        .iter()
+        .map(|s| s.name.clone())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 3);
+    assert!(
+        names[1].ends_with("#2") && names[2].ends_with("#3"),
+        "{names:?}"
+    );
+    assert!(names[1].starts_with(&names[0]), "{names:?}");
+    drop((first, second, third));
+}
+
+#[tokio::test]
+async fn a_wildcard_refused_on_one_topic_changes_nothing_on_the_others() {
+    let bus = bus();
+    // "billing" is taken on orders.created only: the pattern matches
+    // orders.cancelled first (name order), then is refused there.
+    let _taken = bus
+        .subscribe::<OrderCreated>()
+        .name("billing")
+        .stream()
+        .unwrap();
+    let before = bus.stats();
+    let err = bus
+        .subscribe_pattern("orders.*")
+        .name("billing")
+        .stream()
+        .expect_err("the name is taken on orders.created");
+    assert!(
+        matches!(
+            err,
+            SubscribeError::NameTaken {
+                topic: "orders.created",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let after = bus.stats();
+    for topic in ["orders.cancelled", "orders.created"] {
+        let (b, a) = (before.topic(topic).unwrap(), after.topic(topic).unwrap());
+        assert_eq!(a.unsubscribed, b.unsubscribed, "{topic}: {a:?}");
+        assert_eq!(a.subscriptions.len(), b.subscriptions.len(), "{topic}");
+    }
+}

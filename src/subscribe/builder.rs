@@ -57,6 +57,9 @@ pub struct SubscribeBuilder<E: Event> {
     /// Where handlers' dead letters go.
     dead_letters: Option<Arc<TopicState<DeadLetter>>>,
     name: Option<String>,
+    /// The name it gets unless given one (a wildcard's pattern and call
+    /// site); without, this topic and the call site.
+    default_name: Option<String>,
     capacity: Option<usize>,
     overflow: Option<Overflow>,
     start: StartAt,
@@ -71,10 +74,18 @@ impl<E: Event> SubscribeBuilder<E> {
             topic,
             dead_letters,
             name: None,
+            default_name: None,
             capacity: None,
             overflow: None,
             start: StartAt::Latest,
         }
+    }
+
+    /// The name it gets unless the application gives one, made unique on
+    /// the topic (`#2`, `#3`, …) as a default name is.
+    pub(crate) fn default_name(mut self, name: String) -> Self {
+        self.default_name = Some(name);
+        self
     }
 
     /// Names the subscription in stats, errors, reports, spans and metric
@@ -215,12 +226,15 @@ impl<E: Event> SubscribeBuilder<E> {
         if capacity == 0 {
             return Err(SubscribeError::ZeroCapacity { topic });
         }
-        let name = match self.name {
-            Some(name) => SubName::Given(name),
+        let name = match (self.name, self.default_name) {
+            (Some(name), _) => SubName::Given(name),
+            (None, Some(name)) => SubName::Default(name),
             // The call site, not the id: names label metrics, and a name per
             // call site keeps their number bounded however often a
             // subscription is made again.
-            None => SubName::Default(format!("{topic}@{}:{}", caller.file(), caller.line())),
+            (None, None) => {
+                SubName::Default(format!("{topic}@{}:{}", caller.file(), caller.line()))
+            }
         };
         let queue = state.attach(SubRequest {
             name,

@@ -36,6 +36,11 @@ impl<E: Event> Attachment<E> {
         self.topic.detach(&self.queue, discard);
     }
 
+    /// Takes back a subscription that was never handed to the application.
+    pub(crate) fn withdraw(&self) {
+        self.topic.withdraw(&self.queue);
+    }
+
     pub(crate) fn stats(&self) -> SubscriptionStats {
         self.topic.sub_stats(&self.queue)
     }

@@ -27,11 +27,18 @@ pub(crate) type AnyStream = Box<dyn AnyPart>;
 pub(crate) trait AnyPart: Stream<Item = AnyEvent> + Send + Unpin {
     /// Stops taking new events; what is queued still comes.
     fn close(&mut self);
+    /// Takes back a part whose wildcard subscription was refused on another
+    /// topic: as if it had never been made.
+    fn withdraw(self: Box<Self>);
 }
 
 impl<E: Event> AnyPart for Erased<E> {
     fn close(&mut self) {
         self.0.close();
+    }
+
+    fn withdraw(self: Box<Self>) {
+        self.0.withdraw();
     }
 }
 
@@ -72,7 +79,11 @@ pub(crate) struct Matched {
 
 /// The settings a wildcard subscription applies to each matching topic.
 pub(crate) struct AnyOptions {
-    name: String,
+    /// The name the application gave, if it did.
+    name: Option<String>,
+    /// The pattern and the call site, made unique per topic like any
+    /// default name.
+    default_name: String,
     capacity: Option<usize>,
     overflow: Option<Overflow>,
     caller: &'static Location<'static>,
@@ -83,7 +94,10 @@ impl AnyOptions {
         &self,
         builder: SubscribeBuilder<E>,
     ) -> Result<Subscription<E>, SubscribeError> {
-        let mut builder = builder.name(self.name.clone());
+        let mut builder = match &self.name {
+            Some(name) => builder.name(name.clone()),
+            None => builder.default_name(self.default_name.clone()),
+        };
         if let Some(capacity) = self.capacity {
             builder = builder.capacity(capacity);
         }
@@ -154,24 +168,30 @@ impl PatternBuilder {
         let caller = Location::caller();
         let (pattern, matched) = self.matched?;
         let options = AnyOptions {
-            name: self
-                .name
-                .unwrap_or_else(|| format!("{}@{}:{}", self.pattern, caller.file(), caller.line())),
+            name: self.name,
+            default_name: format!("{}@{}:{}", self.pattern, caller.file(), caller.line()),
             capacity: self.capacity,
             overflow: self.overflow,
             caller,
         };
-        let mut parts = SelectAll::new();
+        let mut made = Vec::with_capacity(matched.len());
         let mut topics = Vec::with_capacity(matched.len());
         for topic in matched {
-            // On an error, the parts made so far are dropped: unsubscribed.
-            parts.push((topic.part)(&topic.state, &options)?);
+            match (topic.part)(&topic.state, &options) {
+                Ok(part) => made.push(part),
+                Err(err) => {
+                    // Refused: the parts made so far are taken back, and
+                    // no topic counts them as unsubscribed.
+                    made.into_iter().for_each(AnyPart::withdraw);
+                    return Err(err);
+                }
+            }
             topics.push(topic.name);
         }
         Ok(PatternSubscription {
             pattern,
             topics,
-            parts,
+            parts: made.into_iter().collect::<SelectAll<_>>(),
         })
     }
 }

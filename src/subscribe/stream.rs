@@ -90,6 +90,14 @@ impl<E: Event> Subscription<E> {
         self.attachment.stats()
     }
 
+    /// Takes the subscription back as if it had never been made (a
+    /// wildcard subscription refused on another topic): no topic counts it
+    /// as unsubscribed.
+    pub(crate) fn withdraw(mut self) {
+        self.detached = true;
+        self.attachment.withdraw();
+    }
+
     /// The subscription's numbers now.
     pub fn stats(&self) -> SubscriptionStats {
         self.attachment.stats()

@@ -131,6 +131,18 @@ impl<E: Event> TopicState<E> {
     /// or runs its handler goes on the topic's draining list, where shutdown
     /// finds it.
     pub(crate) fn detach(&self, queue: &Arc<SubscriptionState<E>>, discard: bool) {
+        self.take_off(queue, discard, true);
+    }
+
+    /// Takes back a subscription that was never handed to the application
+    /// (a wildcard subscription refused on another topic): it leaves
+    /// without being counted as unsubscribed or kept for its findings.
+    /// What it was given meanwhile is discarded and counted.
+    pub(crate) fn withdraw(&self, queue: &Arc<SubscriptionState<E>>) {
+        self.take_off(queue, true, false);
+    }
+
+    fn take_off(&self, queue: &Arc<SubscriptionState<E>>, discard: bool, counted: bool) {
         let mut dropped = Deferred::new();
         let mut guard = self.inner.lock();
         let inner = &mut *guard;
@@ -146,11 +158,13 @@ impl<E: Event> TopicState<E> {
         if leaving {
             if let Some(i) = position {
                 let entry = inner.subs.remove(i);
-                inner.unsubscribed += 1;
-                if inner.retired.len() == RETIRED {
-                    inner.retired.pop_front();
+                if counted {
+                    inner.unsubscribed += 1;
+                    if inner.retired.len() == RETIRED {
+                        inner.retired.pop_front();
+                    }
+                    inner.retired.push_back(Arc::clone(&entry.queue));
                 }
-                inner.retired.push_back(Arc::clone(&entry.queue));
                 self.metrics.subscriptions(inner.subs.len());
                 if entry.ring.is_some() {
                     inner.ring_subs -= 1;
