@@ -35,6 +35,10 @@ pub(crate) trait ErasedPublished: Send + Sync {
     fn event(&self) -> &(dyn Any + Send + Sync);
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
     fn codec(&self) -> Option<Codec>;
+    /// One more hold on the event (see `Done`).
+    fn hold(&self);
+    /// Releases one hold.
+    fn release(&self);
 }
 
 impl<E: Event> ErasedPublished for Published<E> {
@@ -81,6 +85,12 @@ impl<E: Event> ErasedPublished for Published<E> {
     fn codec(&self) -> Option<Codec> {
         E::__codec()
     }
+    fn hold(&self) {
+        Published::hold(self);
+    }
+    fn release(&self) {
+        Published::release(self);
+    }
 }
 
 /// An accepted event of any topic with its metadata: what
@@ -102,15 +112,43 @@ impl<E: Event> ErasedPublished for Published<E> {
 /// assert_eq!(any.downcast_ref::<OrderCreated>().map(|o| o.id), Some(7));
 /// # Ok(()) }
 /// ```
-#[derive(Clone)]
 pub struct AnyEvent {
     inner: Arc<dyn ErasedPublished>,
     missed: u64,
+    /// Whether it holds its event (see `Done`): a delivery to a wildcard
+    /// subscription does, the copy a dead letter keeps does not.
+    held: bool,
+}
+
+impl Clone for AnyEvent {
+    fn clone(&self) -> Self {
+        if self.held {
+            self.inner.hold();
+        }
+        AnyEvent {
+            inner: Arc::clone(&self.inner),
+            missed: self.missed,
+            held: self.held,
+        }
+    }
+}
+
+impl Drop for AnyEvent {
+    fn drop(&mut self) {
+        if self.held {
+            self.inner.release();
+        }
+    }
 }
 
 impl AnyEvent {
-    pub(crate) fn new(inner: Arc<dyn ErasedPublished>, missed: u64) -> Self {
-        AnyEvent { inner, missed }
+    /// `held`: it took a hold on its event.
+    pub(crate) fn new(inner: Arc<dyn ErasedPublished>, missed: u64, held: bool) -> Self {
+        AnyEvent {
+            inner,
+            missed,
+            held,
+        }
     }
 
     /// The event's topic.
@@ -307,11 +345,24 @@ impl fmt::Debug for DynEvent {
 }
 
 impl<E: Event> Envelope<E> {
-    /// The same event, type-erased (for code that handles many topics).
+    /// The same event, type-erased (for code that handles many topics). It
+    /// holds the event as the envelope does: `on_done` waits for it too.
     pub fn erase(&self) -> AnyEvent {
+        self.inner.hold();
         AnyEvent::new(
             Arc::clone(&self.inner) as Arc<dyn ErasedPublished>,
             self.missed,
+            true,
+        )
+    }
+
+    /// A copy of the event for a log (a dead letter): it does not hold the
+    /// event, so `on_done` does not wait for it.
+    pub(crate) fn copy_for_log(&self) -> AnyEvent {
+        AnyEvent::new(
+            Arc::clone(&self.inner) as Arc<dyn ErasedPublished>,
+            self.missed,
+            false,
         )
     }
 }

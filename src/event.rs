@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::ops::Deref;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -66,9 +67,8 @@ pub(crate) struct Published<E> {
 pub(crate) struct Meta {
     pub(crate) key: Option<Arc<str>>,
     pub(crate) origin: Option<Arc<str>>,
-    /// Run when the event is let go of everywhere; a panic in it is caught
-    /// and counted by its topic's log.
-    pub(crate) done: Option<(Arc<crate::config::OnDone>, Arc<CallbackLog>)>,
+    /// Run once every subscription that took the event is done with it.
+    pub(crate) done: Option<Arc<Done>>,
     /// What caused it, when published from a handler (or said).
     pub(crate) cause: Option<Cause>,
     /// Its id in the process it came from (a bridge's wire id).
@@ -80,13 +80,85 @@ pub(crate) struct Meta {
 
 impl Drop for Meta {
     fn drop(&mut self) {
-        if let Some((done, log)) = self.done.take() {
-            log.run(Callback::OnDone, || done.run());
+        // A last resort: every path that lets go of a subscription's copy
+        // releases its hold, so `on_done` has normally run by now.
+        if let Some(done) = self.done.take() {
+            done.run();
         }
     }
 }
 
+/// The `on_done` of one accepted event and the holds on it: one per
+/// subscription that queued it, one per envelope handed out (a clone is
+/// one more), and the publisher's own while it enqueues. A copy kept by a
+/// log (a topic's retained events, a dead letter) holds nothing: it is not
+/// a subscription. The last hold released runs `on_done`.
+pub(crate) struct Done {
+    on_done: Arc<crate::config::OnDone>,
+    /// Its topic's log, which catches and counts a panic in `on_done`.
+    log: Arc<CallbackLog>,
+    holds: AtomicUsize,
+}
+
+impl Done {
+    /// Held by the publisher until it has enqueued the event everywhere.
+    pub(crate) fn new(on_done: Arc<crate::config::OnDone>, log: Arc<CallbackLog>) -> Self {
+        Done {
+            on_done,
+            log,
+            holds: AtomicUsize::new(1),
+        }
+    }
+
+    /// `n` more holds. Taken before whoever holds them can release them,
+    /// while a hold of the caller's own keeps the count above zero.
+    pub(crate) fn hold(&self, n: usize) {
+        // Relaxed: the count only has to reach zero once, after every
+        // release; the release below orders what came before it.
+        self.holds.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Releases one hold; the last runs `on_done`. Never under a lock of
+    /// the bus.
+    pub(crate) fn release(&self) {
+        let last = self
+            .holds
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            == Ok(1);
+        if last {
+            self.run();
+        }
+    }
+
+    /// Runs `on_done`, if nobody has yet; a panic in it is caught.
+    fn run(&self) {
+        self.log.run(Callback::OnDone, || self.on_done.run());
+    }
+}
+
 impl<E> Published<E> {
+    /// Its `on_done` and holds, if it was published with one.
+    #[inline]
+    pub(crate) fn done(&self) -> Option<&Arc<Done>> {
+        self.meta.as_ref()?.done.as_ref()
+    }
+
+    /// One more hold on it (a subscription's queued copy, an envelope).
+    #[inline]
+    pub(crate) fn hold(&self) {
+        if let Some(done) = self.done() {
+            done.hold(1);
+        }
+    }
+
+    /// Releases one hold. Never under a lock of the bus.
+    #[inline]
+    pub(crate) fn release(&self) {
+        if let Some(done) = self.done() {
+            done.release();
+        }
+    }
+
     pub(crate) fn key(&self) -> Option<&str> {
         self.meta.as_ref()?.key.as_deref()
     }
@@ -174,7 +246,10 @@ pub struct Envelope<E> {
 }
 
 impl<E> Envelope<E> {
-    pub(crate) fn new(inner: Arc<Published<E>>, missed: u64) -> Self {
+    /// The envelope of an event a subscription delivers: it takes over the
+    /// subscription's hold on the event.
+    #[inline]
+    pub(crate) fn delivered(inner: Arc<Published<E>>, missed: u64) -> Self {
         Envelope {
             inner,
             missed,
@@ -182,13 +257,29 @@ impl<E> Envelope<E> {
         }
     }
 
-    /// The same envelope for handler attempt `attempt`.
+    /// An envelope of its own, with a hold of its own.
+    pub(crate) fn new(inner: Arc<Published<E>>, missed: u64) -> Self {
+        inner.hold();
+        Envelope::delivered(inner, missed)
+    }
+
+    /// The same envelope for handler attempt `attempt` (one more hold).
     pub(crate) fn for_attempt(&self, attempt: u32) -> Self {
+        self.inner.hold();
         Envelope {
             inner: Arc::clone(&self.inner),
             missed: self.missed,
             attempt,
         }
+    }
+}
+
+/// An envelope is a hold on its event: the last one dropped, once no
+/// subscription queues the event any more, runs its `on_done`.
+impl<E> Drop for Envelope<E> {
+    #[inline]
+    fn drop(&mut self) {
+        self.inner.release();
     }
 }
 

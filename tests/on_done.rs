@@ -187,3 +187,64 @@ async fn a_shutdown_that_cuts_it_off_lets_go_of_it() {
     drop(_stuck);
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
+
+/// A copy kept by a log is not a subscription: neither the dead-letter
+/// topic's retained log nor the event's own topic's holds `on_done` back.
+#[tokio::test]
+async fn a_retained_copy_does_not_hold_it_back() {
+    let bus = Bus::builder()
+        .topic_with::<OrderPlaced>(tidings::TopicConfig::default().retain(10))
+        .dead_letters(tidings::TopicConfig::default().retain(10))
+        .build()
+        .unwrap();
+    let _h = bus
+        .subscribe::<OrderPlaced>()
+        .retry(RetryPolicy::fixed(Duration::from_millis(1)).max_attempts(1))
+        .handler(|_o| async { Err::<(), _>("gives up") })
+        .unwrap();
+    let (options, runs) = counted();
+    bus.publish_with(OrderPlaced { id: 1 }, options)
+        .await
+        .unwrap();
+    until("the dead letter", || runs.load(Ordering::SeqCst) == 1).await;
+    let stats = bus.stats();
+    let dead = stats.topic("tidings.dead_letters").unwrap();
+    assert_eq!(dead.published, 1, "dead-lettered, and retained");
+    // A late reader of the retained dead letter still gets the event.
+    let mut late = bus
+        .dead_letters()
+        .from(tidings::StartAt::Earliest)
+        .stream()
+        .unwrap();
+    let letter = late.recv().await.unwrap();
+    assert_eq!(
+        letter.event.downcast_ref::<OrderPlaced>().map(|o| o.id),
+        Some(1)
+    );
+    drop(letter);
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "run once");
+}
+
+/// A stream that got the event from the retained log holds it like one
+/// that got it live.
+#[tokio::test]
+async fn a_late_reader_given_a_retained_event_holds_it() {
+    let bus = Bus::builder()
+        .topic_with::<OrderPlaced>(tidings::TopicConfig::default().retain(10))
+        .build()
+        .unwrap();
+    let mut live = bus.subscribe::<OrderPlaced>().stream().unwrap();
+    let (options, runs) = counted();
+    bus.publish_with(OrderPlaced { id: 1 }, options)
+        .await
+        .unwrap();
+    let mut late = bus
+        .subscribe::<OrderPlaced>()
+        .from(tidings::StartAt::Earliest)
+        .stream()
+        .unwrap();
+    drop(live.recv().await.unwrap());
+    assert_eq!(runs.load(Ordering::SeqCst), 0, "queued for the late reader");
+    drop(late.recv().await.unwrap());
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the log does not hold it");
+}

@@ -177,13 +177,22 @@ impl PublishOptions {
     /// message to its broker this way, so that a replica killed with events
     /// in hand has them delivered again.
     ///
-    /// `f` runs on the thread that lets go of the event last (a handler's,
-    /// a runtime worker, or the publisher's): keep it short and never block
-    /// in it. A topic with a retained log
-    /// ([`TopicConfig::retain`](crate::TopicConfig::retain)) holds its
-    /// events too, so `f` runs only once the log lets go of the event.
-    /// Options cloned share `f`: it runs once, for the first of their
-    /// events to be done.
+    /// What holds an event back is a subscription that queued it and the
+    /// envelopes it handed out (a clone of an envelope, and an
+    /// [`AnyEvent`](crate::AnyEvent) made from one, hold it too). A copy
+    /// kept by a log does not: a topic's retained events
+    /// ([`TopicConfig::retain`](crate::TopicConfig::retain)), the event a
+    /// [`DeadLetter`](crate::DeadLetter) carries, a
+    /// [`SharedEvent`](crate::SharedEvent) kept by the application.
+    ///
+    /// `f` runs on the thread that releases the last hold (a handler's, a
+    /// runtime worker, or the publisher's), never while the bus holds a
+    /// lock of its own, so it may read the stats or publish; keep it short
+    /// and never block in it. A panic in it is caught: counted in
+    /// [`TopicStats::callback_panics`](crate::TopicStats::callback_panics)
+    /// and listed by [`Bus::health`](crate::Bus::health). Options cloned
+    /// share `f`: it runs once, for the first of their events to be
+    /// done.
     ///
     /// ```
     /// # use std::sync::atomic::{AtomicBool, Ordering};

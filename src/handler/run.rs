@@ -78,7 +78,7 @@ fn dead_letter<E: Event>(
         subscription_id: queue.info.id,
         attempts: env.attempt(),
         error,
-        event: env.erase(),
+        event: env.copy_for_log(),
     }
 }
 

@@ -84,6 +84,8 @@ impl<E: Event> TopicState<E> {
         } else {
             None
         };
+        // Each retained event it is given is held by it, as a live one is.
+        replay.iter().for_each(|published| published.hold());
         let setup = QueueSetup {
             consumers: request.consumers,
             breaker: request.breaker,

@@ -22,6 +22,9 @@ use crate::watch::{Callback, CallbackLog};
 pub(crate) struct Deferred<E> {
     first: Option<Published<E>>,
     rest: Vec<Published<E>>,
+    /// Queued copies of events with an `on_done`, whose holds are released
+    /// (which may run `on_done`) once the lock is released.
+    held: Vec<Arc<Published<E>>>,
 }
 
 impl<E> Deferred<E> {
@@ -30,13 +33,26 @@ impl<E> Deferred<E> {
         Deferred {
             first: None,
             rest: Vec::new(),
+            held: Vec::new(),
         }
     }
 
-    /// Lets go of one reference to an event: if it was the last, the event
-    /// is kept here, to be dropped later.
+    /// A subscription lets go of an event it queued (evicted, discarded,
+    /// cut off): its hold on the event is released, and its reference let
+    /// go of, once the lock is released.
     #[inline]
-    pub(crate) fn release(&mut self, published: Arc<Published<E>>) {
+    pub(crate) fn let_go(&mut self, published: Arc<Published<E>>) {
+        if published.done().is_some() {
+            self.held.push(published);
+        } else {
+            self.drop_copy(published);
+        }
+    }
+
+    /// A log lets go of its copy of an event (which holds nothing): if it
+    /// was the last reference, the event is kept here, to be dropped later.
+    #[inline]
+    pub(crate) fn drop_copy(&mut self, published: Arc<Published<E>>) {
         if let Some(last) = Arc::into_inner(published) {
             self.keep(last);
         }
@@ -56,7 +72,7 @@ impl<E> Deferred<E> {
     /// in `log`.
     #[inline]
     pub(crate) fn finish(self, log: &CallbackLog) {
-        if self.first.is_some() {
+        if self.first.is_some() || !self.held.is_empty() {
             self.drop_all(log);
         }
     }
@@ -64,6 +80,11 @@ impl<E> Deferred<E> {
     #[cold]
     #[inline(never)]
     fn drop_all(mut self, log: &CallbackLog) {
+        for published in std::mem::take(&mut self.held) {
+            // `on_done` catches its own panics.
+            published.release();
+            self.drop_copy(published);
+        }
         let rest = std::mem::take(&mut self.rest);
         for last in self.first.take().into_iter().chain(rest) {
             let Published { meta, event, .. } = last;
@@ -78,7 +99,7 @@ impl<E> Deferred<E> {
 impl<E> Drop for Deferred<E> {
     fn drop(&mut self) {
         debug_assert!(
-            self.first.is_none() || std::thread::panicking(),
+            (self.first.is_none() && self.held.is_empty()) || std::thread::panicking(),
             "events let go of under a lock were dropped without `finish`"
         );
     }

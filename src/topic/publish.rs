@@ -19,7 +19,7 @@ use super::{Phase, SubscriptionState, TopicState};
 use crate::config::{Overflow, PublishOptions};
 use crate::errors::{PublishError, Refusal};
 use crate::event::Event;
-use crate::event::{Meta, Published};
+use crate::event::{Done, Meta, Published};
 use crate::id::EventId;
 use crate::receipt::{Duplicate, PublishReceipt};
 use crate::telemetry::{self, CauseCount};
@@ -70,7 +70,7 @@ fn meta(
         origin: opts.origin.clone(),
         done: extra
             .and_then(|e| e.done.clone())
-            .map(|done| (done, Arc::clone(callbacks))),
+            .map(|done| Arc::new(Done::new(done, Arc::clone(callbacks)))),
         cause: extra
             .and_then(|e| e.cause.clone())
             .or_else(crate::context::cause),
@@ -115,7 +115,7 @@ fn keep<E>(
 ) {
     if log.len() == retain {
         if let Some(old) = log.pop_front() {
-            dropped.release(old);
+            dropped.drop_copy(old);
         }
     }
     log.push_back(Arc::clone(published));
@@ -330,6 +330,10 @@ impl<E: Event> TopicState<E> {
             dropped_newest: 0,
             duplicate: None,
         };
+        // The publisher holds an event with an `on_done` until it has
+        // enqueued it everywhere, so that no subscription's release can run
+        // it early; released once the lock is.
+        let publishing = published.done().cloned();
         // Ring subscriptions read the event from the ring; queues of their
         // own get it one by one.
         receipt.enqueued = inner.ring_subs;
@@ -351,6 +355,9 @@ impl<E: Event> TopicState<E> {
         // fewer per publish).
         if inner.ring_subs > 0 {
             if let Some(ring) = &inner.ring {
+                if let Some(done) = &publishing {
+                    done.hold(inner.ring_subs);
+                }
                 ring.write(published, inner.ring_subs);
             }
         }
@@ -359,6 +366,9 @@ impl<E: Event> TopicState<E> {
             next.wake();
         }
         dropped.finish(&self.callbacks);
+        if let Some(done) = publishing {
+            done.release();
+        }
         Ok(receipt)
     }
 

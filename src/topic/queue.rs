@@ -193,7 +193,7 @@ impl<E> State<E> {
     pub(super) fn clear(&mut self, dropped: &mut Deferred<E>) -> u64 {
         let replay = self.replay.len() as u64;
         for published in self.replay.drain(..) {
-            dropped.release(published);
+            dropped.let_go(published);
         }
         replay
             + match &mut self.buf {
@@ -201,7 +201,7 @@ impl<E> State<E> {
                     let n = buf.len() as u64;
                     for slot in buf.drain(..) {
                         self.pending_missed += slot.missed_before;
-                        dropped.release(slot.published);
+                        dropped.let_go(slot.published);
                     }
                     n
                 }
@@ -214,7 +214,7 @@ impl<E> State<E> {
                     let n = end.saturating_sub(*next);
                     for seq in *next..*end {
                         if let Some(published) = ring.read(seq) {
-                            dropped.release(published);
+                            dropped.let_go(published);
                         }
                     }
                     *next = (*next).max(*end);

@@ -191,7 +191,7 @@ impl<E> SubscriptionState<E> {
                             Some(next) => next.missed_before += carry,
                             None => s.pending_missed += carry,
                         }
-                        dropped.release(old.published);
+                        dropped.let_go(old.published);
                     }
                     outcome = Push::EvictedOldest;
                 }
@@ -202,6 +202,9 @@ impl<E> SubscriptionState<E> {
             }
         }
         let missed_before = std::mem::take(&mut s.pending_missed);
+        // The subscription's hold on the event, taken while the publisher
+        // still holds it.
+        published.hold();
         buf.push_back(Slot {
             published: Arc::clone(published),
             missed_before,
@@ -246,7 +249,7 @@ impl<E> SubscriptionState<E> {
             wakeups.take_all(&mut s.publishers);
             s.wake_idle(wakeups);
         }
-        Some(Envelope::new(slot.published, slot.missed_before))
+        Some(Envelope::delivered(slot.published, slot.missed_before))
     }
 
     /// Consumer side: the next event, `None` once closed and drained.
