@@ -33,8 +33,10 @@ pub enum UncleanKind {
     /// Handler runs still going when the deadline passed: async ones were
     /// cancelled, sync ones could not be and may still finish.
     Unfinished,
-    /// Publishes refused because the bus was shutting down (made from
-    /// outside the bus's handlers); each caller got its event back.
+    /// Publishes refused because the bus was shutting down: made from
+    /// outside the bus's handlers while it drained, or by anyone, a
+    /// handler still running past the deadline included, once it was shut
+    /// down. Each caller got its event back.
     Refused,
     /// Events given up as dead letters while the bus drained.
     DeadLettered,

@@ -806,3 +806,87 @@ async fn a_run_cancelled_by_the_deadline_is_no_longer_in_flight() {
     assert_eq!((stats.in_flight, stats.cancelled), (0, 1));
     assert_eq!(before.elapsed(), Duration::ZERO, "nothing waited");
 }
+
+/// A subscription whose handler dead-letters its event during the drain and
+/// that then leaves while the bus still drains is still in the report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_of_the_drain_is_reported_after_its_subscription_left() {
+    let bus = bus();
+    let (slow_gate, fail_gate) = (Gate::default(), Gate::default());
+    let (g1, g2) = (slow_gate.clone(), fail_gate.clone());
+    // Keeps the drain open until its gate opens.
+    let _slow = bus
+        .subscribe::<Item>()
+        .name("slow")
+        .sync(move |_| g1.wait())
+        .unwrap();
+    let failing = bus
+        .subscribe::<Item>()
+        .name("failing")
+        .retry(tidings::RetryPolicy::none())
+        .sync(move |_| {
+            g2.wait();
+            Err::<(), _>("gives up")
+        })
+        .unwrap();
+    bus.publish(Item(1)).await.unwrap();
+    let shutdown = tokio::spawn({
+        let bus = bus.clone();
+        async move { bus.shutdown(LONG).await }
+    });
+    // The drain has begun once a new subscription is refused.
+    while let Ok(probe) = bus.subscribe::<Item>().stream() {
+        drop(probe);
+        tokio::task::yield_now().await;
+    }
+    // The failing handler gives up during the drain, then leaves.
+    fail_gate.open();
+    loop {
+        let stats = failing.stats();
+        if stats.dead_lettered == 1 && stats.in_flight == 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    drop(failing);
+    slow_gate.open();
+    let report = shutdown.await.unwrap();
+    assert_eq!(report.dead_lettered_in_drain(), 1, "{report}");
+    assert!(!report.is_clean(), "{report}");
+}
+
+/// The drain begins with the first call: a second call, made after the
+/// first was dropped mid-drain, reports what happened from the first on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_shutdown_reports_the_drain_from_the_first_call() {
+    let bus = bus();
+    let gate = Gate::default();
+    let g = gate.clone();
+    let _failing = bus
+        .subscribe::<Item>()
+        .name("failing")
+        .retry(tidings::RetryPolicy::none())
+        .sync(move |_| {
+            g.wait();
+            Err::<(), _>("gives up")
+        })
+        .unwrap();
+    bus.publish(Item(1)).await.unwrap();
+    {
+        let mut first = pin!(bus.shutdown(LONG));
+        assert!(poll!(first.as_mut()).is_pending());
+    } // dropped mid-drain, with the run in flight
+    gate.open();
+    // The run dead-letters its event while nobody waits for the drain.
+    loop {
+        let stats = bus.stats();
+        let s = stats.subscriptions().find(|s| s.name == "failing").unwrap();
+        if s.dead_lettered == 1 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let second = bus.shutdown(LONG).await;
+    assert_eq!(second.dead_lettered_in_drain(), 1, "{second}");
+    assert!(!second.is_clean(), "{second}");
+}

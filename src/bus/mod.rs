@@ -59,12 +59,18 @@ pub struct Bus {
 
 struct Shared {
     registry: Registry,
+    /// The numbers when shutdown was first called: the drain began then,
+    /// and every report of it covers it from there.
+    drain_began: parking_lot::Mutex<Option<crate::stats::BusStats>>,
 }
 
 impl Bus {
     fn new(registry: Registry) -> Self {
         Bus {
-            shared: Arc::new(Shared { registry }),
+            shared: Arc::new(Shared {
+                registry,
+                drain_began: parking_lot::Mutex::new(None),
+            }),
         }
     }
 
@@ -475,7 +481,13 @@ impl Bus {
         let caller = crate::context::current()
             .filter(|r| r.bus == self.shared.registry.bus)
             .map(|r| r.subscription);
-        let before = self.stats();
+        let before = {
+            let mut began = self.shared.drain_began.lock();
+            match &*began {
+                Some(before) => before.clone(),
+                None => began.insert(self.stats()).clone(),
+            }
+        };
         let topics: Vec<&dyn ErasedTopic> =
             self.shared.registry.entries().map(|e| &*e.erased).collect();
         let (elapsed, deadline_hit) = shutdown::drain(&topics, deadline, caller).await;

@@ -190,7 +190,9 @@ impl<E: Event> TopicState<E> {
         // what it still has to read.
         inner.discarded_on_unsubscribe += queue.close(discard, leaving, view, &mut dropped);
         // Discarding or not, a handler run may still be going: it counts.
-        if leaving && !queue.is_idle() {
+        // Once the bus drains, whatever leaves stays listed, so that the
+        // shutdown report shows what it did during the drain.
+        if leaving && (!queue.is_idle() || inner.phase != Phase::Open) {
             inner.draining.push(Arc::clone(queue));
         }
         inner.prune_draining();
