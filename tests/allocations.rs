@@ -270,3 +270,105 @@ fn waiting_for_room_allocates_nothing_more() {
         );
     }
 }
+
+#[derive(Debug, Event)]
+#[event(topic = "alloc.follow_up")]
+struct FollowUp(u64);
+
+/// Publishes `EVENTS` events and takes the follow-up of each.
+async fn round_trip(publisher: &Publisher<Ev>, follow_ups: &mut Subscription<FollowUp>) {
+    for i in 0..EVENTS {
+        publisher.publish(Ev(i)).await.expect("room");
+    }
+    for _ in 0..EVENTS {
+        drop(follow_ups.recv().await.expect("a follow-up"));
+    }
+}
+
+/// A publish made by a handler carries its cause in the event's metadata:
+/// the event's `Arc` and one box for the metadata, two allocations, on
+/// either kind of handler. The async handler's count includes the rest of
+/// its run (its future, its waits), all on this thread.
+#[test]
+fn a_follow_up_published_by_a_handler_allocates_twice() {
+    const PER_FOLLOW_UP: u64 = 2;
+    // Sync: counted on the runner's thread, reported with each round's last event.
+    runtime().block_on(async {
+        let bus = Bus::builder()
+            .topic::<Ev>()
+            .topic::<FollowUp>()
+            .build()
+            .expect("valid");
+        let mut follow_ups = bus
+            .subscribe::<FollowUp>()
+            .capacity(EVENTS as usize)
+            .stream()
+            .expect("subscribed");
+        let (done, finished) = std::sync::mpsc::sync_channel::<u64>(4);
+        let _handle = {
+            let bus = bus.clone();
+            bus.clone()
+                .subscribe::<Ev>()
+                .capacity(EVENTS as usize)
+                .sync(move |e| {
+                    bus.try_publish(FollowUp(e.0)).expect("room");
+                    if (e.0 + 1) % EVENTS == 0 {
+                        let _ = done.send(ALLOCATIONS.with(Cell::get));
+                    }
+                })
+                .expect("subscribed")
+        };
+        let publisher = bus.publisher::<Ev>().expect("registered");
+        let mut before = 0;
+        for round in 0..3u64 {
+            for i in 0..EVENTS {
+                publisher.publish(Ev(i)).await.expect("room");
+            }
+            let now = finished.recv().expect("a round handled");
+            for _ in 0..EVENTS {
+                drop(follow_ups.recv().await.expect("a follow-up"));
+            }
+            if round == 2 {
+                let n = now - before;
+                assert!(
+                    n <= PER_FOLLOW_UP * EVENTS,
+                    "sync: {n} allocations for {EVENTS} follow-ups"
+                );
+            }
+            before = now;
+        }
+    });
+    // Async: everything on this thread.
+    runtime().block_on(async {
+        let bus = Bus::builder()
+            .topic::<Ev>()
+            .topic::<FollowUp>()
+            .build()
+            .expect("valid");
+        let mut follow_ups = bus
+            .subscribe::<FollowUp>()
+            .capacity(EVENTS as usize)
+            .stream()
+            .expect("subscribed");
+        let _handle = {
+            let bus = bus.clone();
+            bus.clone()
+                .subscribe::<Ev>()
+                .capacity(EVENTS as usize)
+                .handler(move |e| {
+                    let bus = bus.clone();
+                    async move { bus.publish(FollowUp(e.0)).await.map(drop) }
+                })
+                .expect("subscribed")
+        };
+        let publisher = bus.publisher::<Ev>().expect("registered");
+        round_trip(&publisher, &mut follow_ups).await;
+        round_trip(&publisher, &mut follow_ups).await;
+        // One of the three is the published event's own `Arc`.
+        let n = allocations(round_trip(&publisher, &mut follow_ups)).await;
+        assert!(
+            n <= (PER_FOLLOW_UP + 1) * EVENTS,
+            "async: {n} allocations to publish {EVENTS} events and their follow-ups"
+        );
+    });
+}
