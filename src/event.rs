@@ -49,18 +49,14 @@ pub trait Event: Send + Sync + 'static {
 
 /// One accepted event and its metadata, shared by every subscription that
 /// received it (fan-out clones the `Arc`, never the event).
-///
-/// The metadata is declared first so that it is dropped first: an
-/// `on_done` runs before the event's own `Drop`, and a panic in that `Drop`
-/// can never set off a second panic in `on_done` while the first unwinds.
 pub(crate) struct Published<E> {
-    /// The idempotency key and origin, for the few events published with
-    /// either: boxed, so that the others stay small.
-    pub(crate) meta: Option<Box<Meta>>,
     pub(crate) event: E,
     pub(crate) id: EventId,
     pub(crate) seq: u64,
     pub(crate) at: SystemTime,
+    /// The idempotency key and origin, for the few events published with
+    /// either: boxed, so that the others stay small.
+    pub(crate) meta: Option<Box<Meta>>,
 }
 
 /// What a publish said about an event beyond the event itself.

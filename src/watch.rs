@@ -218,12 +218,18 @@ impl CallbackLog {
         }
     }
 
-    /// Runs `f`, catching a panic in it: counted, warned about once per
-    /// call (a panic is a bug to fix, never routine), kept for `health()`.
+    /// Runs `f`, catching a panic in it: counted, warned about (a panic is
+    /// a bug to fix, never routine), kept for `health()`.
+    #[inline]
     pub(crate) fn run(&self, what: Callback, f: impl FnOnce()) {
-        let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) else {
-            return;
-        };
+        if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            self.caught(what, payload);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn caught(&self, what: Callback, payload: Box<dyn std::any::Any + Send>) {
         let message = match payload.downcast_ref::<&'static str>() {
             Some(s) => (*s).to_owned(),
             None => payload

@@ -10,31 +10,54 @@
 //! caller drops that after the guard ([`Deferred::finish`]), catching and
 //! counting what panics. A reference that is not the last is let go of at
 //! once: that runs no user code.
+//!
+//! Every publish makes one, so an empty one costs two stores and two tests
+//! (the icount gate's `publish_block`): no `Drop` of its own, the rare
+//! parts boxed.
 
 use std::sync::Arc;
 
 use crate::event::Published;
 use crate::watch::{Callback, CallbackLog};
 
-/// Events to drop once no lock of the bus is held. The first is kept in
-/// place: a publish that evicts one event allocates nothing for it.
+/// References to events to let go of once no lock of the bus is held. The
+/// first is kept in place: a publish that evicts one event allocates
+/// nothing for it. Letting go of a reference later rather than now is the
+/// same to everyone else: if it turns out to be the last, the event is
+/// dropped here, outside the lock; if not, whoever holds the last drops it.
 #[must_use = "drop it with `finish` once the lock is released"]
 pub(crate) struct Deferred<E> {
-    first: Option<Published<E>>,
-    rest: Vec<Published<E>>,
+    first: Option<Arc<Published<E>>>,
+    more: Option<Box<More<E>>>,
+}
+
+/// What a [`Deferred`] rarely holds.
+#[derive(Default)]
+struct More<E> {
+    /// References beyond the first.
+    rest: Vec<Arc<Published<E>>>,
     /// Queued copies of events with an `on_done`, whose holds are released
     /// (which may run `on_done`) once the lock is released.
     held: Vec<Arc<Published<E>>>,
 }
 
 impl<E> Deferred<E> {
-    #[inline]
+    #[inline(always)]
     pub(crate) fn new() -> Self {
         Deferred {
             first: None,
-            rest: Vec::new(),
-            held: Vec::new(),
+            more: None,
         }
+    }
+
+    #[cold]
+    fn more(&mut self) -> &mut More<E> {
+        self.more.get_or_insert_with(|| {
+            Box::new(More {
+                rest: Vec::new(),
+                held: Vec::new(),
+            })
+        })
     }
 
     /// A subscription lets go of an event it queued (evicted, discarded,
@@ -43,64 +66,56 @@ impl<E> Deferred<E> {
     #[inline]
     pub(crate) fn let_go(&mut self, published: Arc<Published<E>>) {
         if published.done().is_some() {
-            self.held.push(published);
+            self.more().held.push(published);
         } else {
             self.drop_copy(published);
         }
     }
 
-    /// A log lets go of its copy of an event (which holds nothing): if it
-    /// was the last reference, the event is kept here, to be dropped later.
+    /// A log lets go of its copy of an event (which holds nothing).
     #[inline]
     pub(crate) fn drop_copy(&mut self, published: Arc<Published<E>>) {
-        if let Some(last) = Arc::into_inner(published) {
-            self.keep(last);
-        }
-    }
-
-    #[cold]
-    fn keep(&mut self, last: Published<E>) {
         if self.first.is_none() {
-            self.first = Some(last);
+            self.first = Some(published);
         } else {
-            self.rest.push(last);
+            self.more().rest.push(published);
         }
     }
 
-    /// Drops the events, with no lock of the bus held: each `on_done` and
-    /// each event's `Drop` runs here, a panic in either caught and counted
-    /// in `log`.
-    #[inline]
+    /// Lets go of the references, with no lock of the bus held: each
+    /// `on_done` and each event's `Drop` that runs does so here, a panic in
+    /// either caught and counted in `log`.
+    #[inline(always)]
     pub(crate) fn finish(self, log: &CallbackLog) {
-        if self.first.is_some() || !self.held.is_empty() {
-            self.drop_all(log);
+        let Deferred { first, more } = self;
+        if let Some(published) = first {
+            let_go_now(published, log);
         }
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn drop_all(mut self, log: &CallbackLog) {
-        for published in std::mem::take(&mut self.held) {
-            // `on_done` catches its own panics.
-            published.release();
-            self.drop_copy(published);
-        }
-        let rest = std::mem::take(&mut self.rest);
-        for last in self.first.take().into_iter().chain(rest) {
-            let Published { meta, event, .. } = last;
-            // The metadata first, as `Published` drops it: `on_done`
-            // catches its own panics.
-            drop(meta);
-            log.run(Callback::Drop, move || drop(event));
+        if let Some(more) = more {
+            more.finish(log);
         }
     }
 }
 
-impl<E> Drop for Deferred<E> {
-    fn drop(&mut self) {
-        debug_assert!(
-            (self.first.is_none() && self.held.is_empty()) || std::thread::panicking(),
-            "events let go of under a lock were dropped without `finish`"
-        );
+impl<E> More<E> {
+    #[cold]
+    #[inline(never)]
+    fn finish(self, log: &CallbackLog) {
+        for published in self.held {
+            // `on_done` catches its own panics.
+            published.release();
+            let_go_now(published, log);
+        }
+        for published in self.rest {
+            let_go_now(published, log);
+        }
     }
+}
+
+/// Lets go of one reference: if it is the last, the event is dropped, its
+/// `on_done` first (which catches its own panics), then the event, whose
+/// `Drop` panicking is caught and counted.
+#[inline]
+fn let_go_now<E>(published: Arc<Published<E>>, log: &CallbackLog) {
+    log.run(Callback::Drop, move || drop(published));
 }

@@ -319,6 +319,7 @@ impl<E: Event> TopicState<E> {
         // dropped once the lock is released: that may run user code.
         let mut dropped = Deferred::new();
         let retain = self.config.retained();
+        let may_let_go = retain > 0 || inner.own_subs > 0;
         if retain > 0 {
             keep(&mut inner.retained, retain, &published, &mut dropped);
         }
@@ -333,7 +334,11 @@ impl<E: Event> TopicState<E> {
         // The publisher holds an event with an `on_done` until it has
         // enqueued it everywhere, so that no subscription's release can run
         // it early; released once the lock is.
-        let publishing = published.done().cloned();
+        let publishing = if plain {
+            None
+        } else {
+            published.done().cloned()
+        };
         // Ring subscriptions read the event from the ring; queues of their
         // own get it one by one.
         receipt.enqueued = inner.ring_subs;
@@ -365,7 +370,12 @@ impl<E: Event> TopicState<E> {
         if let Some(next) = next {
             next.wake();
         }
-        dropped.finish(&self.callbacks);
+        if may_let_go {
+            dropped.finish(&self.callbacks);
+        } else {
+            // Empty: nothing to let go of, and no drop glue to run.
+            std::mem::forget(dropped);
+        }
         if let Some(done) = publishing {
             done.release();
         }

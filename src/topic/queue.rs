@@ -297,6 +297,9 @@ impl Wakeups {
     #[inline]
     pub(super) fn wake(self) {
         if self.first.is_none() {
+            // Nothing to wake (`rest` fills only after `first`): forgotten,
+            // so that no drop glue runs on every receive.
+            std::mem::forget(self);
             return;
         }
         self.wake_all();

@@ -260,15 +260,17 @@ impl<E> SubscriptionState<E> {
     ) -> Poll<Option<Envelope<E>>> {
         let mut wakeups = Wakeups::default();
         let mut s = self.state.lock();
-        if s.watcher == Some(consumer) {
-            // Woken by the ring (or polled again): it watches no longer.
-            s.watcher = None;
-        }
         if let Some(env) = self.pop_locked(&mut s, &mut wakeups) {
-            pass_on(&mut s, consumer, &mut wakeups);
+            if s.consumers.len() > 1 {
+                pass_on(&mut s, consumer, &mut wakeups);
+            }
             drop(s);
             wakeups.wake();
             return Poll::Ready(Some(env));
+        }
+        if s.watcher == Some(consumer) {
+            // Woken by the ring (or polled again): it watches no longer.
+            s.watcher = None;
         }
         if s.closed && s.drained() {
             return Poll::Ready(None);
@@ -291,7 +293,9 @@ impl<E> SubscriptionState<E> {
                 return Poll::Pending;
             }
             if let Some(env) = self.pop_locked(&mut s, &mut wakeups) {
-                pass_on(&mut s, consumer, &mut wakeups);
+                if s.consumers.len() > 1 {
+                    pass_on(&mut s, consumer, &mut wakeups);
+                }
                 drop(s);
                 wakeups.wake();
                 return Poll::Ready(Some(env));
@@ -329,13 +333,18 @@ fn park(slot: &mut Option<Waker>, waker: &Waker) {
     }
 }
 
-/// A consumer of a ring subscription took an event while no sibling
-/// watched the ring: it wakes one waiting sibling, which takes the next
-/// event or becomes the watcher. A queue of its own needs none of this:
-/// each push wakes one consumer.
-#[inline]
+/// A consumer of a subscription with siblings took an event: if it was
+/// the ring's watcher, it is no longer; and if nobody watches the ring, it
+/// wakes one waiting sibling, which takes the next event or becomes the
+/// watcher. A queue of its own needs no passing on: each push wakes one
+/// consumer.
+#[cold]
+#[inline(never)]
 fn pass_on<E>(s: &mut State<E>, consumer: usize, wakeups: &mut Wakeups) {
-    if s.consumers.len() == 1 || s.watcher.is_some() || !matches!(s.buf, Buf::Ring { .. }) {
+    if s.watcher == Some(consumer) {
+        s.watcher = None;
+    }
+    if s.watcher.is_some() || !matches!(s.buf, Buf::Ring { .. }) {
         return;
     }
     let sibling = s
