@@ -309,6 +309,30 @@ pub(crate) enum Verdict {
     Term,
     /// Deliver it again after this delay.
     Nak(Duration),
+    /// Still working on it: restart the consumer's `ack_wait`.
+    Progress,
+}
+
+/// The stream sequence a JetStream acknowledgement subject names, if it is
+/// one of `stream` and `consumer`'s. Two layouts exist:
+/// `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>`
+/// and, with a domain and an account hash after `ACK` (and, on newer
+/// servers, a random token at the end), the same fields after those.
+pub(crate) fn stream_seq(reply: &[u8], stream: &str, consumer: &str) -> Option<u64> {
+    let text = std::str::from_utf8(reply).ok()?;
+    let tokens: Vec<&str> = text.split('.').collect();
+    let fields: &[&str] = match tokens.len() {
+        9 => &tokens[2..],
+        11 | 12 => &tokens[4..],
+        _ => return None,
+    };
+    if tokens.first() != Some(&"$JS") || tokens.get(1) != Some(&"ACK") {
+        return None;
+    }
+    if fields.first() != Some(&stream) || fields.get(1) != Some(&consumer) {
+        return None;
+    }
+    fields.get(3)?.parse().ok()
 }
 
 /// Acknowledges a delivered message on its reply subject, which must be a
@@ -321,6 +345,7 @@ pub(crate) fn ack(conn: &Conn, reply: &[u8], how: Verdict) -> bool {
     let body: Bytes = match how {
         Verdict::Ack => Bytes::from_static(b"+ACK"),
         Verdict::Term => Bytes::from_static(b"+TERM"),
+        Verdict::Progress => Bytes::from_static(b"+WPI"),
         Verdict::Nak(delay) => format!(
             "-NAK {{\"delay\":{}}}",
             u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX)
@@ -382,4 +407,34 @@ pub(crate) async fn get_message(conn: &Conn, stream: &str, seq: u64) -> Result<S
         headers: decode(answer.message.hdrs)?,
         payload: decode(answer.message.data)?.unwrap_or_default(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stream_seq;
+
+    #[test]
+    fn the_stream_sequence_is_read_from_either_layout_of_ack_subject_and_only_for_our_consumer() {
+        let v1 = b"$JS.ACK.ORDERS.billing.2.42.7.1700000000000000000.3";
+        assert_eq!(stream_seq(v1, "ORDERS", "billing"), Some(42));
+        let v2 = b"$JS.ACK._.ACCHASH.ORDERS.billing.2.43.7.1700000000000000000.3.rnd";
+        assert_eq!(stream_seq(v2, "ORDERS", "billing"), Some(43));
+        let v2_short = b"$JS.ACK.hub.ACCHASH.ORDERS.billing.1.44.8.1700000000000000000.0";
+        assert_eq!(stream_seq(v2_short, "ORDERS", "billing"), Some(44));
+        assert_eq!(
+            stream_seq(v1, "ORDERS", "mailer"),
+            None,
+            "another consumer's"
+        );
+        assert_eq!(stream_seq(v1, "OTHER", "billing"), None, "another stream's");
+        assert_eq!(
+            stream_seq(b"$JS.ACK.ORDERS.billing.x.y", "ORDERS", "billing"),
+            None
+        );
+        assert_eq!(
+            stream_seq(b"$JS.ACK.ORDERS.billing.2.nan.7.1.3", "ORDERS", "billing"),
+            None
+        );
+        assert_eq!(stream_seq(b"\xff\xfe", "ORDERS", "billing"), None);
+    }
 }

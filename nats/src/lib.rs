@@ -148,6 +148,7 @@ impl Bridge {
             unacknowledged: self.ctx.unacked.load(Ordering::Relaxed),
             imported: load(&c.imported),
             duplicates: load(&c.duplicates),
+            kept_alive: load(&c.kept_alive),
             echoes: load(&c.echoes),
             rejected: load(&c.rejected),
             rejected_unpublished: load(&c.rejected_unpublished),

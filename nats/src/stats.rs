@@ -39,6 +39,13 @@ pub struct BridgeStats {
     pub unacknowledged: u64,
     /// Messages from NATS recognised as already imported (redeliveries).
     pub duplicates: u64,
+    /// Stored messages the broker delivered again while the local bus was
+    /// still handling them (durable mode, a handler slower than the
+    /// consumer's `ack_wait`): not imported again and not acknowledged,
+    /// but answered with a progress acknowledgement that keeps them alive.
+    /// The importer also sends those on its own every third of `ack_wait`,
+    /// so this stays 0 unless handling stalls longer than that.
+    pub kept_alive: u64,
     /// This bridge's own exports that came back to it (not imported).
     pub echoes: u64,
     /// Messages from NATS rejected ([`Rejected`](crate::Rejected)).
@@ -90,6 +97,7 @@ pub(crate) struct Counters {
     pub(crate) rejected_unpublished: AtomicU64,
     pub(crate) restarts: AtomicU64,
     pub(crate) pulls_unanswered: AtomicU64,
+    pub(crate) kept_alive: AtomicU64,
 }
 
 /// What [`Bridge::health`](crate::Bridge::health) found.

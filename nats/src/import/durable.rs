@@ -3,7 +3,6 @@
 //! reads the consumer's max-deliveries advisories.
 
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +13,7 @@ use tokio::sync::watch;
 use super::super::conn::{Delivery, Leased, Subscription};
 use super::super::proto::Headers;
 use super::super::{js, stopping, wire, Ctx, RejectReason};
-use super::{import, lossy, reject, Imported, IMPORT_BATCH, IMPORT_WAIT};
+use super::{import, lossy, reject, Imported, InHand, IMPORT_BATCH, IMPORT_WAIT};
 
 #[derive(Clone)]
 pub(super) struct Pull {
@@ -33,7 +32,7 @@ pub(super) async fn durable_loop(
     pull: &Pull,
     sub: &mut Subscription,
     stopped: watch::Receiver<bool>,
-    mine: &Arc<AtomicU64>,
+    mine: &Arc<InHand>,
 ) {
     let mut generation = ctx.conn.generation();
     // Ask for no more bytes than may wait; at least one whole message.
@@ -42,11 +41,8 @@ pub(super) async fn durable_loop(
         // No more in hand than one batch: what waits in the local queues
         // waits for its acknowledgement, and the consumer's `ack_wait` runs
         // meanwhile. Other replicas of a group take the rest.
-        let held = mine.load(Ordering::Acquire);
-        let Some(batch) = IMPORT_BATCH
-            .checked_sub(usize::try_from(held).unwrap_or(usize::MAX))
-            .filter(|&b| b > 0)
-        else {
+        let held = mine.len();
+        let Some(batch) = IMPORT_BATCH.checked_sub(held).filter(|&b| b > 0) else {
             tokio::time::sleep(Duration::from_millis(2)).await;
             continue;
         };
@@ -95,8 +91,25 @@ pub(super) async fn durable_loop(
                 Pulled::Heartbeat => {}
                 Pulled::Over => break,
                 Pulled::Message(reply) => {
+                    let Some(seq) = js::stream_seq(&reply, &pull.stream, &pull.consumer) else {
+                        // Not an acknowledgement subject of this consumer:
+                        // someone else's message, checked like any other.
+                        import(ctx, &leased, None).await;
+                        continue;
+                    };
                     got += 1;
-                    let how = match import(ctx, &leased, Some((&reply, mine))).await {
+                    if mine.redelivered(seq, &reply) {
+                        // Delivered again while the bus still handles it:
+                        // never acknowledged now (a crash would lose it),
+                        // never imported twice; kept alive instead.
+                        ctx.count(&ctx.counters.kept_alive, "tidings_bridge_kept_alive_total");
+                        js::ack(&ctx.conn, &reply, js::Verdict::Progress);
+                        if got >= batch {
+                            break;
+                        }
+                        continue;
+                    }
+                    let how = match import(ctx, &leased, Some((seq, &reply, mine))).await {
                         Imported::Handed => None,
                         Imported::Done => Some(js::Verdict::Ack),
                         Imported::Rejected => Some(js::Verdict::Term),
@@ -113,6 +126,28 @@ pub(super) async fn durable_loop(
                     import(ctx, &leased, None).await;
                 }
             }
+        }
+    }
+}
+
+/// Sends a progress acknowledgement for every message `mine` holds, every
+/// `every` (a third of the consumer's `ack_wait`), so that the broker does
+/// not deliver again what local handlers are still working on.
+pub(super) async fn progress_loop(
+    ctx: &Ctx,
+    mine: &InHand,
+    every: Duration,
+    stopped: watch::Receiver<bool>,
+) {
+    let every = every.max(Duration::from_millis(10));
+    let mut stop = pin!(stopping(stopped));
+    loop {
+        let tick = pin!(tokio::time::sleep(every));
+        if let Either::Right(_) = futures::future::select(tick, stop.as_mut()).await {
+            return;
+        }
+        for reply in mine.replies() {
+            js::ack(&ctx.conn, &reply, js::Verdict::Progress);
         }
     }
 }

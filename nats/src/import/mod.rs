@@ -11,7 +11,7 @@
 //! the connection down, and is never lost without a count.
 
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,8 +21,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 mod durable;
+mod in_hand;
 
-use durable::{advisory_loop, durable_loop, Pull};
+use durable::{advisory_loop, durable_loop, progress_loop, Pull};
+pub(crate) use in_hand::InHand;
 
 use super::conn::{Delivery, Leased, Subscription};
 use super::proto::Headers;
@@ -38,9 +40,8 @@ use tidings::{EventRef, Pattern, PublishOptions};
 pub(super) const IMPORT_BATCH: usize = 256;
 pub(super) const IMPORT_WAIT: Duration = Duration::from_millis(250);
 
-/// A stored message's acknowledgement subject, and the count of its
-/// importer's messages handed to the bus and not yet acknowledged.
-pub(super) type Stored<'a> = (&'a Bytes, &'a Arc<AtomicU64>);
+/// A stored message: its stream sequence, and what its importer holds.
+pub(super) type Stored<'a> = (u64, &'a Bytes, &'a Arc<InHand>);
 
 /// What became of one message.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -110,7 +111,21 @@ pub(super) async fn start(
             };
             let (c, stopped_pull) = (Arc::clone(ctx), stopped.clone());
             // This importer's messages handed to the bus, not yet handled.
-            let mine = Arc::new(AtomicU64::new(0));
+            let mine = Arc::new(InHand::default());
+            {
+                // Keeps what it holds alive while local handlers work.
+                let (c, mine, stopped) = (Arc::clone(ctx), Arc::clone(&mine), stopped.clone());
+                let every = durable.ack_wait / 3;
+                tasks.push(tokio::spawn(async move {
+                    let ctx = Arc::clone(&c);
+                    supervised(c, "progress", || {
+                        let (ctx, mine, stopped) =
+                            (Arc::clone(&ctx), Arc::clone(&mine), stopped.clone());
+                        async move { progress_loop(&ctx, &mine, every, stopped).await }
+                    })
+                    .await;
+                }));
+            }
             tasks.push(tokio::spawn(async move {
                 let ctx = Arc::clone(&c);
                 supervised(c, "import", || {
@@ -306,16 +321,18 @@ pub(super) async fn import(ctx: &Ctx, leased: &Leased, stored: Option<Stored<'_>
         );
     }
     let ack_when_done = stored.filter(|_| ctx.bus.topic_info(topic).is_some_and(|t| t.retain == 0));
-    if let Some(reply) = ack_when_done {
-        let (reply, mine) = reply;
-        let (conn, reply) = (ctx.conn.clone(), reply.clone());
+    if let Some((seq, reply, mine)) = ack_when_done {
+        let conn = ctx.conn.clone();
         let (unacked, mine) = (Arc::clone(&ctx.unacked), Arc::clone(mine));
         unacked.fetch_add(1, Ordering::AcqRel);
-        mine.fetch_add(1, Ordering::AcqRel);
+        mine.hand(seq, reply.clone());
         options = options.on_done(move || {
-            js::ack(&conn, &reply, js::Verdict::Ack);
+            // On the latest delivery's subject: the broker may have
+            // delivered it again meanwhile.
+            if let Some(reply) = mine.done(seq) {
+                js::ack(&conn, &reply, js::Verdict::Ack);
+            }
             unacked.fetch_sub(1, Ordering::AcqRel);
-            mine.fetch_sub(1, Ordering::AcqRel);
         });
     }
     let key: Option<Arc<str>> = key.as_deref().map(Arc::from).or(wire_id);
@@ -348,12 +365,10 @@ pub(super) async fn import(ctx: &Ctx, leased: &Leased, stored: Option<Stored<'_>
             reject(ctx, subject, reason, payload, event_id).await
         }
     };
-    if ack_when_done.is_some() && imported != Imported::Handed {
+    if let (Some((seq, _, mine)), false) = (ack_when_done, imported == Imported::Handed) {
         // Not accepted: `on_done` never runs, the caller answers now.
         ctx.unacked.fetch_sub(1, Ordering::AcqRel);
-        if let Some((_, mine)) = ack_when_done {
-            mine.fetch_sub(1, Ordering::AcqRel);
-        }
+        mine.done(seq);
     }
     imported
 }
