@@ -353,6 +353,7 @@ impl BridgeBuilder {
             unacked: Arc::new(AtomicU64::new(0)),
             last_restart: parking_lot::Mutex::new(None),
             unanswered: parking_lot::Mutex::new((None, None)),
+            refused_pulls: parking_lot::Mutex::new((None, None)),
             max_held: self.max_held,
             rejection_log: parking_lot::Mutex::new((None, 0)),
         });

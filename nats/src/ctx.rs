@@ -40,6 +40,8 @@ pub(crate) struct Ctx {
     pub(crate) last_restart: parking_lot::Mutex<Option<Instant>>,
     /// When a pull last went unanswered, and when that was last logged.
     pub(crate) unanswered: parking_lot::Mutex<(Option<Instant>, Option<Instant>)>,
+    /// When a pull was last refused, and when that was last logged.
+    pub(crate) refused_pulls: parking_lot::Mutex<(Option<Instant>, Option<Instant>)>,
     pub(crate) max_held: usize,
     /// When a rejection was last logged, and how many since were not.
     pub(crate) rejection_log: parking_lot::Mutex<(Option<Instant>, u64)>,
@@ -119,6 +121,35 @@ impl Ctx {
                  same moment); restart the broker"
             ),
         );
+    }
+
+    /// The server refused a pull from a durable consumer (409): counted,
+    /// reported in the bridge's health, and logged (at most once a
+    /// minute).
+    pub(crate) fn pull_refused(&self, stream: &str, consumer: &str, why: &str) {
+        self.count(
+            &self.counters.pulls_refused,
+            "tidings_bridge_pulls_refused_total",
+        );
+        let now = Instant::now();
+        let log = {
+            let mut seen = self.refused_pulls.lock();
+            seen.0 = Some(now);
+            let log = !seen
+                .1
+                .is_some_and(|at| now.duration_since(at) < Duration::from_secs(60));
+            if log {
+                seen.1 = Some(now);
+            }
+            log
+        };
+        if log {
+            warn(
+                &self.name,
+                stream,
+                &format!("the server refused a pull from consumer `{consumer}`: {why}"),
+            );
+        }
     }
 
     /// A task of the bridge failed and goes on: counted, reported.

@@ -157,6 +157,7 @@ impl Bridge {
             disconnects: n.disconnects,
             restarts: load(&c.restarts) + n.restarts,
             pulls_unanswered: load(&c.pulls_unanswered),
+            pulls_refused: load(&c.pulls_refused),
             broken_frames: n.broken_frames,
             server_errors: n.server_errors,
             unwritten: n.unwritten,
@@ -202,6 +203,11 @@ impl Bridge {
                 stats.pulls_unanswered,
                 self.ctx.unanswered.lock().0,
             ),
+            (
+                BridgeProblemKind::PullsRefused,
+                stats.pulls_refused,
+                self.ctx.refused_pulls.lock().0,
+            ),
         ] {
             if count > 0 {
                 problems.push(BridgeProblem {
@@ -222,6 +228,18 @@ impl Bridge {
     /// ([`Envelope::origin`](tidings::Envelope::origin)).
     pub fn origin(&self) -> &str {
         self.ctx.origin()
+    }
+
+    /// Whether `id` is an event id this bridge minted (for one of its
+    /// exports, or for a local event another process names as a cause):
+    /// its origin, and a tag only this bridge can make. An id that merely
+    /// starts with its [`origin`](Bridge::origin) is not; the bridge
+    /// rejects a message whose event id, cause or correlation claims its
+    /// origin without passing this check
+    /// ([`RejectReason::SpoofedOrigin`]). For applications that store ids
+    /// and take them back later.
+    pub fn verify(&self, id: &str) -> bool {
+        self.ctx.ids.is_ours(id)
     }
 
     /// The last error the server sent, if any (e.g. a permissions

@@ -57,7 +57,10 @@ pub enum RejectReason {
         /// The limit, in bytes.
         limit: usize,
     },
-    /// It carries this bridge's origin, but is not one of its own exports.
+    /// It carries this bridge's origin, but is not one of its own exports;
+    /// or its event id, cause or correlation claims this bridge's origin
+    /// with a tag the bridge never minted (see
+    /// [`Bridge::verify`](crate::Bridge::verify)).
     SpoofedOrigin,
     /// The local bus refused the event (shut down, or a full `Fail`
     /// subscription); in durable mode the message is redelivered instead.

@@ -71,6 +71,12 @@ pub struct BridgeStats {
     /// "Replicas"). Logged, and reported by
     /// [`Bridge::health`](crate::Bridge::health).
     pub pulls_unanswered: u64,
+    /// Pulls from a durable consumer that the server refused (status
+    /// 409): a stored message larger than the pull's byte limit (the
+    /// importer then fetches it alone and rejects it as oversize), too many
+    /// pulls waiting, the consumer deleted. Logged, and reported by
+    /// [`Bridge::health`](crate::Bridge::health).
+    pub pulls_refused: u64,
     /// Frames from the server that could not be parsed (each cost a
     /// reconnect).
     pub broken_frames: u64,
@@ -98,6 +104,7 @@ pub(crate) struct Counters {
     pub(crate) restarts: AtomicU64,
     pub(crate) pulls_unanswered: AtomicU64,
     pub(crate) kept_alive: AtomicU64,
+    pub(crate) pulls_refused: AtomicU64,
 }
 
 /// What [`Bridge::health`](crate::Bridge::health) found.
@@ -139,6 +146,9 @@ pub enum BridgeProblemKind {
     /// A durable consumer answered no pull
     /// ([`BridgeStats::pulls_unanswered`](crate::BridgeStats::pulls_unanswered)).
     PullsUnanswered,
+    /// The server refused pulls from a durable consumer
+    /// ([`BridgeStats::pulls_refused`](crate::BridgeStats::pulls_refused)).
+    PullsRefused,
 }
 
 impl BridgeHealth {

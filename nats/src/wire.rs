@@ -145,6 +145,13 @@ impl Ids {
         }
     }
 
+    /// Whether `id` claims to be minted by this bridge: it starts with its
+    /// origin. Only [`is_ours`](Ids::is_ours) tells whether it was.
+    pub(crate) fn claims_ours(&self, id: &str) -> bool {
+        id.strip_prefix(self.origin.as_str())
+            .is_some_and(|rest| rest.starts_with('-'))
+    }
+
     /// Whether `id` was minted by this bridge.
     pub(crate) fn is_ours(&self, id: &str) -> bool {
         let Some(rest) = id

@@ -968,3 +968,151 @@ fn raw_publish_refused(guest: &mut common::Raw) {
 
 /// The server configuration of the README's threat model.
 const THREAT_MODEL_CONFIG: &str = include_str!("../examples/nats-server.conf");
+
+/// Issue 21, defect 2: one stored message larger than the importer's pull
+/// (`max_bytes`) made the server answer every pull with `409 Message Size
+/// Exceeds MaxBytes`, which the importer took for an ordinary end of pull:
+/// the import stopped for good, silently. The importer now fetches that
+/// message alone, rejects it as oversize and terminates it, and goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_message_larger_than_a_pull_is_rejected_and_the_import_goes_on() {
+    let server = NatsServer::start();
+    let mut b = billing();
+    let setup = Bridge::builder(&b.bus, server.connect())
+        .name("setup")
+        .durable(durable())
+        .export::<OrderCreated>()
+        .start()
+        .await
+        .unwrap();
+    setup.shutdown(LONG).await;
+    let mut raw = server.raw(None);
+    raw.publish(b"orders.created", None, &order(0));
+    raw.publish(b"orders.created", None, &vec![b' '; 1_000_000]);
+    for id in 1..=20 {
+        raw.publish(b"orders.created", None, &order(id));
+    }
+    raw.sync();
+    let limit = 512 * 1024;
+    let bridge = Bridge::builder(&b.bus, server.connect())
+        .name("billing")
+        .durable(durable())
+        .max_payload(limit)
+        .max_held_bytes(1024 * 1024)
+        .import::<OrderCreated>()
+        .start()
+        .await
+        .unwrap();
+    for id in 0..=20 {
+        assert_eq!(next("an honest order", b.orders.recv()).await.id, id);
+    }
+    let rejected = next("the oversize message", b.rejected.recv()).await;
+    assert_eq!(rejected.reason, RejectReason::Oversize { limit });
+    assert_eq!(rejected.raw_len, 1_000_000);
+    until("every stored message to be answered", || {
+        let s = bridge.stats();
+        s.imported == 21 && s.rejected == 1 && s.unacknowledged == 0
+    })
+    .await;
+    // The refused pull was counted and is a finding of the bridge's health.
+    assert!(bridge.stats().pulls_refused >= 1, "{:?}", bridge.stats());
+    let health = bridge.health();
+    assert!(
+        health
+            .problems
+            .iter()
+            .any(|p| p.kind == BridgeProblemKind::PullsRefused),
+        "{health}"
+    );
+    let report = bridge.shutdown(LONG).await;
+    assert!(report.is_clean(), "{report:?}");
+    let info = async_nats::jetstream::new(server.client().await)
+        .get_stream("ORDERS")
+        .await
+        .unwrap()
+        .consumer_info("billing-orders_created")
+        .await
+        .unwrap();
+    assert_eq!((info.num_ack_pending, info.num_pending), (0, 0), "{info:?}");
+}
+
+/// Issue 21, defect 7: headers that claim this bridge's origin (an event id,
+/// a cause, a correlation) with a tag it never minted were imported, and
+/// reached handlers as `Remote(..)`. Every id that claims its origin is now
+/// checked against its tag; a forged one is rejected and counted. A real
+/// one (an event this bridge exported, named as a cause by another
+/// process) still passes, and `Bridge::verify` tells them apart for ids an
+/// application stores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_that_claim_this_bridges_origin_are_checked_against_its_tag() {
+    use futures::StreamExt;
+    let server = NatsServer::start();
+    let mut b = billing();
+    let bridge = Bridge::builder(&b.bus, server.connect())
+        .name("billing")
+        .export::<OrderCreated>()
+        .import::<OrderCreated>()
+        .start()
+        .await
+        .unwrap();
+    let spy = server.client().await;
+    let mut seen = spy.subscribe("orders.created").await.unwrap();
+    common::round_trip(&spy).await;
+    b.bus.publish(OrderCreated { id: 1 }).await.unwrap();
+    let exported = next("the exported order", seen.next()).await;
+    let real_id = exported
+        .headers
+        .as_ref()
+        .unwrap()
+        .get("Tidings-Event-Id")
+        .unwrap()
+        .as_str()
+        .to_owned();
+    assert!(bridge.verify(&real_id), "{real_id}");
+    assert_eq!(next("the local order", b.orders.recv()).await.id, 1);
+    let origin = bridge.origin().to_owned();
+    let forged = [
+        format!("{origin}-ffff-0000000000000000"),
+        format!("{origin}-1-0000000000000000"),
+        format!("{origin}-zz"),
+    ];
+    for id in &forged {
+        assert!(!bridge.verify(id), "{id}");
+    }
+    let mut raw = server.raw(None);
+    for (i, id) in forged.iter().enumerate() {
+        for header in [
+            "Tidings-Event-Id",
+            "Tidings-Caused-By",
+            "Tidings-Correlation",
+        ] {
+            let line = format!("{header}: {id}");
+            raw.hpub(
+                b"orders.created",
+                &header_block(&[line.as_bytes()]),
+                &order(100 + i as u64),
+            );
+        }
+    }
+    // Another process's event caused by ours, with our real id: imported.
+    let caused = format!("Tidings-Caused-By: {real_id}");
+    raw.hpub(
+        b"orders.created",
+        &header_block(&[b"Tidings-Event-Id: shop-1-abc", caused.as_bytes()]),
+        &order(7),
+    );
+    raw.sync();
+    for _ in 0..forged.len() * 3 {
+        let r = next("a rejection", b.rejected.recv()).await;
+        assert_eq!(r.reason, RejectReason::SpoofedOrigin, "{r:?}");
+    }
+    let honest = next("the honest follow-up", b.orders.recv()).await;
+    assert_eq!(honest.id, 7);
+    assert_eq!(
+        honest.caused_by().map(ToString::to_string).as_deref(),
+        Some(real_id.as_str())
+    );
+    assert!(b.orders.try_recv().is_err(), "no forged order got through");
+    let stats = bridge.stats();
+    assert_eq!((stats.rejected, stats.imported), (9, 1), "{stats:?}");
+}

@@ -37,6 +37,11 @@ pub(super) async fn durable_loop(
     let mut generation = ctx.conn.generation();
     // Ask for no more bytes than may wait; at least one whole message.
     let max_bytes = (ctx.conn_budget() / 2).max(ctx.max_payload);
+    // The next stored message is larger than a pull may fetch: the next
+    // pull asks for it alone, with no byte limit, so that it is rejected as
+    // oversize (it streams past the connection) instead of blocking every
+    // pull behind it.
+    let mut alone = false;
     while !*stopped.borrow() {
         // No more in hand than one batch: what waits in the local queues
         // waits for its acknowledgement, and the consumer's `ack_wait` runs
@@ -47,6 +52,11 @@ pub(super) async fn durable_loop(
             continue;
         };
         generation.borrow_and_update();
+        let (batch, max_bytes) = if std::mem::take(&mut alone) {
+            (1, 0)
+        } else {
+            (batch, max_bytes)
+        };
         if !js::pull(
             &ctx.conn,
             &pull.stream,
@@ -90,6 +100,15 @@ pub(super) async fn durable_loop(
             match pulled(&leased) {
                 Pulled::Heartbeat => {}
                 Pulled::Over => break,
+                Pulled::Refused(why) => {
+                    ctx.pull_refused(&pull.stream, &pull.consumer, &why);
+                    alone = why.contains("Message Size Exceeds MaxBytes");
+                    if !alone {
+                        // Whatever it is, do not ask again at once.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    break;
+                }
                 Pulled::Message(reply) => {
                     let Some(seq) = js::stream_seq(&reply, &pull.stream, &pull.consumer) else {
                         // Not an acknowledgement subject of this consumer:
@@ -158,8 +177,12 @@ enum Pulled {
     Message(Bytes),
     /// The server is still there.
     Heartbeat,
-    /// The pull is over (expired, no messages, or refused).
+    /// The pull is over (expired, or no messages).
     Over,
+    /// The server refused the pull (409), with its reason: a stored message
+    /// larger than the pull's byte limit, too many pulls waiting, the
+    /// consumer deleted, … Counted, and reported in the bridge's health.
+    Refused(String),
     /// Something that is not JetStream's (someone else published to the
     /// inbox): imported like any message, so it is checked and rejected.
     Stray,
@@ -180,14 +203,13 @@ fn pulled(leased: &Leased) -> Pulled {
         }
         return Pulled::Stray;
     }
-    let status = msg
-        .headers
-        .as_ref()
-        .and_then(|h| Headers::parse(h).ok())
-        .and_then(|h| h.status);
-    match status {
+    let Some(headers) = msg.headers.as_ref().and_then(|h| Headers::parse(h).ok()) else {
+        return Pulled::Stray;
+    };
+    match headers.status {
         Some(100) => Pulled::Heartbeat,
-        Some(404 | 408 | 409) => Pulled::Over,
+        Some(404 | 408) => Pulled::Over,
+        Some(409) => Pulled::Refused(lossy(&headers.description)),
         _ => Pulled::Stray,
     }
 }

@@ -275,6 +275,17 @@ pub(super) async fn import(ctx: &Ctx, leased: &Leased, stored: Option<Stored<'_>
     if headers.get(wire::ORIGIN).map(|o| &o[..]) == Some(ctx.origin().as_bytes()) {
         return reject(ctx, subject, RejectReason::SpoofedOrigin, payload, event_id).await;
     }
+    // An id, a cause or a correlation that claims this bridge's origin is
+    // one it minted, checked against its tag, or a forgery: such a message
+    // would name (or suppress, by its id) an event it has nothing to do
+    // with.
+    let forged = [&event_id, &caused_by, &correlation]
+        .into_iter()
+        .flatten()
+        .any(|id| ctx.ids.claims_ours(id) && !ctx.ids.is_ours(id));
+    if forged {
+        return reject(ctx, subject, RejectReason::SpoofedOrigin, payload, event_id).await;
+    }
     let topic = std::str::from_utf8(subject)
         .ok()
         .and_then(|s| ctx.topic_of(s))
