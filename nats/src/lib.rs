@@ -259,7 +259,10 @@ impl Bridge {
     /// be sent by then is counted in the report ([`BridgeReport::unsent`]:
     /// still queued or in an exporter's hands; [`BridgeReport::unwritten`]:
     /// handed to the connection, never written) and the bridge stops
-    /// anyway.
+    /// anyway. It returns within the deadline plus 100 ms: the most it
+    /// then waits for the connection to say what it could not write (even
+    /// in the middle of an outage, while the connection waits to try
+    /// again).
     pub async fn shutdown(mut self, deadline: Duration) -> BridgeReport {
         let start = Instant::now();
         let _ = self.stop.send(true);
@@ -296,8 +299,11 @@ impl Bridge {
             }
         }
         // Publishes handed to the connection but never written (it was
-        // down) are lost too.
-        let unwritten = self.ctx.conn.close_and_count(Duration::from_secs(1)).await;
+        // down) are lost too. The close gets what is left of the deadline,
+        // at least `CLOSE_GRACE`: the whole shutdown takes at most the
+        // deadline plus that.
+        let left = deadline.saturating_sub(start.elapsed()).max(CLOSE_GRACE);
+        let unwritten = self.ctx.conn.close_and_count(left).await;
         BridgeReport {
             stats: self.stats(),
             deadline_hit,
@@ -320,6 +326,10 @@ impl Bridge {
             .sum()
     }
 }
+
+/// How long a shutdown whose deadline passed still waits for the
+/// connection to say what it could not write.
+const CLOSE_GRACE: Duration = Duration::from_millis(100);
 
 impl Drop for Bridge {
     fn drop(&mut self) {

@@ -1116,3 +1116,59 @@ async fn ids_that_claim_this_bridges_origin_are_checked_against_its_tag() {
     let stats = bridge.stats();
     assert_eq!((stats.rejected, stats.imported), (9, 1), "{stats:?}");
 }
+
+/// Issue 21, defects 3 and 4: after an outage longer than the connection's
+/// back-off (2 s between attempts), a shutdown reported clean while the
+/// core exports it took had never left, and it overran its deadline by up
+/// to a second (the close waited 1 s for a connection task asleep in its
+/// back-off). The connection task now sees a close at once, even while it
+/// waits to reconnect, and the shutdown gives the close only what is left
+/// of its deadline (at least 100 ms).
+///
+/// The elapsed-time check has a generous margin for a loaded machine; it
+/// is there to catch the overrun of a whole second, not to measure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_long_outage_every_export_is_named_and_the_deadline_holds() {
+    let mut server = NatsServer::start();
+    let orders = bus();
+    let core = Bridge::builder(&orders, server.connect())
+        .name("orders")
+        .export::<OrderCreated>()
+        .start()
+        .await
+        .unwrap();
+    let stored = bus();
+    let durable_exporter = Bridge::builder(&stored, server.connect())
+        .name("stored")
+        .durable(durable())
+        .export::<OrderCreated>()
+        .start()
+        .await
+        .unwrap();
+    server.stop();
+    // Longer than the back-off between reconnect attempts.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for id in 1..=5 {
+        orders.publish(OrderCreated { id }).await.unwrap();
+        stored.publish(OrderCreated { id }).await.unwrap();
+    }
+    until("the core exports to be handed over", || {
+        core.stats().exported == 5
+    })
+    .await;
+    let deadline = Duration::from_secs(2);
+    let margin = Duration::from_millis(100) + Duration::from_millis(600);
+    let report = core.shutdown(deadline).await;
+    assert_eq!(
+        report.unsent + report.unwritten,
+        5,
+        "every export named: {report:?}"
+    );
+    assert!(!report.is_clean(), "{report:?}");
+    assert!(report.elapsed <= deadline + margin, "{report:?}");
+    let report = durable_exporter.shutdown(deadline).await;
+    assert!(report.deadline_hit, "{report:?}");
+    assert_eq!(report.unsent, 5, "{report:?}");
+    assert!(!report.is_clean(), "{report:?}");
+    assert!(report.elapsed <= deadline + margin, "{report:?}");
+}

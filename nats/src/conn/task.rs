@@ -104,11 +104,10 @@ impl Task {
                         t
                     }
                     Err(_) => {
-                        if self.drain_commands_while_down() {
+                        if self.drain_commands_while_down() || self.back_off(delay).await {
                             let unwritten = self.held_pubs;
                             return self.finish(unwritten);
                         }
-                        tokio::time::sleep(delay).await;
                         delay = (delay * 2).min(Duration::from_secs(2));
                         continue;
                     }
@@ -155,11 +154,43 @@ impl Task {
         }
     }
 
+    /// Waits `delay` before the next attempt to connect, taking commands
+    /// meanwhile: a close is seen at once, not after the back-off (which
+    /// made a shutdown overrun its deadline and miss what it lost). `true`
+    /// if the bridge closed the connection.
+    async fn back_off(&mut self, delay: Duration) -> bool {
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = &mut sleep => return false,
+                cmd = self.rx.recv() => match cmd {
+                    Some(cmd) => {
+                        if self.apply_while_down(cmd) {
+                            return true;
+                        }
+                    }
+                    None => return true,
+                },
+            }
+        }
+    }
+
     /// While down: applies subscriptions (made on reconnect), keeps
     /// publishes for when it is back (within their room). `true` if the
     /// bridge closed the connection.
     fn drain_commands_while_down(&mut self) -> bool {
         while let Ok(cmd) = self.rx.try_recv() {
+            if self.apply_while_down(cmd) {
+                return true;
+            }
+        }
+        self.rx.is_closed()
+    }
+
+    /// One command while down; `true` if it closes the connection.
+    fn apply_while_down(&mut self, cmd: Cmd) -> bool {
+        {
             match cmd {
                 Cmd::Sub {
                     sid,
@@ -186,7 +217,7 @@ impl Task {
                 }
             }
         }
-        self.rx.is_closed()
+        false
     }
 
     /// Stops for good: what was not written is counted, and whoever closed
