@@ -56,7 +56,8 @@ pub struct BridgeStats {
     /// Deliveries dropped because the bytes waiting for the importer were
     /// at [`BridgeBuilder::max_held_bytes`](crate::BridgeBuilder::max_held_bytes) (core NATS, a flood).
     pub dropped: u64,
-    /// Bytes of messages from NATS waiting for the importer now.
+    /// Bytes of messages from NATS waiting for the importer now, each
+    /// counted at what it costs: its bytes and 256 for its bookkeeping.
     pub held_bytes: usize,
     /// Connections to NATS lost (each made again).
     pub disconnects: u64,
