@@ -1172,3 +1172,52 @@ async fn after_a_long_outage_every_export_is_named_and_the_deadline_holds() {
     assert!(!report.is_clean(), "{report:?}");
     assert!(report.elapsed <= deadline + margin, "{report:?}");
 }
+
+/// Issue 21, defect 6: in core mode, anyone allowed to subscribe to an
+/// imported subject could join the replicas' queue group and take its
+/// share of the messages, uncounted. The threat model's configuration lets
+/// the auditing service read the orders, but refuses it the queue group
+/// `billing`; the billing replicas get every order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intruder_is_refused_the_replicas_queue_group() {
+    let server = NatsServer::start_with(Some(THREAT_MODEL_CONFIG));
+    let (orders, mut b) = (bus(), billing());
+    let importer = Bridge::builder(
+        &b.bus,
+        server.connect().user_and_password("billing", "billing-pw"),
+    )
+    .name("billing")
+    .group("billing")
+    .import::<OrderCreated>()
+    .start()
+    .await
+    .unwrap();
+    let _exporter = Bridge::builder(
+        &orders,
+        server.connect().user_and_password("orders", "orders-pw"),
+    )
+    .name("orders")
+    .export::<OrderCreated>()
+    .start()
+    .await
+    .unwrap();
+    let mut audit = server.raw(Some(("audit", "audit-pw")));
+    audit.send(b"SUB orders.created billing 1\r\nSUB orders.created 2\r\n");
+    let answer = audit.sync();
+    assert!(
+        answer.contains("Permissions Violation for Subscription to \"orders.created\" using queue \"billing\""),
+        "the intruder is refused the group: {answer}"
+    );
+    assert_eq!(
+        answer.matches("Permissions Violation").count(),
+        1,
+        "a plain subscription is allowed: {answer}"
+    );
+    for id in 1..=30 {
+        orders.publish(OrderCreated { id }).await.unwrap();
+    }
+    for id in 1..=30 {
+        assert_eq!(next("every order, to billing", b.orders.recv()).await.id, id);
+    }
+    assert_eq!(importer.stats().imported, 30);
+}
