@@ -354,6 +354,7 @@ impl BridgeBuilder {
             last_restart: parking_lot::Mutex::new(None),
             unanswered: parking_lot::Mutex::new((None, None)),
             refused_pulls: parking_lot::Mutex::new((None, None)),
+            last_recreated: parking_lot::Mutex::new(None),
             max_held: self.max_held,
             rejection_log: parking_lot::Mutex::new((None, 0)),
         });

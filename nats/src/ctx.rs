@@ -40,6 +40,8 @@ pub(crate) struct Ctx {
     pub(crate) last_restart: parking_lot::Mutex<Option<Instant>>,
     /// When a pull last went unanswered, and when that was last logged.
     pub(crate) unanswered: parking_lot::Mutex<(Option<Instant>, Option<Instant>)>,
+    /// When a durable consumer was last made again.
+    pub(crate) last_recreated: parking_lot::Mutex<Option<Instant>>,
     /// When a pull was last refused, and when that was last logged.
     pub(crate) refused_pulls: parking_lot::Mutex<(Option<Instant>, Option<Instant>)>,
     pub(crate) max_held: usize,
@@ -118,7 +120,7 @@ impl Ctx {
                 "consumer `{consumer}` of stream `{stream}` answered no pull, not even \
                  when it expired: the broker's consumer is stuck (nats-server before \
                  2.9.15 can do this to a consumer created by several replicas at the \
-                 same moment); restart the broker"
+                 same moment), though it exists; restarting the broker clears it"
             ),
         );
     }
@@ -150,6 +152,24 @@ impl Ctx {
                 &format!("the server refused a pull from consumer `{consumer}`: {why}"),
             );
         }
+    }
+
+    /// A durable consumer was gone and was made again: counted, reported
+    /// in the bridge's health, logged. What it had delivered and not had
+    /// acknowledged is delivered again by the new one (from the start of
+    /// what the stream holds: handled once more only if no longer in the
+    /// topic's dedup window).
+    pub(crate) fn consumer_recreated(&self, stream: &str, consumer: &str) {
+        self.count(
+            &self.counters.consumers_recreated,
+            "tidings_bridge_consumers_recreated_total",
+        );
+        *self.last_recreated.lock() = Some(Instant::now());
+        warn(
+            &self.name,
+            stream,
+            &format!("consumer `{consumer}` of stream `{stream}` was gone (deleted?): made again"),
+        );
     }
 
     /// A task of the bridge failed and goes on: counted, reported.

@@ -260,6 +260,24 @@ pub(crate) async fn ensure_consumer(conn: &Conn, c: &ConsumerConfig<'_>) -> Resu
     }
 }
 
+/// Whether the durable consumer is gone (deleted, or never made): the
+/// broker answers its info request with "consumer not found".
+pub(crate) async fn consumer_missing(
+    conn: &Conn,
+    stream: &str,
+    name: &str,
+) -> Result<bool, JsError> {
+    let info = format!("$JS.API.CONSUMER.INFO.{stream}.{name}");
+    match api::<ConsumerInfo>(conn, &info, &json!({})).await {
+        Ok(_) => Ok(false),
+        // 10014: consumer not found.
+        Err(JsError::Api {
+            err_code: 10014, ..
+        }) => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
 /// The acknowledgement of a publish to a stream.
 #[derive(Debug, Deserialize)]
 pub(crate) struct PubAck {

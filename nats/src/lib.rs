@@ -158,6 +158,7 @@ impl Bridge {
             restarts: load(&c.restarts) + n.restarts,
             pulls_unanswered: load(&c.pulls_unanswered),
             pulls_refused: load(&c.pulls_refused),
+            consumers_recreated: load(&c.consumers_recreated),
             broken_frames: n.broken_frames,
             server_errors: n.server_errors,
             unwritten: n.unwritten,
@@ -207,6 +208,11 @@ impl Bridge {
                 BridgeProblemKind::PullsRefused,
                 stats.pulls_refused,
                 self.ctx.refused_pulls.lock().0,
+            ),
+            (
+                BridgeProblemKind::ConsumerRecreated,
+                stats.consumers_recreated,
+                *self.ctx.last_recreated.lock(),
             ),
         ] {
             if count > 0 {

@@ -78,6 +78,10 @@ pub struct BridgeStats {
     /// pulls waiting, the consumer deleted. Logged, and reported by
     /// [`Bridge::health`](crate::Bridge::health).
     pub pulls_refused: u64,
+    /// Durable consumers found gone (deleted by someone, or lost by the
+    /// broker) and made again. Logged, and reported by
+    /// [`Bridge::health`](crate::Bridge::health).
+    pub consumers_recreated: u64,
     /// Frames from the server that could not be parsed (each cost a
     /// reconnect).
     pub broken_frames: u64,
@@ -106,6 +110,7 @@ pub(crate) struct Counters {
     pub(crate) pulls_unanswered: AtomicU64,
     pub(crate) kept_alive: AtomicU64,
     pub(crate) pulls_refused: AtomicU64,
+    pub(crate) consumers_recreated: AtomicU64,
 }
 
 /// What [`Bridge::health`](crate::Bridge::health) found.
@@ -150,6 +155,9 @@ pub enum BridgeProblemKind {
     /// The server refused pulls from a durable consumer
     /// ([`BridgeStats::pulls_refused`](crate::BridgeStats::pulls_refused)).
     PullsRefused,
+    /// A durable consumer was gone and was made again
+    /// ([`BridgeStats::consumers_recreated`](crate::BridgeStats::consumers_recreated)).
+    ConsumerRecreated,
 }
 
 impl BridgeHealth {

@@ -1205,7 +1205,9 @@ async fn an_intruder_is_refused_the_replicas_queue_group() {
     audit.send(b"SUB orders.created billing 1\r\nSUB orders.created 2\r\n");
     let answer = audit.sync();
     assert!(
-        answer.contains("Permissions Violation for Subscription to \"orders.created\" using queue \"billing\""),
+        answer.contains(
+            "Permissions Violation for Subscription to \"orders.created\" using queue \"billing\""
+        ),
         "the intruder is refused the group: {answer}"
     );
     assert_eq!(
@@ -1217,7 +1219,144 @@ async fn an_intruder_is_refused_the_replicas_queue_group() {
         orders.publish(OrderCreated { id }).await.unwrap();
     }
     for id in 1..=30 {
-        assert_eq!(next("every order, to billing", b.orders.recv()).await.id, id);
+        assert_eq!(
+            next("every order, to billing", b.orders.recv()).await.id,
+            id
+        );
     }
     assert_eq!(importer.stats().imported, 30);
+}
+
+/// Issue 21, defect 6 (durable): a deleted shared consumer is made again,
+/// counted and reported, and the import goes on; what the new consumer
+/// delivers again is recognised by its key, never handled twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_consumer_is_made_again_and_the_import_goes_on() {
+    let server = NatsServer::start();
+    let mut b = billing();
+    let bridge = Bridge::builder(&b.bus, server.connect())
+        .name("billing")
+        .durable(durable())
+        .import::<OrderCreated>()
+        .start()
+        .await
+        .unwrap();
+    // Orders with ids, as another process's bridge exports them: a
+    // redelivery is recognised by its id.
+    let mut raw = server.raw(None);
+    let publish = |raw: &mut common::Raw, id: u64| {
+        let header = format!("Tidings-Event-Id: shop-{id:x}-0000000000000000");
+        raw.hpub(
+            b"orders.created",
+            &header_block(&[header.as_bytes()]),
+            &order(id),
+        );
+    };
+    for id in 1..=5 {
+        publish(&mut raw, id);
+    }
+    raw.sync();
+    for id in 1..=5 {
+        assert_eq!(next("an order", b.orders.recv()).await.id, id);
+    }
+    until("the first orders acknowledged", || {
+        bridge.stats().unacknowledged == 0
+    })
+    .await;
+    let js = async_nats::jetstream::new(server.client().await);
+    js.get_stream("ORDERS")
+        .await
+        .unwrap()
+        .delete_consumer("billing-orders_created")
+        .await
+        .unwrap();
+    for id in 6..=10 {
+        publish(&mut raw, id);
+    }
+    raw.sync();
+    for id in 6..=10 {
+        assert_eq!(
+            next("an order after the deletion", b.orders.recv())
+                .await
+                .id,
+            id
+        );
+    }
+    until("the consumer made again", || {
+        bridge.stats().consumers_recreated >= 1
+    })
+    .await;
+    let health = bridge.health();
+    assert!(
+        health
+            .problems
+            .iter()
+            .any(|p| p.kind == BridgeProblemKind::ConsumerRecreated),
+        "{health}"
+    );
+    // Orders 1 to 5, delivered again by the new consumer, are duplicates.
+    until("the redeliveries recognised", || {
+        bridge.stats().duplicates >= 5
+    })
+    .await;
+    assert!(b.orders.try_recv().is_err(), "nothing handled twice");
+}
+
+/// Issue 21, defect 6 (durable): a message the shared consumer gave up on
+/// is named once for the group, not once per replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undeliverable_message_is_named_once_for_the_group() {
+    let server = NatsServer::start();
+    let mut members = Vec::new();
+    let mut rejections = Vec::new();
+    let mut fulls = Vec::new();
+    for i in 0..2 {
+        let bus = bus();
+        rejections.push(bus.subscribe::<Rejected>().stream().unwrap());
+        // Full after one event, never read: every later import is refused.
+        fulls.push(
+            bus.subscribe::<OrderCreated>()
+                .name("full")
+                .capacity(1)
+                .overflow(Overflow::Fail)
+                .stream()
+                .unwrap(),
+        );
+        members.push(
+            Bridge::builder(&bus, server.connect())
+                .name(format!("billing-{i}"))
+                .group("billing")
+                .durable(
+                    durable()
+                        .max_deliver(3)
+                        .ack_wait(Duration::from_millis(300)),
+                )
+                .import::<OrderCreated>()
+                .start()
+                .await
+                .unwrap(),
+        );
+    }
+    let mut raw = server.raw(None);
+    for id in 1..=3 {
+        raw.publish(b"orders.created", None, &order(id));
+    }
+    raw.sync();
+    // Each member takes one order and is then full: the third is refused
+    // by both, three times, and given up on.
+    until("the undeliverable order named", || {
+        members.iter().map(|m| m.stats().rejected).sum::<u64>() >= 1
+    })
+    .await;
+    // Long enough for a second naming, were there one.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let named: u64 = members.iter().map(|m| m.stats().rejected).sum();
+    assert_eq!(named, 1, "named once for the group");
+    let mut reasons = Vec::new();
+    for r in &mut rejections {
+        while let Ok(rejected) = r.try_recv() {
+            reasons.push(rejected.reason.clone());
+        }
+    }
+    assert_eq!(reasons, [RejectReason::Undeliverable { deliveries: 3 }]);
 }

@@ -10,16 +10,58 @@ use bytes::Bytes;
 use futures::future::Either;
 use tokio::sync::watch;
 
-use super::super::conn::{Delivery, Leased, Subscription};
+use super::super::conn::{Conn, Delivery, Leased, Subscription};
 use super::super::proto::Headers;
 use super::super::{js, stopping, wire, Ctx, RejectReason};
 use super::{import, lossy, reject, Imported, InHand, IMPORT_BATCH, IMPORT_WAIT};
 
+/// A durable importer's consumer: where it pulls from, and the settings
+/// it is made (and made again) with.
 #[derive(Clone)]
 pub(super) struct Pull {
     pub(super) stream: String,
     pub(super) consumer: String,
     pub(super) inbox: String,
+    pub(super) filter: String,
+    pub(super) ack_wait: Duration,
+    pub(super) max_deliver: i64,
+}
+
+impl Pull {
+    /// Makes sure the consumer exists with its settings.
+    pub(super) async fn ensure_consumer(&self, conn: &Conn) -> Result<(), js::JsError> {
+        js::ensure_consumer(
+            conn,
+            &js::ConsumerConfig {
+                stream: &self.stream,
+                name: &self.consumer,
+                filter: &self.filter,
+                ack_wait: self.ack_wait,
+                max_deliver: self.max_deliver,
+                max_ack_pending: (IMPORT_BATCH * 4) as i64,
+            },
+        )
+        .await
+    }
+
+    /// The consumer answered no pull, or the server said it was deleted:
+    /// if it is gone (someone deleted it, a broker lost its state), it is
+    /// made again, counted and logged. `true` if it had to be.
+    async fn recreate_if_gone(&self, ctx: &Ctx) -> bool {
+        if !matches!(
+            js::consumer_missing(&ctx.conn, &self.stream, &self.consumer).await,
+            Ok(true)
+        ) {
+            return false;
+        }
+        match self.ensure_consumer(&ctx.conn).await {
+            Ok(()) => {
+                ctx.consumer_recreated(&self.stream, &self.consumer);
+                true
+            }
+            Err(_) => false,
+        }
+    }
 }
 
 /// Pulls batches from the durable consumer and imports them one by one,
@@ -83,7 +125,12 @@ pub(super) async fn durable_loop(
                 let changed = pin!(generation.changed());
                 match tokio::time::timeout_at(over, futures::future::select(recv, changed)).await {
                     Err(_) => {
-                        if !answered {
+                        // Nothing at all, on a connection that stayed up:
+                        // the consumer is gone (made again) or stuck.
+                        if !answered
+                            && ctx.conn.stats().connected
+                            && !pull.recreate_if_gone(ctx).await
+                        {
                             ctx.pull_unanswered(&pull.stream, &pull.consumer);
                         }
                         None
@@ -102,6 +149,9 @@ pub(super) async fn durable_loop(
                 Pulled::Over => break,
                 Pulled::Refused(why) => {
                     ctx.pull_refused(&pull.stream, &pull.consumer, &why);
+                    // "Consumer Deleted", or no responders for a consumer
+                    // that is no longer there: made again if gone.
+                    pull.recreate_if_gone(ctx).await;
                     alone = why.contains("Message Size Exceeds MaxBytes");
                     if !alone {
                         // Whatever it is, do not ask again at once.
@@ -181,7 +231,8 @@ enum Pulled {
     Over,
     /// The server refused the pull (409), with its reason: a stored message
     /// larger than the pull's byte limit, too many pulls waiting, the
-    /// consumer deleted, … Counted, and reported in the bridge's health.
+    /// consumer deleted, …; or nobody answers for the consumer (503, it is
+    /// gone). Counted, and reported in the bridge's health.
     Refused(String),
     /// Something that is not JetStream's (someone else published to the
     /// inbox): imported like any message, so it is checked and rejected.
@@ -209,7 +260,7 @@ fn pulled(leased: &Leased) -> Pulled {
     match headers.status {
         Some(100) => Pulled::Heartbeat,
         Some(404 | 408) => Pulled::Over,
-        Some(409) => Pulled::Refused(lossy(&headers.description)),
+        Some(409 | 503) => Pulled::Refused(lossy(&headers.description)),
         _ => Pulled::Stray,
     }
 }

@@ -89,26 +89,20 @@ pub(super) async fn start(
                     message: e.to_string(),
                 }
             };
-            js::ensure_consumer(
-                &ctx.conn,
-                &js::ConsumerConfig {
-                    stream: &durable.stream,
-                    name: &consumer,
-                    filter: &subject,
-                    ack_wait: durable.ack_wait,
-                    max_deliver: i64::from(durable.max_deliver),
-                    max_ack_pending: (IMPORT_BATCH * 4) as i64,
-                },
-            )
-            .await
-            .map_err(nats("create the durable consumer"))?;
-            let inbox = ctx.conn.inbox(&format!("pull.{consumer}"));
-            let sub = Arc::new(tokio::sync::Mutex::new(ctx.conn.subscribe(&inbox, None)));
             let pull = Pull {
                 stream: durable.stream.clone(),
                 consumer: consumer.clone(),
-                inbox,
+                inbox: ctx.conn.inbox(&format!("pull.{consumer}")),
+                filter: subject.clone(),
+                ack_wait: durable.ack_wait,
+                max_deliver: i64::from(durable.max_deliver),
             };
+            pull.ensure_consumer(&ctx.conn)
+                .await
+                .map_err(nats("create the durable consumer"))?;
+            let sub = Arc::new(tokio::sync::Mutex::new(
+                ctx.conn.subscribe(&pull.inbox, None),
+            ));
             let (c, stopped_pull) = (Arc::clone(ctx), stopped.clone());
             // This importer's messages handed to the bus, not yet handled.
             let mine = Arc::new(InHand::default());
@@ -138,9 +132,13 @@ pub(super) async fn start(
                 })
                 .await;
             }));
-            let advisories = ctx
-                .conn
-                .subscribe(&js::advisory_subject(&durable.stream, &consumer), None);
+            // The members of a group share the advisories of their shared
+            // consumer: each is read by one of them, so that a message the
+            // consumer gave up on is named once, not once per replica.
+            let advisories = ctx.conn.subscribe(
+                &js::advisory_subject(&durable.stream, &consumer),
+                ctx.queue_group.as_deref(),
+            );
             let advisories = Arc::new(tokio::sync::Mutex::new(advisories));
             let (c, stopped) = (Arc::clone(ctx), stopped.clone());
             let stream = durable.stream.clone();
