@@ -72,11 +72,14 @@ impl BridgeBuilder {
     /// - **Durable**: the members share one durable consumer per subject,
     ///   named after the group (not after each bridge's name). The server
     ///   hands each stored message to one member at a time; a member
-    ///   acknowledges it once its bus accepted the event, so a member that
-    ///   dies with messages taken but not acknowledged leaves them to be
-    ///   delivered to another member after the consumer's `ack_wait`.
-    ///   Events its bus had accepted but its handlers not yet run are lost
-    ///   with it: the acknowledgement is given at acceptance.
+    ///   acknowledges it once every subscription of its bus is done with
+    ///   the event (its handlers ran), so a member that dies with messages
+    ///   taken but not acknowledged leaves them to be delivered to another
+    ///   member after the consumer's `ack_wait`. Only an event it had
+    ///   finished handling but whose acknowledgement had not reached the
+    ///   broker is handled twice. On a topic with a retained log the
+    ///   acknowledgement goes at acceptance instead (the log holds events
+    ///   past their handling).
     ///
     /// Without a group, every bridge that imports a subject gets every
     /// message (in durable mode, through its own consumer).

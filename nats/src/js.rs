@@ -323,8 +323,6 @@ pub(crate) fn pull(
 pub(crate) enum Verdict {
     /// Done with it.
     Ack,
-    /// Never deliver it again.
-    Term,
     /// Deliver it again after this delay.
     Nak(Duration),
     /// Still working on it: restart the consumer's `ack_wait`.
@@ -362,7 +360,6 @@ pub(crate) fn ack(conn: &Conn, reply: &[u8], how: Verdict) -> bool {
     }
     let body: Bytes = match how {
         Verdict::Ack => Bytes::from_static(b"+ACK"),
-        Verdict::Term => Bytes::from_static(b"+TERM"),
         Verdict::Progress => Bytes::from_static(b"+WPI"),
         Verdict::Nak(delay) => format!(
             "-NAK {{\"delay\":{}}}",
@@ -383,6 +380,13 @@ pub(crate) struct MaxDeliveries {
 
 pub(crate) fn advisory_subject(stream: &str, consumer: &str) -> String {
     format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{consumer}")
+}
+
+/// The subject of the consumer's terminated-message advisories (a client
+/// answered `+TERM`); the advisory has the same fields as the
+/// max-deliveries one.
+pub(crate) fn terminated_subject(stream: &str, consumer: &str) -> String {
+    format!("$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.{stream}.{consumer}")
 }
 
 /// A stored message, fetched by sequence number.

@@ -67,8 +67,9 @@
 //! message. It never reaches a handler and never disappears: it is
 //! published on the bus as a [`Rejected`] event (topic [`REJECTED_TOPIC`],
 //! every field bounded), counted in [`BridgeStats`] and logged; in durable
-//! mode it is then acknowledged as terminated, so it is not redelivered
-//! forever. Deliveries wait for the importer under a byte budget
+//! mode it is then acknowledged (never terminated: every `+TERM` on a
+//! bridge's consumer is someone else's, and is named too), so it is not
+//! redelivered. Deliveries wait for the importer under a byte budget
 //! ([`BridgeBuilder::max_held_bytes`]); one over it is dropped and counted.
 //!
 //! # Loops
@@ -159,6 +160,7 @@ impl Bridge {
             pulls_unanswered: load(&c.pulls_unanswered),
             pulls_refused: load(&c.pulls_refused),
             consumers_recreated: load(&c.consumers_recreated),
+            terminated_elsewhere: load(&c.terminated_elsewhere),
             broken_frames: n.broken_frames,
             server_errors: n.server_errors,
             unwritten: n.unwritten,

@@ -72,6 +72,12 @@ pub enum RejectReason {
         /// Deliveries made.
         deliveries: u64,
     },
+    /// Durable mode: a client other than the bridge took it from the
+    /// bridge's consumer and terminated it (`+TERM`), so the bridge never
+    /// imported it (the server's terminated-message advisory). A bridge
+    /// never terminates a message itself: it acknowledges what it rejects,
+    /// so every termination on its consumer is someone else's.
+    TerminatedElsewhere,
 }
 
 impl fmt::Display for RejectReason {
@@ -88,6 +94,9 @@ impl fmt::Display for RejectReason {
             RejectReason::Undeliverable { deliveries } => {
                 write!(f, "given up by JetStream after {deliveries} deliveries")
             }
+            RejectReason::TerminatedElsewhere => {
+                f.write_str("terminated on the bridge's consumer by another client")
+            }
         }
     }
 }
@@ -103,6 +112,7 @@ impl RejectReason {
             RejectReason::SpoofedOrigin => "spoofed_origin",
             RejectReason::Refused(_) => "refused",
             RejectReason::Undeliverable { .. } => "undeliverable",
+            RejectReason::TerminatedElsewhere => "terminated_elsewhere",
         }
     }
 }

@@ -78,6 +78,12 @@ pub struct BridgeStats {
     /// pulls waiting, the consumer deleted. Logged, and reported by
     /// [`Bridge::health`](crate::Bridge::health).
     pub pulls_refused: u64,
+    /// Stored messages another client took from the bridge's durable
+    /// consumer and terminated (`+TERM`), so that the bridge never
+    /// imported them; each is also named in a
+    /// [`Rejected`](crate::Rejected) (`TerminatedElsewhere`), once per
+    /// replica group, and counted in `rejected`.
+    pub terminated_elsewhere: u64,
     /// Durable consumers found gone (deleted by someone, or lost by the
     /// broker) and made again. Logged, and reported by
     /// [`Bridge::health`](crate::Bridge::health).
@@ -111,6 +117,7 @@ pub(crate) struct Counters {
     pub(crate) kept_alive: AtomicU64,
     pub(crate) pulls_refused: AtomicU64,
     pub(crate) consumers_recreated: AtomicU64,
+    pub(crate) terminated_elsewhere: AtomicU64,
 }
 
 /// What [`Bridge::health`](crate::Bridge::health) found.

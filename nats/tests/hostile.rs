@@ -1360,3 +1360,74 @@ async fn an_undeliverable_message_is_named_once_for_the_group() {
     }
     assert_eq!(reasons, [RejectReason::Undeliverable { deliveries: 3 }]);
 }
+
+/// Issue 21, defect 6 (durable): a client that takes messages from the
+/// bridge's consumer and terminates them (`+TERM`) made them vanish,
+/// uncounted. The bridge never terminates a message itself, so every
+/// termination advisory on its consumer is someone else's: each such
+/// message is named in a `Rejected`, and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_terminated_by_another_client_are_named() {
+    use futures::StreamExt;
+    const ORDERS: u64 = 300;
+    let server = NatsServer::start();
+    let mut b = billing();
+    let bridge = Bridge::builder(&b.bus, server.connect())
+        .name("billing")
+        .durable(durable())
+        .import::<OrderCreated>()
+        .start()
+        .await
+        .unwrap();
+    let mut raw = server.raw(None);
+    for id in 0..ORDERS {
+        raw.publish(b"orders.created", None, &order(id));
+    }
+    raw.sync();
+    // The importer holds one batch the bus has not finished (the reader
+    // waits), and pulls no more; an intruder takes the rest from the same
+    // consumer and terminates each.
+    until("the importer to hold a batch", || {
+        bridge.stats().unacknowledged == 256
+    })
+    .await;
+    let js = async_nats::jetstream::new(server.client().await);
+    let consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream("ORDERS")
+        .await
+        .unwrap()
+        .get_consumer("billing-orders_created")
+        .await
+        .unwrap();
+    let mut taken = consumer
+        .fetch()
+        .max_messages(100)
+        .expires(Duration::from_millis(500))
+        .messages()
+        .await
+        .unwrap();
+    let mut terminated = 0u64;
+    while let Some(Ok(msg)) = taken.next().await {
+        msg.ack_with(async_nats::jetstream::AckKind::Term)
+            .await
+            .unwrap();
+        terminated += 1;
+    }
+    assert!(terminated > 0, "the intruder got some");
+    let mut handled = 0;
+    while handled + terminated < ORDERS {
+        next("an order", b.orders.recv()).await;
+        handled += 1;
+    }
+    for _ in 0..terminated {
+        let r = next("a terminated order named", b.rejected.recv()).await;
+        assert_eq!(r.reason, RejectReason::TerminatedElsewhere, "{r:?}");
+    }
+    let stats = bridge.stats();
+    assert_eq!(stats.terminated_elsewhere, terminated, "{stats:?}");
+    assert_eq!(
+        stats.imported + stats.terminated_elsewhere,
+        ORDERS,
+        "{stats:?}"
+    );
+}

@@ -181,7 +181,11 @@ pub(super) async fn durable_loop(
                     let how = match import(ctx, &leased, Some((seq, &reply, mine))).await {
                         Imported::Handed => None,
                         Imported::Done => Some(js::Verdict::Ack),
-                        Imported::Rejected => Some(js::Verdict::Term),
+                        // Named in a `Rejected` and done with: acknowledged,
+                        // never terminated, so that every termination on
+                        // this consumer is someone else's (see
+                        // `advisory_loop`).
+                        Imported::Rejected => Some(js::Verdict::Ack),
                         Imported::Retry => Some(js::Verdict::Nak(Duration::from_millis(200))),
                     };
                     if let Some(how) = how {
@@ -265,13 +269,27 @@ fn pulled(leased: &Leased) -> Pulled {
     }
 }
 
-/// Reads the consumer's max-deliveries advisories: each names a message the
-/// consumer gave up on, which becomes a [`Rejected`] with its bytes.
+/// Which advisories of the consumer an [`advisory_loop`] reads.
+#[derive(Copy, Clone, Debug)]
+pub(super) enum Advisory {
+    /// The consumer gave up on a message after `max_deliver` deliveries.
+    MaxDeliveries,
+    /// A client terminated a message (`+TERM`): never the bridge, which
+    /// acknowledges what it rejects.
+    Terminated,
+}
+
+/// Reads the consumer's advisories of one kind: each names a message the
+/// bridge will never import (the consumer gave up on it, or someone else
+/// terminated it), which becomes a [`Rejected`] with its bytes. The
+/// members of a replica group read them as a queue group: each advisory is
+/// named by one of them.
 pub(super) async fn advisory_loop(
     ctx: &Ctx,
     stream: &str,
     sub: &mut Subscription,
     stopped: watch::Receiver<bool>,
+    kind: Advisory,
 ) {
     let mut stop = pin!(stopping(stopped));
     loop {
@@ -285,8 +303,17 @@ pub(super) async fn advisory_loop(
         let Ok(advisory) = serde_json::from_slice::<js::MaxDeliveries>(&msg.payload) else {
             continue;
         };
-        let reason = RejectReason::Undeliverable {
-            deliveries: advisory.deliveries,
+        let reason = match kind {
+            Advisory::MaxDeliveries => RejectReason::Undeliverable {
+                deliveries: advisory.deliveries,
+            },
+            Advisory::Terminated => {
+                ctx.count(
+                    &ctx.counters.terminated_elsewhere,
+                    "tidings_bridge_terminated_elsewhere_total",
+                );
+                RejectReason::TerminatedElsewhere
+            }
         };
         match js::get_message(&ctx.conn, stream, advisory.stream_seq).await {
             Ok(stored) => {

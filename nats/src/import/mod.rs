@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 mod durable;
 mod in_hand;
 
-use durable::{advisory_loop, durable_loop, progress_loop, Pull};
+use durable::{advisory_loop, durable_loop, progress_loop, Advisory, Pull};
 pub(crate) use in_hand::InHand;
 
 use super::conn::{Delivery, Leased, Subscription};
@@ -50,7 +50,7 @@ pub(super) enum Imported {
     Done,
     /// Published (durable): acknowledged once the bus is done with it.
     Handed,
-    /// Rejected for good: terminate it (durable).
+    /// Rejected for good and named: acknowledge it (durable).
     Rejected,
     /// The bus refused it for now: have it redelivered (durable).
     Retry,
@@ -135,22 +135,34 @@ pub(super) async fn start(
             // The members of a group share the advisories of their shared
             // consumer: each is read by one of them, so that a message the
             // consumer gave up on is named once, not once per replica.
-            let advisories = ctx.conn.subscribe(
-                &js::advisory_subject(&durable.stream, &consumer),
-                ctx.queue_group.as_deref(),
-            );
-            let advisories = Arc::new(tokio::sync::Mutex::new(advisories));
-            let (c, stopped) = (Arc::clone(ctx), stopped.clone());
-            let stream = durable.stream.clone();
-            tasks.push(tokio::spawn(async move {
-                let ctx = Arc::clone(&c);
-                supervised(c, "advisories", || {
-                    let (ctx, sub, stopped) = (Arc::clone(&ctx), Arc::clone(&advisories), stopped.clone());
-                    let stream = stream.clone();
-                    async move { advisory_loop(&ctx, &stream, &mut *sub.lock().await, stopped).await }
-                })
-                .await;
-            }));
+            for (subject, kind) in [
+                (
+                    js::advisory_subject(&durable.stream, &consumer),
+                    Advisory::MaxDeliveries,
+                ),
+                (
+                    js::terminated_subject(&durable.stream, &consumer),
+                    Advisory::Terminated,
+                ),
+            ] {
+                let advisories = ctx.conn.subscribe(&subject, ctx.queue_group.as_deref());
+                let advisories = Arc::new(tokio::sync::Mutex::new(advisories));
+                let (c, stopped) = (Arc::clone(ctx), stopped.clone());
+                let stream = durable.stream.clone();
+                tasks.push(tokio::spawn(async move {
+                    let ctx = Arc::clone(&c);
+                    supervised(c, "advisories", || {
+                        let (ctx, sub, stopped) =
+                            (Arc::clone(&ctx), Arc::clone(&advisories), stopped.clone());
+                        let stream = stream.clone();
+                        async move {
+                            advisory_loop(&ctx, &stream, &mut *sub.lock().await, stopped, kind)
+                                .await
+                        }
+                    })
+                    .await;
+                }));
+            }
         }
     }
     Ok(tasks)
