@@ -98,19 +98,7 @@ impl Ctx {
             &self.counters.pulls_unanswered,
             "tidings_bridge_pulls_unanswered_total",
         );
-        let now = Instant::now();
-        let log = {
-            let mut seen = self.unanswered.lock();
-            seen.0 = Some(now);
-            let log = !seen
-                .1
-                .is_some_and(|at| now.duration_since(at) < Duration::from_secs(60));
-            if log {
-                seen.1 = Some(now);
-            }
-            log
-        };
-        if !log {
+        if !seen_now(&self.unanswered) {
             return;
         }
         warn(
@@ -133,19 +121,7 @@ impl Ctx {
             &self.counters.pulls_refused,
             "tidings_bridge_pulls_refused_total",
         );
-        let now = Instant::now();
-        let log = {
-            let mut seen = self.refused_pulls.lock();
-            seen.0 = Some(now);
-            let log = !seen
-                .1
-                .is_some_and(|at| now.duration_since(at) < Duration::from_secs(60));
-            if log {
-                seen.1 = Some(now);
-            }
-            log
-        };
-        if log {
+        if seen_now(&self.refused_pulls) {
             warn(
                 &self.name,
                 stream,
@@ -215,6 +191,22 @@ where
 /// A name unique to this bridge in this process run.
 pub(crate) fn origin_id(name: &str) -> String {
     format!("{name}.{}", conn::random_token())
+}
+
+/// Records that a kind of trouble was seen now (`.0`, for the health
+/// report); whether to log it, at most once a minute (`.1`: when it was
+/// last logged).
+fn seen_now(seen: &parking_lot::Mutex<(Option<Instant>, Option<Instant>)>) -> bool {
+    let now = Instant::now();
+    let mut seen = seen.lock();
+    seen.0 = Some(now);
+    let log = !seen
+        .1
+        .is_some_and(|at| now.duration_since(at) < Duration::from_secs(60));
+    if log {
+        seen.1 = Some(now);
+    }
+    log
 }
 
 /// Ready once the bridge is told to stop.
