@@ -151,8 +151,8 @@
 
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
-// `unsafe` lives in one module, the ring (`topic/ring.rs`), with a loom
-// model; everywhere else it is an error.
+// `unsafe` lives in one module, the ring (`topic/ring/`), with loom
+// models; everywhere else it is an error.
 #![deny(unsafe_code)]
 
 // Lets `#[derive(Event)]`'s `::tidings::…` paths resolve inside this crate.

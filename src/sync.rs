@@ -1,7 +1,7 @@
-//! The synchronization types of the ring (`topic/ring.rs`), the one place
+//! The synchronization types of the ring (`topic/ring/`), the one place
 //! where tidings carries state in atomics rather than under a lock. In the
 //! unit tests built with `--cfg tidings_loom` they are loom's, so that the loom models in
-//! `topic/ring.rs` explore every interleaving of that code (the way tokio
+//! `topic/ring/loom_models.rs` explore every interleaving of that code (the way tokio
 //! swaps its own `loom` facade in); otherwise they are std's and
 //! parking_lot's, with the same small API.
 //!

@@ -8,10 +8,7 @@ use std::sync::Arc;
 use super::deferred::Deferred;
 use super::queue::QueueSetup;
 use super::retained;
-use super::ring::{Ring, MAX_RING};
-use super::{
-    Breaker, Phase, RingRoom, SubEntry, SubscriptionState, TopicInner, TopicState, RETIRED,
-};
+use super::{Breaker, Phase, SubEntry, SubscriptionState, TopicInner, TopicState, RETIRED};
 use crate::config::{Overflow, StartAt};
 use crate::errors::SubscribeError;
 use crate::event::Event;
@@ -73,17 +70,7 @@ impl<E: Event> TopicState<E> {
             capacity: request.capacity,
         };
         let lossless = matches!(info.policy, Overflow::Block | Overflow::Fail);
-        let ring = if lossless && info.capacity <= MAX_RING {
-            match &inner.ring {
-                Some(ring) if ring.size() >= info.capacity => Some(Arc::clone(ring)),
-                Some(_) => None,
-                None => Some(Arc::new(Ring::new(
-                    info.capacity.max(self.config.default_capacity()),
-                ))),
-            }
-        } else {
-            None
-        };
+        let reads_ring = lossless && inner.ring.fits(info.capacity);
         // Each retained event it is given is held by it, as a live one is.
         replay.iter().for_each(|published| published.hold());
         let setup = QueueSetup {
@@ -93,27 +80,24 @@ impl<E: Event> TopicState<E> {
             start,
             callbacks: Arc::clone(&self.callbacks),
         };
-        let capacity = info.capacity;
+        // Nothing below can fail.
+        let (cursor, room) = if reads_ring {
+            let (cursor, room) = inner.ring.add_reader(
+                inner.next_seq,
+                info.capacity,
+                self.config.default_capacity(),
+            );
+            (Some(cursor), Some(room))
+        } else {
+            inner.own_subs += 1;
+            (None, None)
+        };
         let queue = Arc::new(SubscriptionState::new(
             info,
             watch::current(&self.watch),
             setup,
-            ring.as_ref().map(|ring| (Arc::clone(ring), inner.next_seq)),
+            cursor,
         ));
-        // Nothing below can fail.
-        let room = match ring {
-            Some(ring) => {
-                inner.ring.get_or_insert(ring);
-                inner.ring_subs += 1;
-                let until = inner.next_seq.saturating_add(capacity as u64);
-                inner.ring_until = inner.ring_until.min(until);
-                Some(RingRoom { until })
-            }
-            None => {
-                inner.own_subs += 1;
-                None
-            }
-        };
         inner.subs.push(SubEntry {
             queue: Arc::clone(&queue),
             ring: room,
@@ -168,20 +152,11 @@ impl<E: Event> TopicState<E> {
                     inner.retired.push_back(Arc::clone(&entry.queue));
                 }
                 self.metrics.subscriptions(inner.subs.len());
-                if entry.ring.is_some() {
-                    inner.ring_subs -= 1;
-                    if inner.ring_subs == 0 {
-                        // Nobody reads the ring: let go of the events it holds.
-                        inner.ring = None;
-                    }
-                    inner.ring_until = inner
-                        .subs
-                        .iter()
-                        .filter_map(|e| e.ring.as_ref().map(|r| r.until))
-                        .min()
-                        .unwrap_or(u64::MAX);
-                } else {
-                    inner.own_subs -= 1;
+                match &entry.ring {
+                    Some(room) => inner
+                        .ring
+                        .remove_reader(room, inner.subs.iter().filter_map(|e| e.ring.as_ref())),
+                    None => inner.own_subs -= 1,
                 }
             }
         }

@@ -12,7 +12,9 @@
 //! One file per role: the state of the topic (here), the publish path
 //! (`publish.rs`), the line of waiting publishers (`line.rs`), subscribing
 //! and leaving (`attach.rs`), the ring lossless subscriptions read
-//! (`ring.rs`), a subscription's bounded queue (`queue.rs`) and its state
+//! (`ring/`: the slots, a reader's `Cursor`, the publisher's `Writer`), a
+//! subscription's bounded queue (`queue.rs`, deferred drops in
+//! `deferred.rs`) and its state
 //! (`subscription.rs`, handler side in `handling.rs`), the retained log
 //! (`retained.rs`), the idempotency-key window (`keys.rs`), and a
 //! subscription's circuit breaker at run time (`breaker.rs`).
@@ -40,7 +42,7 @@ pub(crate) use breaker::{Breaker, Change, Permit};
 pub(crate) use handling::Final;
 use keys::Dedup;
 use queue::RingView;
-use ring::Ring;
+use ring::{ReaderRoom, Writer};
 pub(crate) use subscription::{ErasedQueue, SubscriptionState};
 
 use crate::any::DynEvent;
@@ -59,16 +61,10 @@ use deferred::Deferred;
 /// A subscription as its topic's publishers see it.
 pub(crate) struct SubEntry<E> {
     pub(crate) queue: Arc<SubscriptionState<E>>,
-    /// For a subscription that reads the topic's ring: what publishers know
-    /// of it without taking its lock.
-    pub(crate) ring: Option<RingRoom>,
-}
-
-pub(crate) struct RingRoom {
-    /// It has room for every sequence number below this one, as last looked
-    /// at: only publishes use room up, one sequence number each, so until
-    /// the topic reaches it there is room without looking again.
-    pub(crate) until: u64,
+    /// For a subscription that reads the topic's ring: the room it had
+    /// when publishers last looked, so that they need not take its lock
+    /// until the topic reaches it.
+    pub(crate) ring: Option<ReaderRoom>,
 }
 
 impl<E> SubEntry<E> {
@@ -100,15 +96,9 @@ pub(crate) struct TopicInner<E> {
     pub(crate) retained: VecDeque<Arc<Published<E>>>,
     /// Idempotency keys seen within the topic's window.
     pub(crate) dedup: Dedup,
-    /// The ring read by lossless subscriptions, while there are any.
-    pub(crate) ring: Option<Arc<Ring<E>>>,
-    pub(crate) ring_subs: usize,
-    /// The lowest `until` of the ring subscriptions (`u64::MAX` without
-    /// any): below it every one of them has room. Never above the true
-    /// lowest, since a publish that trusted a higher one could overwrite a
-    /// slot a reader has still to take: raised only by a publish that
-    /// looked at every ring subscription, or when one leaves.
-    pub(crate) ring_until: u64,
+    /// The ring read by lossless subscriptions, its readers and their
+    /// lowest room: below it a publish looks at none of them.
+    pub(crate) ring: Writer<E>,
     /// Subscriptions with a queue of their own (lossy ones, and lossless
     /// ones larger than the ring), which a publish visits one by one.
     pub(crate) own_subs: usize,
@@ -169,9 +159,7 @@ impl<E: Event> TopicState<E> {
                 refused: 0,
                 retained: VecDeque::new(),
                 dedup: Dedup::new(config.dedup_window()),
-                ring: None,
-                ring_subs: 0,
-                ring_until: u64::MAX,
+                ring: Writer::new(),
                 own_subs: 0,
                 phase: Phase::Open,
                 next_seq: 1,

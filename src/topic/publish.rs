@@ -237,8 +237,7 @@ impl<E: Event> TopicState<E> {
         // publish that reaches it, or a topic with queues of their own,
         // visits the subscriptions one by one (so that a fan-out to 64 ring
         // readers costs a publish no loop at all).
-        if tail >= inner.ring_until || inner.own_subs > 0 {
-            let mut ring_until = u64::MAX;
+        if inner.ring.must_look(tail) || inner.own_subs > 0 {
             for entry in &mut inner.subs {
                 let q = &entry.queue;
                 let policy = q.info.policy;
@@ -249,12 +248,12 @@ impl<E: Event> TopicState<E> {
                 };
                 let has_room = match &mut entry.ring {
                     Some(r) => {
-                        if r.until <= tail {
-                            let room = q.ring_room(tail, wait) as u64;
-                            r.until = tail.saturating_add(room);
+                        if !r.fits(tail) {
+                            if let Some(room) = q.ring_room(tail, wait) {
+                                r.update(room);
+                            }
                         }
-                        ring_until = ring_until.min(r.until);
-                        r.until > tail
+                        r.fits(tail)
                     }
                     None if lossless => q.has_room(wait),
                     None => continue,
@@ -268,7 +267,11 @@ impl<E: Event> TopicState<E> {
             }
             // Exact once every ring subscription was looked at (a refusal
             // above leaves the old, lower bound: it only costs a look).
-            inner.ring_until = ring_until;
+            if inner.ring.readers() > 0 {
+                inner
+                    .ring
+                    .looked(inner.subs.iter().filter_map(|e| e.ring.as_ref()));
+            }
         }
         if let Some(full) = blocked {
             if let (Some(turn), Some(cx)) = (turn, cx) {
@@ -341,7 +344,8 @@ impl<E: Event> TopicState<E> {
         };
         // Ring subscriptions read the event from the ring; queues of their
         // own get it one by one.
-        receipt.enqueued = inner.ring_subs;
+        let ring_readers = inner.ring.readers();
+        receipt.enqueued = ring_readers;
         if inner.own_subs > 0 {
             for entry in inner.subs.iter().filter(|e| e.ring.is_none()) {
                 match entry.queue.push(&published, &mut dropped) {
@@ -358,13 +362,12 @@ impl<E: Event> TopicState<E> {
         // Last, so that the ring takes the publisher's own reference to the
         // event instead of another one (an atomic increment and decrement
         // fewer per publish).
-        if inner.ring_subs > 0 {
-            if let Some(ring) = &inner.ring {
-                if let Some(done) = &publishing {
-                    done.hold(inner.ring_subs);
-                }
-                ring.write(published, inner.ring_subs);
+        if ring_readers > 0 {
+            if let Some(done) = &publishing {
+                done.hold(ring_readers);
             }
+            let written = inner.ring.write(published);
+            debug_assert!(written, "a ring write below every reader's room");
         }
         drop(guard);
         if let Some(next) = next {

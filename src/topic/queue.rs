@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::task::Waker;
 
 use super::deferred::Deferred;
-use super::ring::Ring;
+use super::ring::Cursor;
 use super::Breaker;
 use crate::event::Published;
 use crate::resume::Started;
@@ -49,16 +49,8 @@ pub(super) struct Slot<E> {
 /// Where a subscription's events wait.
 pub(super) enum Buf<E> {
     Own(VecDeque<Slot<E>>),
-    Ring {
-        ring: Arc<Ring<E>>,
-        /// The first sequence number this subscription accepted.
-        start: u64,
-        /// The next sequence number to read.
-        next: u64,
-        /// One past the last sequence number it accepted, once closed;
-        /// `u64::MAX` while it takes events.
-        end: u64,
-    },
+    /// Its place in the topic's ring.
+    Ring(Cursor<E>),
 }
 
 /// What the publisher side knows of a ring subscription: the topic's next
@@ -130,7 +122,7 @@ impl<E> State<E> {
         }
         match &self.buf {
             Buf::Own(buf) => buf.is_empty(),
-            Buf::Ring { next, end, .. } => next >= end,
+            Buf::Ring(cursor) => cursor.drained(),
         }
     }
 
@@ -140,9 +132,7 @@ impl<E> State<E> {
         self.replay.len()
             + match &self.buf {
                 Buf::Own(buf) => buf.len(),
-                Buf::Ring {
-                    ring, next, end, ..
-                } => ring.depth(*next, *end),
+                Buf::Ring(cursor) => cursor.depth(),
             }
     }
 
@@ -168,13 +158,10 @@ impl<E> State<E> {
         }
         match &self.buf {
             Buf::Own(buf) => buf.is_empty(),
-            Buf::Ring { next, end, .. } => {
-                let end = match view {
-                    Some(view) => view.tail.min(*end),
-                    None => *end,
-                };
-                *next >= end
-            }
+            Buf::Ring(cursor) => match view {
+                Some(view) => cursor.queued(view.tail) == 0,
+                None => cursor.drained(),
+            },
         }
     }
 
@@ -205,21 +192,8 @@ impl<E> State<E> {
                     }
                     n
                 }
-                Buf::Ring {
-                    ring, next, end, ..
-                } => {
-                    if *end == u64::MAX {
-                        return replay; // still open: nothing in the ring is its own to clear
-                    }
-                    let n = end.saturating_sub(*next);
-                    for seq in *next..*end {
-                        if let Some(published) = ring.read(seq) {
-                            dropped.let_go(published);
-                        }
-                    }
-                    *next = (*next).max(*end);
-                    n
-                }
+                // Still open: nothing in the ring is its own to clear.
+                Buf::Ring(cursor) => cursor.take_rest(|published| dropped.let_go(published)),
             }
     }
 
@@ -236,23 +210,13 @@ impl<E> State<E> {
         }
         match &mut self.buf {
             Buf::Own(buf) => buf.pop_front(),
-            Buf::Ring {
-                ring, next, end, ..
-            } => {
-                if next >= end {
-                    return None;
-                }
-                let published = ring.read(*next)?;
-                // The depth just before this take, sampled every 16th take:
-                // the ring's tail is written by every publish, and reading
-                // it on every take cost a cache miss an event when the
-                // publisher runs on another core. A full queue is caught
-                // exactly anyway, by the publisher that finds no room.
-                if *next % 16 == 0 {
-                    let depth = ring.depth(*next, *end);
+            Buf::Ring(cursor) => {
+                let (published, depth) = cursor.take()?;
+                // The depth is sampled (see `Cursor::take`); a full queue is
+                // caught exactly anyway, by the publisher that finds no room.
+                if let Some(depth) = depth {
                     self.counters.high_water = self.counters.high_water.max(depth);
                 }
-                *next += 1;
                 Some(Slot {
                     published,
                     missed_before: 0,

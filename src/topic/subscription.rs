@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 
 use super::deferred::Deferred;
 use super::queue::{register, Buf, Counters, Push, QueueSetup, RingView, Slot, State, Wakeups};
-use super::ring::Ring;
+use super::ring::{Cursor, Room};
 use super::Breaker;
 use crate::config::{Overflow, WatchConfig};
 use crate::errors::TryRecvError;
@@ -53,13 +53,12 @@ pub(crate) struct SubscriptionState<E> {
 }
 
 impl<E> SubscriptionState<E> {
-    /// A queue of its own, or, with `ring` (the topic's ring and its next
-    /// sequence number), a cursor into the topic's ring.
+    /// A queue of its own, or, with `cursor`, a place in the topic's ring.
     pub(crate) fn new(
         info: SubInfo,
         watch: Arc<WatchConfig>,
         setup: QueueSetup<E>,
-        ring: Option<(Arc<Ring<E>>, u64)>,
+        cursor: Option<Cursor<E>>,
     ) -> Self {
         let QueueSetup {
             consumers,
@@ -68,13 +67,8 @@ impl<E> SubscriptionState<E> {
             start,
             callbacks,
         } = setup;
-        let buf = match ring {
-            Some((ring, tail)) => Buf::Ring {
-                ring,
-                start: tail,
-                next: tail,
-                end: u64::MAX,
-            },
+        let buf = match cursor {
+            Some(cursor) => Buf::Ring(cursor),
             None => Buf::Own(VecDeque::with_capacity(info.capacity.min(1024))),
         };
         let replayed = replay.len() as u64;
@@ -124,7 +118,7 @@ impl<E> SubscriptionState<E> {
         let mut s = self.state.lock();
         let full = match &s.buf {
             Buf::Own(buf) => buf.len() >= self.info.capacity,
-            Buf::Ring { .. } => false,
+            Buf::Ring(_) => false,
         };
         if s.closed || !full {
             return true;
@@ -135,26 +129,24 @@ impl<E> SubscriptionState<E> {
         false
     }
 
-    /// Publisher side, ring subscription, under the topic lock: how many more
-    /// events fit, with `tail` the topic's next sequence number. With `cx`, a
-    /// publisher that finds no room is woken when room appears.
-    pub(crate) fn ring_room(&self, tail: u64, cx: Option<&mut Context<'_>>) -> usize {
+    /// Publisher side, ring subscription, under the topic lock: the room its
+    /// cursor has, with `tail` the topic's next sequence number. With `cx`,
+    /// a publisher that finds no room for `tail` is woken when room
+    /// appears. `None` for a subscription with a queue of its own.
+    pub(crate) fn ring_room(&self, tail: u64, cx: Option<&mut Context<'_>>) -> Option<Room> {
         let mut s = self.state.lock();
-        let Buf::Ring { next, .. } = &s.buf else {
-            return usize::MAX;
+        let Buf::Ring(cursor) = &s.buf else {
+            return None;
         };
-        if s.closed {
-            return usize::MAX;
-        }
-        let queued = (tail - *next) as usize;
+        let room = cursor.room();
+        let queued = cursor.queued(tail);
         s.counters.high_water = s.counters.high_water.max(queued);
-        let room = self.info.capacity.saturating_sub(queued);
-        if room == 0 {
+        if !room.fits(tail) {
             if let Some(cx) = cx {
                 register(&mut s.publishers, cx.waker());
             }
         }
-        room
+        Some(room)
     }
 
     /// Publisher side, own queue: offers one accepted event to this
@@ -275,7 +267,7 @@ impl<E> SubscriptionState<E> {
         if s.closed && s.drained() {
             return Poll::Ready(None);
         }
-        if let Buf::Ring { ring, next, .. } = &s.buf {
+        if let Buf::Ring(cursor) = &s.buf {
             if s.watcher.is_some() {
                 // A sibling waits on the ring for the subscription; this
                 // one waits for whoever takes the next event.
@@ -286,7 +278,7 @@ impl<E> SubscriptionState<E> {
             }
             // Waits for the slot it wants; should the publisher have
             // written it meanwhile, it is there to take now.
-            if ring.wait(*next, cx.waker()) {
+            if cursor.wait(cx.waker()) {
                 s.watcher = Some(consumer);
                 #[cfg(test)]
                 self.waits.fetch_add(1, Ordering::Relaxed);
@@ -344,7 +336,7 @@ fn pass_on<E>(s: &mut State<E>, consumer: usize, wakeups: &mut Wakeups) {
     if s.watcher == Some(consumer) {
         s.watcher = None;
     }
-    if s.watcher.is_some() || !matches!(s.buf, Buf::Ring { .. }) {
+    if s.watcher.is_some() || !matches!(s.buf, Buf::Ring(_)) {
         return;
     }
     let sibling = s
@@ -378,9 +370,9 @@ impl<E> SubscriptionState<E> {
         let mut guard = self.state.lock();
         let s = &mut *guard;
         if !s.closed {
-            if let (Buf::Ring { start, end, .. }, Some(view)) = (&mut s.buf, view) {
-                *end = view.tail;
-                s.counters.accepted = view.tail - *start + s.counters.replayed;
+            if let (Buf::Ring(cursor), Some(view)) = (&mut s.buf, view) {
+                cursor.close(view.tail);
+                s.counters.accepted = view.tail - cursor.start() + s.counters.replayed;
             }
         }
         s.closed = true;
@@ -388,19 +380,16 @@ impl<E> SubscriptionState<E> {
         s.counters.discarded += discarded;
         self.metrics.discarded(discarded);
         let mut ring_readers = None;
-        if let Buf::Ring {
-            ring, next, end, ..
-        } = &s.buf
-        {
-            ring_readers = Some(Arc::clone(ring));
+        if let Buf::Ring(cursor) = &mut s.buf {
+            ring_readers = Some(Arc::clone(cursor.ring()));
             if leaving {
-                let own: VecDeque<Slot<E>> = (*next..*end)
-                    .filter_map(|seq| ring.read(seq))
-                    .map(|published| Slot {
+                let mut own = VecDeque::with_capacity(cursor.left());
+                cursor.take_rest(|published| {
+                    own.push_back(Slot {
                         published,
                         missed_before: 0,
-                    })
-                    .collect();
+                    });
+                });
                 s.buf = Buf::Own(own);
             }
         }
@@ -463,18 +452,16 @@ impl<E> SubscriptionState<E> {
         let (accepted, queue_depth, high_water) = match (&s.buf, view) {
             (Buf::Own(buf), _) => (c.accepted, buf.len(), c.high_water),
             // Open: the publisher side knows how far the topic has gone.
-            (Buf::Ring { start, next, .. }, Some(view)) if !s.closed => {
-                let queued = (view.tail - next) as usize;
+            (Buf::Ring(cursor), Some(view)) if !s.closed => {
+                let queued = cursor.queued(view.tail);
                 (
-                    view.tail - start + c.replayed,
+                    view.tail - cursor.start() + c.replayed,
                     queued,
                     c.high_water.max(queued),
                 )
             }
             // Closed: `close` recorded the final numbers.
-            (Buf::Ring { next, end, .. }, _) => {
-                (c.accepted, end.saturating_sub(*next) as usize, c.high_water)
-            }
+            (Buf::Ring(cursor), _) => (c.accepted, cursor.left(), c.high_water),
         };
         let queue_depth = queue_depth + s.replay.len();
         let (breaker, breaker_opened) = match &self.breaker {

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::super::proto::{self, Frame, Parser};
 use super::transport::{read_frame, write_all, Transport};
-use super::{Cmd, ConnectError, Delivery, Leased, Shared, Sink, Spec, Trouble};
+use super::{Cmd, ConnectError, Delivery, Leased, Shared, Sink, Spec, Trouble, DELIVERY_COST};
 
 pub(super) struct SubEntry {
     subject: String,
@@ -33,13 +33,6 @@ impl SubEntry {
         }
     }
 }
-
-/// What a held delivery costs beyond its bytes, counted against the byte
-/// budget with them: its message and lease, their `Bytes` handles and the
-/// channel's slot. Measured (`tests/flood_small.rs`): a held 24-byte order
-/// on a 14-byte subject made the process about 245 bytes larger; counted at
-/// its 38 bytes alone, a flood of them held 6.3 times the budget.
-pub(crate) const DELIVERY_COST: usize = 256;
 
 /// The task that owns the socket.
 pub(super) struct Task {

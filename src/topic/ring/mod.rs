@@ -33,8 +33,20 @@
 //! mutex it replaces (`cargo run --release -p tidings-benches --example
 //! op_cost`, `… --bin icount`), it takes four lock round-trips off every
 //! event 1→1 and lets sixteen readers of one slot read at once instead of
-//! queueing on its lock. The loom models at the end of this file check the
-//! three protocols above under every interleaving.
+//! queueing on its lock. The loom models (`loom_models.rs`) check the
+//! three protocols above under every interleaving, and the room counting
+//! of a writer and its readers.
+//!
+//! A slot is only as safe as the bookkeeping that says it is free, so the
+//! bookkeeping lives here too, in types whose fields no other module can
+//! touch: a reader's place is a [`Cursor`] (`cursor.rs`), which reads each
+//! of its sequence numbers once, in order; the publisher's side is the
+//! ring's one [`Writer`] (`writer.rs`), which makes the ring and its
+//! cursors, counts its readers, and writes a slot only below the room
+//! every one of them reported through a [`Room`], which only a cursor
+//! makes. The slot's own `write` and `read` are `unsafe fn`s private to
+//! this module, each with the contract its caller holds: no edit of safe
+//! code elsewhere can break them without writing `unsafe`.
 #![allow(unsafe_code)]
 
 use std::sync::Arc;
@@ -42,6 +54,12 @@ use std::task::Waker;
 
 use crate::event::Published;
 use crate::sync::{AtomicU64, AtomicUsize, Mutex, Ordering, UnsafeCell};
+
+mod cursor;
+mod writer;
+
+pub(crate) use cursor::{Cursor, Room};
+pub(crate) use writer::{ReaderRoom, Writer};
 
 /// The largest ring a topic gets; lossless subscriptions with a larger
 /// capacity keep their own queue.
@@ -103,7 +121,7 @@ unsafe impl<E: Send + Sync> Send for Ring<E> {}
 
 impl<E> Ring<E> {
     /// A ring of at least `capacity` slots (a power of two).
-    pub(crate) fn new(capacity: usize) -> Self {
+    fn new(capacity: usize) -> Self {
         let size = capacity.clamp(1, MAX_RING).next_power_of_two();
         Ring {
             slots: (0..size)
@@ -122,7 +140,7 @@ impl<E> Ring<E> {
         }
     }
 
-    pub(crate) fn size(&self) -> usize {
+    fn size(&self) -> usize {
         self.slots.len()
     }
 
@@ -131,12 +149,20 @@ impl<E> Ring<E> {
         &self.slots[(seq & self.mask) as usize]
     }
 
-    /// Publisher side, under the topic lock: stores the event for `readers`
-    /// ring readers and wakes those waiting for it. The slot is free: its
-    /// previous event was taken by all its readers, or the publish would have
-    /// waited.
+    /// Publisher side: stores the event for `readers` ring readers and
+    /// wakes those waiting for it. Called by [`Writer::write`] only.
+    ///
+    /// # Safety
+    ///
+    /// The caller alone writes to this ring, and the slot of
+    /// `published.seq` is free: each reader its previous event was written
+    /// for has taken it or given it up (its [`Cursor`] moved past it), so
+    /// that no reader touches the cell; and exactly `readers` cursors will
+    /// take or give up `published.seq`, each once. A [`Writer`] holds all
+    /// of this: it is the only one of its ring, it writes below the room
+    /// every reader's cursor reported, and it counts its readers.
     #[inline(always)]
-    pub(crate) fn write(&self, published: Arc<Published<E>>, readers: usize) {
+    unsafe fn write(&self, published: Arc<Published<E>>, readers: usize) {
         let seq = published.seq;
         let slot = self.slot(seq);
         debug_assert_eq!(
@@ -144,12 +170,10 @@ impl<E> Ring<E> {
             0,
             "ring slot overwritten before all its readers took it"
         );
-        // SAFETY: no reader touches this cell now. Those of the event it
-        // held took it before their cursors moved past it, which the
-        // publisher saw under their locks before it counted the room this
-        // write uses (or they left the ring under the topic lock, which this
-        // publisher holds); those waiting for this event touch the cell only
-        // after they see the stamp stored below.
+        // SAFETY: no reader touches this cell now (the caller's contract:
+        // those of the event it held took it before their cursors moved
+        // past it); those waiting for this event touch the cell only after
+        // they see the stamp stored below.
         slot.event
             .with_mut(|cell| unsafe { *cell = Some(published) });
         slot.readers.store(readers, Ordering::Relaxed);
@@ -160,11 +184,19 @@ impl<E> Ring<E> {
         }
     }
 
-    /// Takes event `seq` for one reader, if it has been written. Each reader
-    /// takes (or `release`s) each of its events exactly once, under its
-    /// subscription's lock.
+    /// Takes event `seq` for one reader, if it has been written. Called by
+    /// [`Cursor`] only.
+    ///
+    /// # Safety
+    ///
+    /// The caller is one of the readers `seq` is written for, and has not
+    /// taken or given it up before: a second take would count it out twice
+    /// and let another reader's clone race the last one's take. A
+    /// [`Cursor`] holds this: it reads each sequence number from its start
+    /// (where the writer began to count it) once, in order, and moves past
+    /// it.
     #[inline(always)]
-    pub(super) fn read(&self, seq: u64) -> Option<Arc<Published<E>>> {
+    unsafe fn read(&self, seq: u64) -> Option<Arc<Published<E>>> {
         let slot = self.slot(seq);
         // The waiting bit may be set by a reader a whole ring ahead, which
         // waits for the next event of this slot.
@@ -197,7 +229,7 @@ impl<E> Ring<E> {
     /// not written: registers `waker` to be woken when it is. False if it
     /// was written meanwhile (look again; nothing is registered then, or a
     /// waker that will be woken once for nothing).
-    pub(super) fn wait(&self, seq: u64, waker: &Waker) -> bool {
+    fn wait(&self, seq: u64, waker: &Waker) -> bool {
         let slot = self.slot(seq);
         let mut waiters = self.waiters.0.lock();
         if !waiters.iter().any(|w| w.will_wake(waker)) {
@@ -225,7 +257,7 @@ impl<E> Ring<E> {
 
     /// Events queued for a reader at `next` (closed at `end`), sampled from
     /// a tail that may lag: never more than the real depth.
-    pub(super) fn depth(&self, next: u64, end: u64) -> usize {
+    fn depth(&self, next: u64, end: u64) -> usize {
         self.tail
             .0
             .load(Ordering::Relaxed)
@@ -241,7 +273,7 @@ impl<E> Ring<E> {
     /// registering anew as it wakes others. Waking never allocates: the two
     /// lists take turns (a fresh list for each wake-up was an allocation
     /// per wake-up, `tests/allocations.rs`).
-    pub(super) fn wake_all(&self) {
+    pub(crate) fn wake_all(&self) {
         let mut batch = std::mem::take(&mut *self.spare.lock());
         std::mem::swap(&mut *self.waiters.0.lock(), &mut batch);
         batch.drain(..).for_each(Waker::wake);
@@ -253,142 +285,4 @@ impl<E> Ring<E> {
 }
 
 #[cfg(all(test, tidings_loom))]
-mod loom_models {
-    //! `RUSTFLAGS="--cfg tidings_loom" cargo test -p tidings --lib --release loom`
-
-    use super::*;
-    use crate::id::EventId;
-    use loom::sync::atomic::AtomicUsize as Counter;
-    use loom::sync::Arc as LoomArc;
-    use loom::thread;
-    use std::task::Wake;
-
-    fn event(seq: u64) -> Arc<Published<u64>> {
-        Arc::new(Published {
-            event: seq,
-            id: EventId::for_test(seq),
-            seq,
-            at: std::time::UNIX_EPOCH,
-            meta: None,
-        })
-    }
-
-    struct Wakes(Counter);
-    impl Wake for Wakes {
-        fn wake(self: std::sync::Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    /// A reader that finds nothing and waits is woken by the write, or sees
-    /// the event: never neither (no lost wake-up), and it reads what was
-    /// written.
-    #[test]
-    fn loom_a_waiting_reader_is_woken_or_sees_the_event() {
-        loom::model(|| {
-            let ring = LoomArc::new(Ring::<u64>::new(2));
-            let wakes = std::sync::Arc::new(Wakes(Counter::new(0)));
-            let writer = {
-                let ring = LoomArc::clone(&ring);
-                thread::spawn(move || ring.write(event(0), 1))
-            };
-            let waker = Waker::from(std::sync::Arc::clone(&wakes));
-            let got = match ring.read(0) {
-                Some(e) => Some(e),
-                None if !ring.wait(0, &waker) => ring.read(0),
-                None => None,
-            };
-            writer.join().expect("writer");
-            match got {
-                Some(e) => assert_eq!(e.event, 0),
-                None => {
-                    assert!(wakes.0.load(Ordering::SeqCst) >= 1, "lost wake-up");
-                    assert_eq!(ring.read(0).map(|e| e.event), Some(0));
-                }
-            }
-        });
-    }
-
-    /// Two readers of one slot read it at once: both get the event, and
-    /// the ring lets go of it once both have.
-    #[test]
-    fn loom_two_readers_share_a_slot_and_the_last_lets_go() {
-        loom::model(|| {
-            let ring = LoomArc::new(Ring::<u64>::new(1));
-            let written = event(0);
-            let weak = Arc::downgrade(&written);
-            ring.write(written, 2);
-            let other = {
-                let ring = LoomArc::clone(&ring);
-                thread::spawn(move || ring.read(0).map(|e| e.event))
-            };
-            let mine = ring.read(0).map(|e| e.event);
-            let theirs = other.join().expect("reader");
-            assert_eq!((mine, theirs), (Some(0), Some(0)));
-            assert!(weak.upgrade().is_none(), "the ring still holds the event");
-        });
-    }
-
-    /// A reader a whole ring ahead waits on a slot whose event another
-    /// reader has still to take: that one still takes it, and the waiting
-    /// one is woken by the next write (the case of a full queue whose
-    /// capacity is the ring's size).
-    #[test]
-    fn loom_a_reader_a_ring_behind_reads_past_a_waiting_bit() {
-        loom::model(|| {
-            let ring = LoomArc::new(Ring::<u64>::new(1));
-            ring.write(event(0), 2);
-            let wakes = std::sync::Arc::new(Wakes(Counter::new(0)));
-            let ahead = {
-                let (ring, wakes) = (LoomArc::clone(&ring), std::sync::Arc::clone(&wakes));
-                thread::spawn(move || {
-                    assert_eq!(ring.read(0).map(|e| e.event), Some(0));
-                    assert!(ring.read(1).is_none());
-                    ring.wait(1, &Waker::from(wakes))
-                })
-            };
-            // Once the reader ahead waits (joined: its bit is there to see)…
-            let waited = ahead.join().expect("reader");
-            assert!(waited, "event 1 was not written before");
-            // …the one behind still takes its event.
-            assert_eq!(ring.read(0).map(|e| e.event), Some(0), "read past the bit");
-            ring.write(event(1), 2);
-            assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "woken by the write");
-            assert_eq!(ring.read(1).map(|e| e.event), Some(1));
-        });
-    }
-
-    /// A slot is written again only after its reader moved past it (the
-    /// cursor under a lock, as a subscription's): the reader gets both
-    /// events, in order, and never the cell half written.
-    #[test]
-    fn loom_a_slot_is_reused_after_its_reader_moved_on() {
-        loom::model(|| {
-            let ring = LoomArc::new(Ring::<u64>::new(1));
-            let cursor = LoomArc::new(Mutex::new(0u64));
-            let reader = {
-                let (ring, cursor) = (LoomArc::clone(&ring), LoomArc::clone(&cursor));
-                thread::spawn(move || {
-                    let mut got = Vec::new();
-                    while got.len() < 2 {
-                        let mut next = cursor.lock();
-                        if let Some(e) = ring.read(*next) {
-                            got.push(e.event);
-                            *next += 1;
-                        }
-                        drop(next);
-                        thread::yield_now();
-                    }
-                    got
-                })
-            };
-            ring.write(event(0), 1);
-            // Room for event 1: the reader's cursor passed event 0.
-            while *cursor.lock() < 1 {
-                thread::yield_now();
-            }
-            ring.write(event(1), 1);
-            assert_eq!(reader.join().expect("reader"), [0, 1]);
-        });
-    }
-}
+mod loom_models;
