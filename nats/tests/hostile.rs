@@ -1113,6 +1113,7 @@ async fn ids_that_claim_this_bridges_origin_are_checked_against_its_tag() {
         Some(real_id.as_str())
     );
     assert!(b.orders.try_recv().is_err(), "no forged order got through");
+    until("the honest one counted", || bridge.stats().imported == 1).await;
     let stats = bridge.stats();
     assert_eq!((stats.rejected, stats.imported), (9, 1), "{stats:?}");
 }
@@ -1224,7 +1225,8 @@ async fn an_intruder_is_refused_the_replicas_queue_group() {
             id
         );
     }
-    assert_eq!(importer.stats().imported, 30);
+    // Counted once its publish returned, a moment after it was delivered.
+    until("every order counted", || importer.stats().imported == 30).await;
 }
 
 /// Issue 21, defect 6 (durable): a deleted shared consumer is made again,
@@ -1423,6 +1425,10 @@ async fn messages_terminated_by_another_client_are_named() {
         let r = next("a terminated order named", b.rejected.recv()).await;
         assert_eq!(r.reason, RejectReason::TerminatedElsewhere, "{r:?}");
     }
+    until("every handled order counted", || {
+        bridge.stats().imported == ORDERS - terminated
+    })
+    .await;
     let stats = bridge.stats();
     assert_eq!(stats.terminated_elsewhere, terminated, "{stats:?}");
     assert_eq!(
