@@ -52,6 +52,7 @@ async fn a_flood_of_small_messages_stays_inside_the_byte_budget() {
     const FLOOD: u64 = 440_000;
     let order = br#"{"id":1234567890123456}"#; // 24 bytes
     let mut raw = server.raw(None);
+    raw.read_timeout(Duration::from_secs(120));
     // A blocking client: off the runtime's workers, which run the bridge.
     tokio::task::spawn_blocking(move || {
         for i in 0..FLOOD {

@@ -167,6 +167,15 @@ impl Raw {
         raw
     }
 
+    /// How long a read waits (10 s unless set): a guard against a hang.
+    /// A flood past a stalled reader makes the server slow the sender
+    /// down, so its answers may take longer on a loaded machine.
+    pub fn read_timeout(&mut self, wait: Duration) {
+        self.stream
+            .set_read_timeout(Some(wait))
+            .expect("timeout");
+    }
+
     pub fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).expect("write");
     }
