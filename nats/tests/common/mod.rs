@@ -171,9 +171,7 @@ impl Raw {
     /// A flood past a stalled reader makes the server slow the sender
     /// down, so its answers may take longer on a loaded machine.
     pub fn read_timeout(&mut self, wait: Duration) {
-        self.stream
-            .set_read_timeout(Some(wait))
-            .expect("timeout");
+        self.stream.set_read_timeout(Some(wait)).expect("timeout");
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
