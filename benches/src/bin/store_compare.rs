@@ -7,7 +7,9 @@
 //!
 //! - `log`: a segment file of our own, each record framed with its length
 //!   and a CRC32C, one `write` per batch, `fdatasync` per batch (*synced*)
-//!   or none (*written*, in the operating system's hands);
+//!   or none (*written*, in the operating system's hands); appended to a
+//!   file that grows, or written in place into a segment made at its full
+//!   size beforehand (*preallocated*: a sync then flushes data only);
 //! - `redb`: one write transaction per batch (copy-on-write B-tree; its
 //!   commit syncs);
 //! - `fjall`: one write batch per batch, then `persist(SyncData)`;
@@ -42,23 +44,53 @@ trait Engine: Send {
     fn commit(&mut self, batch: &[Vec<u8>]);
 }
 
-/// A log of our own: `[len u32][crc32c u32][bytes]` per record.
+/// A log of our own: `[len u32][crc32c u32][bytes]` per record. Appended
+/// to a file that grows, or written in place into a segment made at its
+/// full size beforehand (`preallocated`): then a sync has no change of
+/// size to flush, only the data.
 struct Log {
     file: File,
     sync: bool,
+    /// Where the next batch goes, in a preallocated segment.
+    at: Option<u64>,
     buf: Vec<u8>,
 }
 
+/// The size of a preallocated segment (records past it wrap to its start:
+/// the bench measures commits, not retention).
+const SEGMENT: u64 = 256 << 20;
+
 impl Log {
-    fn open(dir: &Path, sync: bool) -> Self {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("segment-0"))
-            .expect("open the segment");
+    fn open(dir: &Path, sync: bool, preallocated: bool) -> Self {
+        let path = dir.join("segment-0");
+        let file = if preallocated {
+            let file = OpenOptions::new()
+                .create(true)
+                .read(true)
+                .write(true)
+                .truncate(true)
+                .open(&path)
+                .expect("open the segment");
+            // Written through once, so that its blocks exist and a later
+            // sync flushes data only (set_len alone leaves a sparse file).
+            let zeros = vec![0u8; 1 << 20];
+            for i in 0..SEGMENT / (1 << 20) {
+                use std::os::unix::fs::FileExt;
+                file.write_all_at(&zeros, i << 20).expect("preallocate");
+            }
+            file.sync_all().expect("sync the segment");
+            file
+        } else {
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .expect("open the segment")
+        };
         Log {
             file,
             sync,
+            at: preallocated.then_some(0),
             buf: Vec::new(),
         }
     }
@@ -66,7 +98,15 @@ impl Log {
 
 impl Engine for Log {
     fn name(&self) -> String {
-        format!("log ({})", if self.sync { "synced" } else { "written" })
+        format!(
+            "log{} ({})",
+            if self.at.is_some() {
+                ", preallocated"
+            } else {
+                ""
+            },
+            if self.sync { "synced" } else { "written" }
+        )
     }
 
     fn commit(&mut self, batch: &[Vec<u8>]) {
@@ -78,7 +118,18 @@ impl Engine for Log {
                 .extend_from_slice(&crc32c::crc32c(record).to_le_bytes());
             self.buf.extend_from_slice(record);
         }
-        self.file.write_all(&self.buf).expect("append");
+        match &mut self.at {
+            Some(at) => {
+                use std::os::unix::fs::FileExt;
+                let len = self.buf.len() as u64;
+                if *at + len > SEGMENT {
+                    *at = 0;
+                }
+                self.file.write_all_at(&self.buf, *at).expect("write");
+                *at += len;
+            }
+            None => self.file.write_all(&self.buf).expect("append"),
+        }
         if self.sync {
             self.file.sync_data().expect("fdatasync");
         }
@@ -159,8 +210,9 @@ impl Engine for Sqlite {
 
 fn open(engine: &str, dir: &Path) -> Box<dyn Engine> {
     match engine {
-        "log-synced" => Box::new(Log::open(dir, true)),
-        "log-written" => Box::new(Log::open(dir, false)),
+        "log-synced" => Box::new(Log::open(dir, true, false)),
+        "log-written" => Box::new(Log::open(dir, false, false)),
+        "log-prealloc" => Box::new(Log::open(dir, true, true)),
         "redb" => {
             let db = redb::Database::create(dir.join("events.redb")).expect("redb");
             Box::new(Redb { db, next: 0 })
@@ -307,7 +359,14 @@ fn main() {
     println!();
     println!("| engine | publishers | events/s | p50 µs | p99 µs |");
     println!("|---|---:|---:|---:|---:|");
-    for engine in ["log-written", "log-synced", "redb", "fjall", "sqlite"] {
+    for engine in [
+        "log-written",
+        "log-synced",
+        "log-prealloc",
+        "redb",
+        "fjall",
+        "sqlite",
+    ] {
         for publishers in [1, 8, 64] {
             let dir = fresh_dir(engine);
             let e = open(engine, &dir);
