@@ -275,6 +275,22 @@ fn waiting_for_room_allocates_nothing_more() {
 #[event(topic = "alloc.follow_up")]
 struct FollowUp(u64);
 
+/// A bus with both topics, and a stream of the follow-ups with room for a
+/// round of them.
+fn follow_up_bus() -> (Bus, Subscription<FollowUp>) {
+    let bus = Bus::builder()
+        .topic::<Ev>()
+        .topic::<FollowUp>()
+        .build()
+        .expect("valid");
+    let follow_ups = bus
+        .subscribe::<FollowUp>()
+        .capacity(EVENTS as usize)
+        .stream()
+        .expect("subscribed");
+    (bus, follow_ups)
+}
+
 /// Publishes `EVENTS` events and takes the follow-up of each.
 async fn round_trip(publisher: &Publisher<Ev>, follow_ups: &mut Subscription<FollowUp>) {
     for i in 0..EVENTS {
@@ -294,16 +310,7 @@ fn a_follow_up_published_by_a_handler_allocates_twice() {
     const PER_FOLLOW_UP: u64 = 2;
     // Sync: counted on the runner's thread, reported with each round's last event.
     runtime().block_on(async {
-        let bus = Bus::builder()
-            .topic::<Ev>()
-            .topic::<FollowUp>()
-            .build()
-            .expect("valid");
-        let mut follow_ups = bus
-            .subscribe::<FollowUp>()
-            .capacity(EVENTS as usize)
-            .stream()
-            .expect("subscribed");
+        let (bus, mut follow_ups) = follow_up_bus();
         let (done, finished) = std::sync::mpsc::sync_channel::<u64>(4);
         let _handle = {
             let bus = bus.clone();
@@ -340,16 +347,7 @@ fn a_follow_up_published_by_a_handler_allocates_twice() {
     });
     // Async: everything on this thread.
     runtime().block_on(async {
-        let bus = Bus::builder()
-            .topic::<Ev>()
-            .topic::<FollowUp>()
-            .build()
-            .expect("valid");
-        let mut follow_ups = bus
-            .subscribe::<FollowUp>()
-            .capacity(EVENTS as usize)
-            .stream()
-            .expect("subscribed");
+        let (bus, mut follow_ups) = follow_up_bus();
         let _handle = {
             let bus = bus.clone();
             bus.clone()

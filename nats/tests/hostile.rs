@@ -65,6 +65,30 @@ fn durable() -> Durable {
     Durable::new("ORDERS", ["orders.>"])
 }
 
+/// Makes the stream `ORDERS` (through a bridge that exports to it, then
+/// stops), so that raw publishes are stored before any importer starts.
+async fn make_orders_stream(server: &NatsServer, bus: &Bus) {
+    let setup = Bridge::builder(bus, server.connect())
+        .name("setup")
+        .durable(durable())
+        .export::<OrderCreated>()
+        .start()
+        .await
+        .unwrap();
+    setup.shutdown(LONG).await;
+}
+
+/// What the broker says of the billing importer's durable consumer.
+async fn billing_consumer(server: &NatsServer) -> async_nats::jetstream::consumer::Info {
+    async_nats::jetstream::new(server.client().await)
+        .get_stream("ORDERS")
+        .await
+        .unwrap()
+        .consumer_info("billing-orders_created")
+        .await
+        .unwrap()
+}
+
 /// Finding 1: one header value with a lone CR killed the client's
 /// connection task for good. Now it is that message's problem only, in
 /// core and durable mode; in durable mode the stored poison is terminated,
@@ -101,16 +125,10 @@ async fn one_header_with_a_lone_cr_is_rejected_and_imports_go_on() {
         until("the import to be counted", || bridge.stats().imported == 1).await;
         assert!(bridge.health().is_healthy(), "{}", bridge.health());
         if durable_mode {
-            // Terminated, never delivered again.
+            // Acknowledged once named, never delivered again.
             let report = bridge.shutdown(LONG).await;
             assert!(report.is_clean(), "{report:?}");
-            let info = async_nats::jetstream::new(server.client().await)
-                .get_stream("ORDERS")
-                .await
-                .unwrap()
-                .consumer_info("billing-orders_created")
-                .await
-                .unwrap();
+            let info = billing_consumer(&server).await;
             assert_eq!(
                 (info.num_ack_pending, info.num_redelivered),
                 (0, 0),
@@ -254,14 +272,7 @@ async fn poison_stored_in_a_stream_ends_in_rejections() {
     let server = NatsServer::start();
     let b = billing();
     // The stream exists before anyone publishes to it.
-    let setup = Bridge::builder(&b.bus, server.connect())
-        .name("setup")
-        .durable(durable())
-        .export::<OrderCreated>()
-        .start()
-        .await
-        .unwrap();
-    setup.shutdown(LONG).await;
+    make_orders_stream(&server, &b.bus).await;
     let mut raw = server.raw(None);
     let mut honest = 0;
     for i in 0..1_294u64 {
@@ -309,13 +320,7 @@ async fn poison_stored_in_a_stream_ends_in_rejections() {
     reader.await.unwrap();
     let report = bridge.shutdown(LONG).await;
     assert!(report.is_clean(), "{report:?}");
-    let info = async_nats::jetstream::new(server.client().await)
-        .get_stream("ORDERS")
-        .await
-        .unwrap()
-        .consumer_info("billing-orders_created")
-        .await
-        .unwrap();
+    let info = billing_consumer(&server).await;
     assert_eq!((info.num_ack_pending, info.num_pending), (0, 0), "{info:?}");
 }
 
@@ -874,24 +879,7 @@ async fn a_message_that_keeps_failing_ends_in_a_rejection_after_max_deliver() {
 async fn permissions_keep_a_guest_off_the_imported_subjects() {
     let server = NatsServer::start_with(Some(THREAT_MODEL_CONFIG));
     let (orders, mut b) = (bus(), billing());
-    let importer = Bridge::builder(
-        &b.bus,
-        server.connect().user_and_password("billing", "billing-pw"),
-    )
-    .name("billing")
-    .import::<OrderCreated>()
-    .start()
-    .await
-    .unwrap();
-    let _exporter = Bridge::builder(
-        &orders,
-        server.connect().user_and_password("orders", "orders-pw"),
-    )
-    .name("orders")
-    .export::<OrderCreated>()
-    .start()
-    .await
-    .unwrap();
+    let (importer, _exporter) = services_as_users(&server, &orders, &b.bus, None).await;
     let mut guest = server.raw(Some(("guest", "guest-pw")));
     guest.send(b"SUB orders.> 1\r\nSUB _INBOX.> 2\r\n");
     raw_publish_refused(&mut guest);
@@ -966,6 +954,36 @@ fn raw_publish_refused(guest: &mut common::Raw) {
     );
 }
 
+/// The two services of the threat model's configuration, each connected
+/// as its own user: billing's importer (in `group`, if given) and the
+/// orders service's exporter.
+async fn services_as_users(
+    server: &NatsServer,
+    orders: &Bus,
+    billing: &Bus,
+    group: Option<&str>,
+) -> (Bridge, Bridge) {
+    let mut importer = Bridge::builder(
+        billing,
+        server.connect().user_and_password("billing", "billing-pw"),
+    )
+    .name("billing");
+    if let Some(group) = group {
+        importer = importer.group(group);
+    }
+    let importer = importer.import::<OrderCreated>().start().await.unwrap();
+    let exporter = Bridge::builder(
+        orders,
+        server.connect().user_and_password("orders", "orders-pw"),
+    )
+    .name("orders")
+    .export::<OrderCreated>()
+    .start()
+    .await
+    .unwrap();
+    (importer, exporter)
+}
+
 /// The server configuration of the README's threat model.
 const THREAT_MODEL_CONFIG: &str = include_str!("../examples/nats-server.conf");
 
@@ -978,14 +996,7 @@ const THREAT_MODEL_CONFIG: &str = include_str!("../examples/nats-server.conf");
 async fn a_stored_message_larger_than_a_pull_is_rejected_and_the_import_goes_on() {
     let server = NatsServer::start();
     let mut b = billing();
-    let setup = Bridge::builder(&b.bus, server.connect())
-        .name("setup")
-        .durable(durable())
-        .export::<OrderCreated>()
-        .start()
-        .await
-        .unwrap();
-    setup.shutdown(LONG).await;
+    make_orders_stream(&server, &b.bus).await;
     let mut raw = server.raw(None);
     raw.publish(b"orders.created", None, &order(0));
     raw.publish(b"orders.created", None, &vec![b' '; 1_000_000]);
@@ -1026,13 +1037,7 @@ async fn a_stored_message_larger_than_a_pull_is_rejected_and_the_import_goes_on(
     );
     let report = bridge.shutdown(LONG).await;
     assert!(report.is_clean(), "{report:?}");
-    let info = async_nats::jetstream::new(server.client().await)
-        .get_stream("ORDERS")
-        .await
-        .unwrap()
-        .consumer_info("billing-orders_created")
-        .await
-        .unwrap();
+    let info = billing_consumer(&server).await;
     assert_eq!((info.num_ack_pending, info.num_pending), (0, 0), "{info:?}");
 }
 
@@ -1183,25 +1188,7 @@ async fn after_a_long_outage_every_export_is_named_and_the_deadline_holds() {
 async fn an_intruder_is_refused_the_replicas_queue_group() {
     let server = NatsServer::start_with(Some(THREAT_MODEL_CONFIG));
     let (orders, mut b) = (bus(), billing());
-    let importer = Bridge::builder(
-        &b.bus,
-        server.connect().user_and_password("billing", "billing-pw"),
-    )
-    .name("billing")
-    .group("billing")
-    .import::<OrderCreated>()
-    .start()
-    .await
-    .unwrap();
-    let _exporter = Bridge::builder(
-        &orders,
-        server.connect().user_and_password("orders", "orders-pw"),
-    )
-    .name("orders")
-    .export::<OrderCreated>()
-    .start()
-    .await
-    .unwrap();
+    let (importer, _exporter) = services_as_users(&server, &orders, &b.bus, Some("billing")).await;
     let mut audit = server.raw(Some(("audit", "audit-pw")));
     audit.send(b"SUB orders.created billing 1\r\nSUB orders.created 2\r\n");
     let answer = audit.sync();

@@ -32,7 +32,6 @@ pub(crate) struct Deferred<E> {
 }
 
 /// What a [`Deferred`] rarely holds.
-#[derive(Default)]
 struct More<E> {
     /// References beyond the first.
     rest: Vec<Arc<Published<E>>>,
