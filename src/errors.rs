@@ -206,6 +206,17 @@ pub enum Refusal {
         /// What is wrong with it.
         problem: String,
     },
+    /// The topic is fed by a storage layer
+    /// ([`TopicConfig::fed_by`](crate::TopicConfig::fed_by)): its events
+    /// are published through that layer (a durable topic's store), never
+    /// through the bus directly.
+    #[error("topic `{topic}` is fed by {owner}: publish through it, not through the bus; nothing was enqueued")]
+    Fed {
+        /// The topic.
+        topic: &'static str,
+        /// The storage layer that owns it.
+        owner: &'static str,
+    },
 }
 
 impl Refusal {
@@ -216,7 +227,8 @@ impl Refusal {
             | Refusal::Closed { topic }
             | Refusal::Full { topic, .. }
             | Refusal::Timeout { topic, .. }
-            | Refusal::InvalidKey { topic, .. } => topic,
+            | Refusal::InvalidKey { topic, .. }
+            | Refusal::Fed { topic, .. } => topic,
         }
     }
 }
@@ -367,6 +379,26 @@ pub enum SubscribeError {
         topic: &'static str,
         /// The name.
         name: String,
+    },
+    /// The topic is fed by a storage layer
+    /// ([`TopicConfig::fed_by`](crate::TopicConfig::fed_by)): only that
+    /// layer subscribes to it (a durable topic: subscribe through its
+    /// store, so that the subscription has a cursor).
+    #[error("topic `{topic}` is fed by {owner}: subscribe through it, not through the bus")]
+    Fed {
+        /// The topic.
+        topic: &'static str,
+        /// The storage layer that owns it.
+        owner: &'static str,
+    },
+    /// A storage layer tried to feed a subscription of a topic it was not
+    /// handed ([`TopicConfig::fed_by`](crate::TopicConfig::fed_by)).
+    #[error(
+        "topic `{topic}` is not fed by a storage layer; a fed subscription cannot attach to it"
+    )]
+    NotFed {
+        /// The topic.
+        topic: &'static str,
     },
     /// The bus is shut down (or shutting down).
     #[error("the bus is shut down; cannot subscribe to topic `{topic}`")]

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -72,6 +72,9 @@ pub(crate) struct Meta {
     /// The OpenTelemetry span it was published in.
     #[cfg(feature = "opentelemetry")]
     pub(crate) parent: Option<opentelemetry::trace::SpanContext>,
+    /// Fed again by a storage layer after a restart: this subscription may
+    /// have had it before ([`Envelope::redelivered`]).
+    pub(crate) redelivered: bool,
 }
 
 impl Drop for Meta {
@@ -94,6 +97,9 @@ pub(crate) struct Done {
     /// Its topic's log, which catches and counts a panic in `on_done`.
     log: Arc<CallbackLog>,
     holds: AtomicUsize,
+    /// How its subscription settled it (`Settled::code`, 0: not settled);
+    /// read by the `on_done` of a fed event.
+    settled: AtomicU8,
 }
 
 impl Done {
@@ -103,7 +109,13 @@ impl Done {
             on_done,
             log,
             holds: AtomicUsize::new(1),
+            settled: AtomicU8::new(0),
         }
+    }
+
+    /// Marks how the event was settled, before its last hold goes.
+    pub(crate) fn settle(&self, how: crate::config::Settled) {
+        self.settled.store(how.code(), Ordering::Release);
     }
 
     /// `n` more holds. Taken before whoever holds them can release them,
@@ -128,7 +140,8 @@ impl Done {
 
     /// Runs `on_done`, if nobody has yet; a panic in it is caught.
     fn run(&self) {
-        self.log.run(Callback::OnDone, || self.on_done.run());
+        let settled = crate::config::Settled::from_code(self.settled.load(Ordering::Acquire));
+        self.log.run(Callback::OnDone, || self.on_done.run(settled));
     }
 }
 
@@ -145,6 +158,20 @@ impl<E> Published<E> {
         if let Some(done) = self.done() {
             done.hold(1);
         }
+    }
+
+    /// Marks how its subscription settled it (fed events: see
+    /// [`Settled`](crate::feed::Settled)).
+    #[inline]
+    pub(crate) fn settle(&self, how: crate::config::Settled) {
+        if let Some(done) = self.done() {
+            done.settle(how);
+        }
+    }
+
+    /// Whether a storage layer fed it again after a restart.
+    pub(crate) fn redelivered(&self) -> bool {
+        self.meta.as_ref().is_some_and(|m| m.redelivered)
     }
 
     /// Releases one hold. Never under a lock of the bus.
@@ -305,6 +332,14 @@ impl<E: Event> Envelope<E> {
     /// The event's topic (`E::TOPIC`).
     pub fn topic(&self) -> &'static str {
         E::TOPIC
+    }
+
+    /// Whether this event was fed to this subscription again after a
+    /// restart by a storage layer (a durable topic): the subscription may
+    /// have had it, and may have started handling it, before. Always
+    /// `false` on an in-memory topic.
+    pub fn redelivered(&self) -> bool {
+        self.inner.redelivered()
     }
 
     /// The idempotency key the event was published with

@@ -167,6 +167,7 @@ mod context;
 mod dead_letter;
 mod errors;
 mod event;
+pub mod feed;
 mod handler;
 mod id;
 mod info;

@@ -42,15 +42,63 @@ pub(crate) struct Extra {
     pub(crate) parent: Option<opentelemetry::trace::SpanContext>,
 }
 
-/// What [`PublishOptions::on_done`] runs, once.
-pub(crate) struct OnDone(parking_lot::Mutex<Option<Box<dyn FnOnce() + Send>>>);
+/// What [`PublishOptions::on_done`] runs, once: a plain function, or,
+/// for an event fed to one subscription by a storage layer
+/// ([`Feed`](crate::feed::Feed)), one told how the event was settled.
+pub(crate) struct OnDone(parking_lot::Mutex<Option<DoneFn>>);
+
+pub(crate) enum DoneFn {
+    Plain(Box<dyn FnOnce() + Send>),
+    Settled(Box<dyn FnOnce(Option<Settled>) + Send>),
+}
+
+/// How a subscription was done with an event it was fed
+/// ([`Feed`](crate::feed::Feed)): what a storage layer commits. An event
+/// let go of without being settled (cut off at a shutdown deadline,
+/// discarded by an unsubscribe, its handler run cancelled) is `None` to
+/// the callback: it was not done, and is owed again.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Settled {
+    /// A handler returned success.
+    Handled,
+    /// A handler gave up on it: it became a dead letter.
+    DeadLettered,
+    /// A stream handed it to its reader, who let go of the envelope.
+    Read,
+}
+
+impl Settled {
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            Settled::Handled => 1,
+            Settled::DeadLettered => 2,
+            Settled::Read => 3,
+        }
+    }
+
+    pub(crate) fn from_code(code: u8) -> Option<Settled> {
+        match code {
+            1 => Some(Settled::Handled),
+            2 => Some(Settled::DeadLettered),
+            3 => Some(Settled::Read),
+            _ => None,
+        }
+    }
+}
 
 impl OnDone {
+    pub(crate) fn settled(f: impl FnOnce(Option<Settled>) + Send + 'static) -> Self {
+        OnDone(parking_lot::Mutex::new(Some(DoneFn::Settled(Box::new(f)))))
+    }
+
     /// Runs the function, if nobody has yet.
-    pub(crate) fn run(&self) {
+    pub(crate) fn run(&self, settled: Option<Settled>) {
         let f = self.0.lock().take();
-        if let Some(f) = f {
-            f();
+        match f {
+            Some(DoneFn::Plain(f)) => f(),
+            Some(DoneFn::Settled(f)) => f(settled),
+            None => {}
         }
     }
 }
@@ -214,7 +262,9 @@ impl PublishOptions {
     /// # Ok(()) }
     /// ```
     pub fn on_done(mut self, f: impl FnOnce() + Send + 'static) -> Self {
-        self.extra().done = Some(Arc::new(OnDone(parking_lot::Mutex::new(Some(Box::new(f))))));
+        self.extra().done = Some(Arc::new(OnDone(parking_lot::Mutex::new(Some(
+            DoneFn::Plain(Box::new(f)),
+        )))));
         self
     }
 

@@ -11,6 +11,7 @@ mod topic;
 mod watch;
 
 pub(crate) use keys::OnDone;
+pub use keys::Settled;
 pub use keys::{DedupWindow, PublishOptions};
 pub use overflow::Overflow;
 pub(crate) use policy::later;

@@ -24,6 +24,7 @@ pub struct TopicConfig {
     retain: usize,
     dedup: DedupWindow,
     clock: Clock,
+    fed_by: Option<&'static str>,
 }
 
 /// How a topic stamps [`Envelope::published_at`](crate::Envelope::published_at).
@@ -83,6 +84,24 @@ fn coarse_now() -> std::time::SystemTime {
 }
 
 impl TopicConfig {
+    /// Hands the topic to a storage layer (`owner`, e.g. `tidings-durable`)
+    /// that feeds its subscriptions itself: a publish through the bus is
+    /// refused with [`Refusal::Fed`](crate::error::Refusal::Fed) naming the
+    /// owner (the event must go through the store, or it would not be
+    /// stored), and only subscriptions the owner feeds
+    /// ([`feed`](crate::feed)) attach. Storage layers set this; an
+    /// application normally does not.
+    pub fn fed_by(mut self, owner: &'static str) -> Self {
+        self.fed_by = Some(owner);
+        self
+    }
+
+    /// The storage layer that feeds the topic, if one does
+    /// ([`fed_by`](TopicConfig::fed_by)).
+    pub fn feeder(&self) -> Option<&'static str> {
+        self.fed_by
+    }
+
     /// The default queue capacity of a subscription: 1024 events.
     pub const DEFAULT_CAPACITY: usize = 1024;
 
@@ -165,6 +184,7 @@ impl Default for TopicConfig {
             retain: 0,
             dedup: DedupWindow::new(),
             clock: Clock::Precise,
+            fed_by: None,
         }
     }
 }

@@ -13,7 +13,7 @@ use futures::FutureExt;
 
 use super::invoke::{panic_message, Invoke};
 use super::HandlerPlan;
-use crate::config::PublishOptions;
+use crate::config::{PublishOptions, Settled};
 use crate::dead_letter::DeadLetter;
 use crate::event::Envelope;
 use crate::event::Event;
@@ -153,15 +153,17 @@ impl<E> Drop for Holding<'_, E> {
     }
 }
 
-/// Every attempt at one event: `false` if the queue was cut off while it
-/// waited to retry (the runner stops, the run is left unfinished).
+/// Every attempt at one event: how it ended, or `None` if the queue was
+/// cut off while it waited to retry (the runner stops, the run is left
+/// unfinished). The caller books the end once it has let go of the event,
+/// so that whoever sees the run done also sees its `on_done` run.
 async fn attempts<E: Event, K: Invoke<E>>(
     queue: &SubscriptionState<E>,
     plan: &HandlerPlan,
     kind: &K,
     mut env: Envelope<E>,
     holding: &mut Holding<'_, E>,
-) -> bool {
+) -> Option<Final> {
     let limit = plan.timeout;
     let breaker = plan.breaker.as_deref();
     loop {
@@ -181,23 +183,21 @@ async fn attempts<E: Event, K: Invoke<E>>(
         };
         match next {
             Next::Handled => {
-                queue.done(Final::Handled);
-                holding.finished = true;
-                return true;
+                env.inner.settle(Settled::Handled);
+                return Some(Final::Handled);
             }
             Next::GiveUp(letter) => {
                 let heard = send_dead_letter(queue, plan, letter).await;
-                queue.done(Final::DeadLettered { heard });
-                holding.finished = true;
-                return true;
+                env.inner.settle(Settled::DeadLettered);
+                return Some(Final::DeadLettered { heard });
             }
             Next::Retry(delay) => {
                 if !kind.sleep(queue, delay).await {
-                    return false;
+                    return None;
                 }
                 match permit(queue, breaker, kind).await {
                     Some(probe) => holding.probe = probe,
-                    None => return false,
+                    None => return None,
                 }
                 env = env.for_attempt(env.attempt().saturating_add(1));
             }
@@ -206,14 +206,14 @@ async fn attempts<E: Event, K: Invoke<E>>(
 }
 
 /// The runner's own code failed while it held `env`: the event becomes a
-/// dead letter naming the failure, and is done.
+/// dead letter naming the failure, and is done (booked by the caller).
 async fn give_up<E: Event>(
     queue: &SubscriptionState<E>,
     plan: &HandlerPlan,
     env: &Envelope<E>,
     probe: bool,
     message: &str,
-) {
+) -> Final {
     queue.runner_failed(Some(env.id().get()), message);
     if probe {
         if let Some(breaker) = &plan.breaker {
@@ -225,7 +225,8 @@ async fn give_up<E: Event>(
         .catch_unwind()
         .await
         .unwrap_or(false);
-    queue.done(Final::DeadLettered { heard });
+    env.inner.settle(Settled::DeadLettered);
+    Final::DeadLettered { heard }
 }
 
 /// A runner's next event. Runners take part in tokio's cooperative
@@ -291,19 +292,19 @@ pub(super) async fn run<E: Event, K: Invoke<E>>(
         let went = AssertUnwindSafe(attempts(&queue, &plan, &*kind, env.clone(), &mut holding))
             .catch_unwind()
             .await;
-        match went {
-            Ok(true) => {}
-            Ok(false) => return,
+        let end = match went {
+            Ok(Some(end)) => end,
+            Ok(None) => return,
             Err(panic) => {
                 let message = panic_message(&*panic);
-                if holding.finished {
-                    queue.runner_failed(Some(env.id().get()), &message);
-                } else {
-                    give_up(&queue, &plan, &env, holding.probe, &message).await;
-                    holding.finished = true;
-                }
+                give_up(&queue, &plan, &env, holding.probe, &message).await
             }
-        }
+        };
+        // The event is let go of before the run counts as done: its
+        // `on_done` has run by the time anyone sees the subscription idle.
+        holding.finished = true;
+        drop(env);
+        queue.done(end);
     }
 }
 

@@ -63,6 +63,8 @@ pub struct SubscribeBuilder<E: Event> {
     capacity: Option<usize>,
     overflow: Option<Overflow>,
     start: StartAt,
+    /// Fed by a storage layer: where its feed goes.
+    feed: Option<crate::feed::FeedSlot<E>>,
 }
 
 impl<E: Event> SubscribeBuilder<E> {
@@ -78,6 +80,7 @@ impl<E: Event> SubscribeBuilder<E> {
             capacity: None,
             overflow: None,
             start: StartAt::Latest,
+            feed: None,
         }
     }
 
@@ -111,6 +114,18 @@ impl<E: Event> SubscribeBuilder<E> {
     /// [`Overflow::Block`]).
     pub fn overflow(mut self, overflow: Overflow) -> Self {
         self.overflow = Some(overflow);
+        self
+    }
+
+    /// Makes it a subscription fed by a storage layer
+    /// ([`feed`](crate::feed)): it attaches only to a topic handed to one
+    /// ([`TopicConfig::fed_by`](crate::TopicConfig::fed_by)), gets a queue
+    /// of its own (policy [`Overflow::Block`]: its feeder waits), and its
+    /// [`Feed`](crate::feed::Feed) goes to `slot`'s other end. For storage
+    /// layers; applications subscribe through the layer.
+    pub fn fed(mut self, slot: crate::feed::FeedSlot<E>) -> Self {
+        self.feed = Some(slot);
+        self.overflow = Some(Overflow::Block);
         self
     }
 
@@ -244,7 +259,11 @@ impl<E: Event> SubscribeBuilder<E> {
             consumers,
             breaker,
             start: self.start,
+            fed: self.feed.is_some(),
         })?;
+        if let Some(slot) = self.feed {
+            slot.fill(Arc::clone(&state), Arc::clone(&queue));
+        }
         Ok(Attachment::new(state, queue))
     }
 }

@@ -68,12 +68,16 @@ impl<E: Event> Subscription<E> {
     /// [`TryRecvError::Empty`] when nothing is queued,
     /// [`TryRecvError::Closed`] when nothing ever will be.
     pub fn try_recv(&mut self) -> Result<Envelope<E>, TryRecvError> {
-        self.attachment.queue.try_pop()
+        self.attachment.queue.try_pop().inspect(read)
     }
 
     /// Polls for the next event (what `recv` and the `Stream` impl use).
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Envelope<E>>> {
-        self.attachment.queue.poll_pop(cx, 0)
+        let next = self.attachment.queue.poll_pop(cx, 0);
+        if let Poll::Ready(Some(envelope)) = &next {
+            read(envelope);
+        }
+        next
     }
 
     /// Stops receiving new events; what is already queued can still be
@@ -119,6 +123,13 @@ impl<E: Event> Subscription<E> {
     pub fn started(&self) -> &Started {
         &self.attachment.queue.start
     }
+}
+
+/// A stream's reader has the event: for a fed subscription
+/// ([`Feed`](crate::feed::Feed)), letting go of the envelope settles it.
+#[inline]
+fn read<E>(envelope: &Envelope<E>) {
+    envelope.inner.settle(crate::config::Settled::Read);
 }
 
 impl<E: Event> Stream for Subscription<E> {

@@ -36,6 +36,8 @@ pub(crate) struct SubRequest {
     pub(crate) consumers: usize,
     pub(crate) breaker: Option<Arc<Breaker>>,
     pub(crate) start: StartAt,
+    /// Fed by a storage layer, not by the topic's publishes.
+    pub(crate) fed: bool,
 }
 
 impl<E: Event> TopicState<E> {
@@ -50,6 +52,11 @@ impl<E: Event> TopicState<E> {
         let inner = &mut *guard;
         if inner.phase != Phase::Open {
             return Err(SubscribeError::Closed { topic });
+        }
+        match (self.config.feeder(), request.fed) {
+            (Some(owner), false) => return Err(SubscribeError::Fed { topic, owner }),
+            (None, true) => return Err(SubscribeError::NotFed { topic }),
+            _ => {}
         }
         inner.prune_draining();
         let name = inner.unique_name(topic, request.name)?;
@@ -70,7 +77,8 @@ impl<E: Event> TopicState<E> {
             capacity: request.capacity,
         };
         let lossless = matches!(info.policy, Overflow::Block | Overflow::Fail);
-        let reads_ring = lossless && inner.ring.fits(info.capacity);
+        // A fed subscription has a queue of its own, which its feeder fills.
+        let reads_ring = lossless && !request.fed && inner.ring.fits(info.capacity);
         // Each retained event it is given is held by it, as a live one is.
         replay.iter().for_each(|published| published.hold());
         let setup = QueueSetup {

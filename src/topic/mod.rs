@@ -22,6 +22,7 @@
 mod attach;
 mod breaker;
 mod deferred;
+mod feed;
 mod handling;
 mod keys;
 mod line;
@@ -39,6 +40,7 @@ use parking_lot::Mutex;
 
 pub(crate) use attach::{SubName, SubRequest};
 pub(crate) use breaker::{Breaker, Change, Permit};
+pub(crate) use feed::Offered;
 pub(crate) use handling::Final;
 use keys::Dedup;
 use queue::RingView;

@@ -40,6 +40,17 @@ fn duplicate_of(dedup: &mut Dedup, key: &str, now: Instant) -> Option<PublishRec
     })
 }
 
+/// A publish through the bus to a topic a storage layer feeds.
+#[cold]
+#[inline(never)]
+fn fed_elsewhere<E: Event>(owner: &'static str, event: E) -> PublishError<E> {
+    let reason = Refusal::Fed {
+        topic: E::TOPIC,
+        owner,
+    };
+    PublishError::new(reason, event)
+}
+
 /// Records the key of an accepted publish.
 #[cold]
 #[inline(never)]
@@ -77,6 +88,7 @@ fn meta(
         remote: extra.and_then(|e| e.remote.clone()),
         #[cfg(feature = "opentelemetry")]
         parent: extra.and_then(|e| e.parent.clone()).or(parent),
+        redelivered: false,
     });
     if let Some(cause) = &meta.cause {
         count_cause(&mut caused_by.lock(), topic, cause.topic);
@@ -186,6 +198,9 @@ impl<E: Event> TopicState<E> {
         opts: &PublishOptions,
         mut turn: Option<&mut Option<u64>>,
     ) -> Result<PublishReceipt, NotNow<E>> {
+        if let Some(owner) = self.config.feeder() {
+            return Err(NotNow::Refused(fed_elsewhere(owner, event)));
+        }
         let key = match opts.key {
             None => None,
             Some(_) => match self.keyed(opts) {
