@@ -53,4 +53,7 @@ pub struct TopicInfo {
     /// How many accepted events it retains
     /// ([`TopicConfig::retain`](crate::TopicConfig::retain)).
     pub retain: usize,
+    /// The storage layer that feeds it, if one does
+    /// ([`TopicConfig::fed_by`](crate::TopicConfig::fed_by)).
+    pub fed_by: Option<&'static str>,
 }

@@ -375,6 +375,7 @@ impl Bus {
             type_name: e.type_name,
             serializable: e.erased.codec().is_some(),
             retain: e.erased.retained(),
+            fed_by: e.config.feeder(),
         })
     }
 
