@@ -2,7 +2,9 @@
 //! recovery and retention.
 //!
 //! A topic has a directory of segments named by the first sequence number
-//! they may hold (`00000000000000000001.log`). Each segment starts with a
+//! they may hold and their place in the log (its byte position over every
+//! segment ever, which is unique even when no event came between two
+//! segments): `00000000000000000001-00000000000000000000.log`. Each segment starts with a
 //! checkpoint record (the whole state), so recovery reads the last segment
 //! only, whatever is retained. Appends go to the last segment with one
 //! `pwrite` under the log's lock (written: in the operating system's
@@ -60,6 +62,7 @@ pub struct Recovery {
 
 struct Closed {
     first: u64,
+    base: u64,
     path: PathBuf,
     bytes: u64,
     /// When its last record was written (its file's modification time).
@@ -68,6 +71,9 @@ struct Closed {
 
 struct Active {
     first: u64,
+    base: u64,
+    /// Bytes of the checkpoint that opens it.
+    opening: u64,
     path: PathBuf,
     file: Arc<File>,
     len: u64,
@@ -141,8 +147,8 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn segment_name(first: u64) -> String {
-    format!("{first:020}.log")
+fn segment_name(first: u64, base: u64) -> String {
+    format!("{first:020}-{base:020}.log")
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
@@ -151,23 +157,34 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
         .map_err(|e| StoreError::io("syncing the directory", dir, e))
 }
 
+/// A segment file found on disk.
+struct Found {
+    first: u64,
+    base: u64,
+    path: PathBuf,
+}
+
 /// The segments of a topic directory, oldest first.
-fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+fn list_segments(dir: &Path) -> Result<Vec<Found>, StoreError> {
     let mut found = Vec::new();
     let entries = fs::read_dir(dir).map_err(|e| StoreError::io("listing segments", dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| StoreError::io("listing segments", dir, e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        let Some(first) = name
-            .strip_suffix(".log")
-            .and_then(|n| n.parse::<u64>().ok())
-        else {
+        let Some((first, base)) = name.strip_suffix(".log").and_then(|n| n.split_once('-')) else {
             continue;
         };
-        found.push((first, entry.path()));
+        let (Ok(first), Ok(base)) = (first.parse::<u64>(), base.parse::<u64>()) else {
+            continue;
+        };
+        found.push(Found {
+            first,
+            base,
+            path: entry.path(),
+        });
     }
-    found.sort_by_key(|(first, _)| *first);
+    found.sort_by_key(|f| f.base);
     Ok(found)
 }
 
@@ -219,7 +236,7 @@ impl Log {
         // The last segment whose checkpoint reads: one created just before
         // a crash may have none, and holds nothing then.
         let mut active = None;
-        while let Some((first, path)) = segments.pop() {
+        while let Some(Found { first, base, path }) = segments.pop() {
             let bytes = read_all(&path)?;
             let (records, good, why) = scan(&bytes);
             match records.first() {
@@ -233,7 +250,11 @@ impl Log {
                         recovery.truncated_bytes = bytes.len() as u64 - good;
                         recovery.truncated_because = why.or(Some("zeros"));
                     }
-                    active = Some((first, path, good));
+                    let opening = match record::decode(&bytes) {
+                        Decoded::Record(_, size) => size as u64,
+                        _ => 0,
+                    };
+                    active = Some((first, base, opening, path, good));
                     break;
                 }
                 _ => {
@@ -245,19 +266,19 @@ impl Log {
             }
         }
         let mut closed = VecDeque::new();
-        for (first, path) in segments {
+        for Found { first, base, path } in segments {
             let meta = fs::metadata(&path)
                 .map_err(|e| StoreError::io("reading a segment's size", &path, e))?;
             closed.push_back(Closed {
                 first,
+                base,
                 path,
                 bytes: meta.len(),
                 last_write: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
             });
         }
-        let base: u64 = closed.iter().map(|c| c.bytes).sum();
         let active = match active {
-            Some((first, path, good)) => {
+            Some((first, base, opening, path, good)) => {
                 let file = OpenOptions::new()
                     .read(true)
                     .write(true)
@@ -273,6 +294,8 @@ impl Log {
                 }
                 Active {
                     first,
+                    base,
+                    opening,
                     path,
                     file: Arc::new(file),
                     len: good,
@@ -280,9 +303,11 @@ impl Log {
             }
             None => {
                 let first = state.next_seq;
-                Self::create_segment(&dir, first, &mut state, opts.ledger.as_ref())?
+                let base = closed.back().map_or(0, |c| c.base.saturating_add(c.bytes));
+                Self::create_segment(&dir, first, base, &mut state, opts.ledger.as_ref())?
             }
         };
+        let base = active.base;
         recovery.segments = closed.len() + 1;
         recovery.took = began.elapsed();
         let len = active.len;
@@ -327,15 +352,17 @@ impl Log {
     fn create_segment(
         dir: &Path,
         first: u64,
+        base: u64,
         state: &mut State,
         ledger: Option<&Arc<Ledger>>,
     ) -> Result<Active, StoreError> {
-        let path = dir.join(segment_name(first));
+        let path = dir.join(segment_name(first, base));
+        // A segment's name is never used twice: `create_new` says so, and
+        // nothing already in the log is ever truncated by a roll.
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .open(&path)
             .map_err(|e| StoreError::io("creating a segment", &path, e))?;
         let mut buf = Vec::new();
@@ -358,6 +385,8 @@ impl Log {
         }
         Ok(Active {
             first,
+            base,
+            opening: buf.len() as u64,
             path,
             file: Arc::new(file),
             len: buf.len() as u64,
@@ -380,7 +409,9 @@ impl Log {
                 reason: reason.clone(),
             });
         }
-        if inner.active.len >= self.opts.segment_bytes {
+        // Records after the opening checkpoint count toward the size (a
+        // large checkpoint, many keys say, never makes every append roll).
+        if inner.active.len.saturating_sub(inner.active.opening) >= self.opts.segment_bytes {
             self.roll(inner)?;
         }
         let (records, out) = make(&mut inner.state)?;
@@ -441,12 +472,14 @@ impl Log {
         let new = Self::create_segment(
             &self.dir,
             first,
+            end,
             &mut inner.state,
             self.opts.ledger.as_ref(),
         )?;
         let old = std::mem::replace(&mut inner.active, new);
         inner.closed.push_back(Closed {
             first: old.first,
+            base: old.base,
             path: old.path,
             bytes: old.len,
             last_write: SystemTime::now(),
@@ -560,41 +593,41 @@ impl Log {
         f(&self.inner.lock().state)
     }
 
-    /// Where a reader may read in the segment starting at `first`: `Some`
-    /// of the active segment's length, `None` for a closed (whole) one.
-    /// `Err` with the next segment's start if `first` is gone.
-    pub(crate) fn limit(&self, first: u64) -> Limit {
+    /// Where a reader may read in the segment at log position `base`:
+    /// the active segment's length, or, for a closed (whole) one, the next
+    /// segment's position; `Gone` once retention let go of it.
+    pub(crate) fn limit(&self, base: u64) -> Limit {
         let inner = self.inner.lock();
-        if inner.active.first == first {
+        if inner.active.base == base {
             return Limit::Active(inner.active.len);
         }
-        let i = inner.closed.iter().position(|c| c.first == first);
+        let i = inner.closed.iter().position(|c| c.base == base);
         match i {
             Some(i) => Limit::Closed {
                 next: inner
                     .closed
                     .get(i + 1)
-                    .map_or(inner.active.first, |c| c.first),
+                    .map_or(inner.active.base, |c| c.base),
             },
             None => Limit::Gone,
         }
     }
 
-    /// The segment that holds `seq` (the oldest one if it is gone).
-    pub(crate) fn segment_for(&self, seq: u64) -> (u64, PathBuf) {
+    /// The segment (its position) where a reader looking for `seq` starts:
+    /// the last one whose first sequence number is at or below it, or the
+    /// oldest one if every segment starts above it.
+    pub(crate) fn segment_for(&self, seq: u64) -> u64 {
         let inner = self.inner.lock();
-        let mut found = (inner.active.first, inner.active.path.clone());
-        for c in inner.closed.iter().rev() {
-            if c.first <= seq {
-                found = (c.first, c.path.clone());
-                break;
-            }
-            found = (c.first, c.path.clone());
-        }
         if inner.active.first <= seq {
-            found = (inner.active.first, inner.active.path.clone());
+            return inner.active.base;
         }
-        found
+        inner
+            .closed
+            .iter()
+            .rev()
+            .find(|c| c.first <= seq)
+            .or(inner.closed.front())
+            .map_or(inner.active.base, |c| c.base)
     }
 
     /// The first sequence number the oldest segment may hold.
@@ -603,8 +636,17 @@ impl Log {
         inner.closed.front().map_or(inner.active.first, |c| c.first)
     }
 
-    pub(crate) fn path_of(&self, first: u64) -> PathBuf {
-        self.dir.join(segment_name(first))
+    /// The file of the segment at position `base`, if it is still there.
+    pub(crate) fn path_of(&self, base: u64) -> Option<PathBuf> {
+        let inner = self.inner.lock();
+        if inner.active.base == base {
+            return Some(inner.active.path.clone());
+        }
+        inner
+            .closed
+            .iter()
+            .find(|c| c.base == base)
+            .map(|c| c.path.clone())
     }
 
     /// Waits (at most `wait`) for an append after `seen`; returns the

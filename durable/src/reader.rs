@@ -48,7 +48,7 @@ const CHUNK: usize = 64 << 10;
 
 impl Reader {
     pub(crate) fn new(log: Arc<Log>, from: u64) -> Self {
-        let (segment, _) = log.segment_for(from);
+        let segment = log.segment_for(from);
         Reader {
             log,
             segment,
@@ -62,7 +62,9 @@ impl Reader {
 
     fn open(&mut self) -> Result<(), StoreError> {
         if self.file.is_none() {
-            let path = self.log.path_of(self.segment);
+            let Some(path) = self.log.path_of(self.segment) else {
+                return Ok(()); // let go of meanwhile: `next` moves on
+            };
             let file = File::open(&path)
                 .map_err(|e| StoreError::io("opening a segment to read", &path, e))?;
             self.file = Some(file);
@@ -91,7 +93,7 @@ impl Reader {
         self.pos = 0;
         let start = self.buf.len();
         self.buf.resize(start + want, 0);
-        let path = self.log.path_of(self.segment);
+        let path = self.log.path_of(self.segment).unwrap_or_default();
         self.open()?;
         let Some(file) = self.file.as_ref() else {
             return Ok(false);
@@ -113,7 +115,7 @@ impl Reader {
                 Limit::Gone => {
                     // Let go of by retention while we were behind: start
                     // again at the oldest segment that is left.
-                    let (segment, _) = self.log.segment_for(self.want);
+                    let segment = self.log.segment_for(self.want);
                     if segment == self.segment {
                         return Ok(Read::CaughtUp);
                     }
