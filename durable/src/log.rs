@@ -715,6 +715,17 @@ impl Log {
         synced
     }
 
+    /// Stops the log at once, syncing nothing: appends fail from now on,
+    /// and no sync is under way when this returns.
+    pub(crate) fn halt(&self) {
+        self.inner
+            .lock()
+            .stopped
+            .get_or_insert_with(|| "the store was halted".into());
+        self.fail_sync("the store was halted".into());
+        self.stop_syncer();
+    }
+
     fn stop_syncer(&self) {
         self.sync.state.lock().stop = true;
         self.sync.cv.notify_all();

@@ -304,6 +304,17 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Stops every topic at once and syncs nothing, as a power cut would:
+    /// every append after it fails, and no sync is under way once it
+    /// returns. For tests of what survives (with a [`Ledger`] and
+    /// [`Ledger::cut_power`]); a program stops with [`close`](Store::close).
+    pub fn halt(&self) {
+        let logs: Vec<Arc<Log>> = self.inner.topics.lock().values().cloned().collect();
+        logs.iter().for_each(|log| log.halt());
+    }
+}
+
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
