@@ -49,6 +49,8 @@ mod error;
 mod feeder;
 mod ledger;
 mod log;
+#[cfg(test)]
+mod log_props;
 mod reader;
 mod record;
 mod state;
