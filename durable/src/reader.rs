@@ -145,6 +145,13 @@ impl Reader {
                         }
                     }
                 }
+                // Zeros in a closed segment: the rest of a preallocated
+                // one, never written.
+                Decoded::End if next.is_some() => {
+                    if let Some(next) = next {
+                        self.next_segment(next);
+                    }
+                }
                 Decoded::Short | Decoded::End => {
                     if self.fill(end)? {
                         continue;

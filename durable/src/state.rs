@@ -211,14 +211,12 @@ impl State {
         }
     }
 
-    /// The lowest sequence number some durable subscription still needs
-    /// (the topic's next when there is none).
+    /// The lowest sequence number some durable subscription still needs.
+    /// A topic nobody has subscribed to yet keeps everything (its first
+    /// subscription starts at the oldest event): jobs queued before their
+    /// worker subscribes are not lost.
     pub(crate) fn needed_from(&self) -> u64 {
-        self.subs
-            .iter()
-            .map(|s| s.done_below)
-            .min()
-            .unwrap_or(self.next_seq)
+        self.subs.iter().map(|s| s.done_below).min().unwrap_or(0)
     }
 
     /// A fresh subscription id.
