@@ -45,7 +45,7 @@ pub enum StoreError {
     #[error("an event of topic `{topic}` could not be stored: {reason}")]
     Encode {
         /// The topic.
-        topic: &'static str,
+        topic: String,
         /// What the serializer said.
         reason: String,
     },

@@ -84,3 +84,8 @@ impl DurableTopics for BusBuilder {
         self.topic_with::<E>(TopicConfig::default().fed_by(OWNER))
     }
 }
+
+/// The README's examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -482,8 +482,8 @@ impl Log {
         inner.scratch.clear();
         for r in &records {
             record::encode(r, &mut inner.scratch).ok_or_else(|| StoreError::Encode {
-                topic: "(record)",
-                reason: "over 64 MiB".into(),
+                topic: self.topic.clone(),
+                reason: "over 64 MiB serialized".into(),
             })?;
         }
         let at = inner.active.len;

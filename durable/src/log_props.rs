@@ -20,6 +20,7 @@ enum Op {
     Subscribe,
     Settle { sub: u8, back: u8 },
     Offer { sub: u8 },
+    Forget { sub: u8 },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -28,6 +29,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Subscribe),
         3 => (any::<u8>(), any::<u8>()).prop_map(|(sub, back)| Op::Settle { sub, back }),
         1 => any::<u8>().prop_map(|sub| Op::Offer { sub }),
+        1 => any::<u8>().prop_map(|sub| Op::Forget { sub }),
     ]
 }
 
@@ -119,6 +121,13 @@ fn build(dir: &Path, ops: &[Op]) {
                         seq,
                         how: 1,
                     }]
+                }
+                Op::Forget { sub } => {
+                    let Some(s) = state.subs.get(usize::from(*sub) % state.subs.len().max(1))
+                    else {
+                        return Ok((Vec::new(), ()));
+                    };
+                    vec![Record::Forget { sub: s.id }]
                 }
                 Op::Offer { sub } => {
                     let Some(s) = state.subs.get(usize::from(*sub) % state.subs.len().max(1))

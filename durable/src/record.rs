@@ -55,6 +55,9 @@ pub(crate) enum Record {
     Sub { id: u32, name: String, from: u64 },
     /// A dead letter of a durable subscription: why it gave up.
     DeadLetter { sub: u32, seq: u64, error: String },
+    /// A durable subscription is forgotten: its place goes, and with it
+    /// its hold on retention.
+    Forget { sub: u32 },
     /// The whole state, at the start of every segment, so that recovery
     /// reads the last segment only.
     Checkpoint {
@@ -70,6 +73,7 @@ const OFFERED: u8 = 3;
 const SUB: u8 = 4;
 const DEAD_LETTER: u8 = 5;
 const CHECKPOINT: u8 = 6;
+const FORGET: u8 = 7;
 
 /// Appends `record`, framed, to `out`. `None` (and `out` as it was) if its
 /// body would be over [`MAX_BODY`].
@@ -112,6 +116,10 @@ pub(crate) fn encode(record: &Record, out: &mut Vec<u8>) -> Option<()> {
             w.u32(*sub);
             w.u64(*seq);
             w.str(error);
+        }
+        Record::Forget { sub } => {
+            w.u8(FORGET);
+            w.u32(*sub);
         }
         Record::Checkpoint {
             next_seq,
@@ -221,6 +229,7 @@ fn parse(body: &[u8]) -> Option<Record> {
             seq: r.u64()?,
             error: r.str()?.to_owned(),
         },
+        FORGET => Record::Forget { sub: r.u32()? },
         CHECKPOINT => {
             let next_seq = r.u64()?;
             let n = r.count()?;
@@ -363,6 +372,7 @@ mod tests {
                 how
             }),
             (any::<u32>(), any::<u64>()).prop_map(|(sub, upto)| Record::Offered { sub, upto }),
+            any::<u32>().prop_map(|sub| Record::Forget { sub }),
             (any::<u32>(), "[a-z]{1,8}", any::<u64>()).prop_map(|(id, name, from)| Record::Sub {
                 id,
                 name,

@@ -156,6 +156,7 @@ impl State {
                     });
                 }
             }
+            Record::Forget { sub } => self.subs.retain(|s| s.id != *sub),
             Record::Checkpoint {
                 next_seq,
                 subs,

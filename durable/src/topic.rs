@@ -184,7 +184,7 @@ where
             Ok(payload) => payload,
             Err(e) => {
                 let reason = StoreError::Encode {
-                    topic: E::TOPIC,
+                    topic: E::TOPIC.to_owned(),
                     reason: e.to_string(),
                 };
                 return Err(DurablePublishError { reason, event });
@@ -253,6 +253,23 @@ where
             .name(name)
             .capacity(self.inner.options.capacity)
             .fed(slot)
+    }
+
+    /// Forgets the durable subscription `name`: its place goes, and with
+    /// it its hold on retention (a subscription that is gone for good
+    /// would otherwise keep every event it has not settled). `Ok(false)`
+    /// if there was none. Forget a subscription only once it no longer
+    /// runs anywhere: one that subscribes again later starts anew at the
+    /// oldest event the topic has.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the record of it cannot be appended.
+    pub fn forget(&self, name: &str) -> Result<bool, StoreError> {
+        let (forgot, _) = self.inner.log.append(|state| match state.sub_named(name) {
+            Some(sub) => Ok((vec![Record::Forget { sub: sub.id }], true)),
+            None => Ok((Vec::new(), false)),
+        })?;
+        Ok(forgot)
     }
 
     /// What recovery found when the topic opened: segments, bytes read,

@@ -212,6 +212,11 @@ async fn settled_segments_go_and_disk_use_stays_bounded() {
     let stats = jobs.stats();
     assert!(stats.segments <= 3, "{stats:?}");
     assert_eq!(stats.subscriptions[0].expired, 0);
+    // A subscription gone for good is forgotten, and holds nothing back.
+    drop(_worker);
+    assert!(!jobs.forget("nobody").expect("appended"));
+    assert!(jobs.forget("worker").expect("appended"));
+    assert!(jobs.stats().subscriptions.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
