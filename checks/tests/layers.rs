@@ -18,7 +18,7 @@ type Graph = BTreeMap<String, BTreeSet<String>>;
 
 /// The crates whose `src/` is checked, relative to the workspace root.
 const CRATES: &[&str] = &[
-    ".", "grammar", "macros", "nats", "benches", "demos", "checks",
+    ".", "grammar", "macros", "nats", "durable", "benches", "demos", "checks",
 ];
 
 fn workspace_root() -> PathBuf {

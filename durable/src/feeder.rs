@@ -17,29 +17,8 @@ use tidings::Event;
 use crate::error::StoreError;
 use crate::reader::{Read, Reader};
 use crate::record::Record;
+use crate::shared::{SubNumbers, TopicInner};
 use crate::state::SubState;
-use crate::topic::TopicInner;
-
-/// A durable subscription's numbers that live outside the log.
-pub(crate) struct SubNumbers {
-    pub(crate) id: u32,
-    pub(crate) redelivered: AtomicU64,
-    pub(crate) undecodable: AtomicU64,
-    /// Publish times of what it was offered and has not settled.
-    pending: Mutex<BTreeMap<u64, u64>>,
-}
-
-impl SubNumbers {
-    /// When the oldest event it has not settled was published, if its
-    /// feeder has read it.
-    pub(crate) fn oldest_unsettled(&self, state: &SubState) -> Option<u64> {
-        let pending = self.pending.lock();
-        pending
-            .get(&state.done_below)
-            .copied()
-            .or_else(|| pending.values().next().copied())
-    }
-}
 
 /// How long an idle feeder waits before it looks whether its subscription
 /// is still there.

@@ -51,8 +51,10 @@ mod ledger;
 mod log;
 #[cfg(test)]
 mod log_props;
+mod options;
 mod reader;
 mod record;
+mod shared;
 mod state;
 mod store;
 mod topic;
@@ -60,7 +62,8 @@ mod topic;
 pub use error::{DurablePublishError, StoreError};
 pub use ledger::{Ledger, PowerCut};
 pub use log::{Recovery, SyncStats};
-pub use store::{Ack, Store, StoreOptions, TopicOptions};
+pub use options::{Ack, TopicOptions};
+pub use store::{Store, StoreOptions};
 pub use topic::{DurableReceipt, DurableStats, DurableSubStats, DurableTopic};
 
 use serde::de::DeserializeOwned;

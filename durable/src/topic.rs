@@ -12,10 +12,11 @@ use serde::Serialize;
 use tidings::{Bus, Event, SubscribeBuilder};
 
 use crate::error::{DurablePublishError, StoreError};
-use crate::feeder::{self, SubNumbers};
+use crate::feeder;
 use crate::log::{Log, Recovery, SyncStats};
+use crate::options::{Ack, TopicOptions};
 use crate::record::Record;
-use crate::store::{Ack, TopicOptions};
+use crate::shared::{SubNumbers, TopicInner};
 
 /// What a durable publish returns: the event's sequence number in the
 /// store, or the one it duplicates.
@@ -93,16 +94,6 @@ impl<E> Clone for DurableTopic<E> {
             _type: std::marker::PhantomData,
         }
     }
-}
-
-pub(crate) struct TopicInner {
-    pub(crate) bus: Bus,
-    pub(crate) log: Arc<Log>,
-    pub(crate) options: TopicOptions,
-    recovery: Recovery,
-    stored: AtomicU64,
-    duplicates: AtomicU64,
-    pub(crate) subs: Mutex<Vec<Arc<SubNumbers>>>,
 }
 
 fn unix_ns(at: SystemTime) -> u64 {

@@ -251,6 +251,123 @@ fn tidings_run(
     })
 }
 
+/// `fdatasync` alone: 256-byte writes into a preallocated file, each
+/// synced, for `secs`; the latency of each sync.
+fn fdatasync_alone(dir: &Path, secs: Duration) -> Histogram<u64> {
+    use std::os::unix::fs::FileExt;
+    std::fs::create_dir_all(dir).expect("dir");
+    let path = dir.join("fdatasync");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("file");
+    let zeros = vec![0u8; 1 << 20];
+    for i in 0..64u64 {
+        file.write_all_at(&zeros, i << 20).expect("preallocate");
+    }
+    file.sync_all().expect("sync");
+    let mut lat = Histogram::<u64>::new(3).expect("hist");
+    let began = Instant::now();
+    let mut at = 0u64;
+    while began.elapsed() < secs {
+        file.write_all_at(&[7u8; 256], at % (64 << 20))
+            .expect("write");
+        at += 256;
+        let t = Instant::now();
+        file.sync_data().expect("fdatasync");
+        let _ = lat.record(t.elapsed().as_micros() as u64);
+    }
+    let _ = std::fs::remove_file(&path);
+    lat
+}
+
+/// Synced publishes from `publishers` tasks pacing themselves to `rate`
+/// events/s in all: the latency of one publish at that load.
+fn paced_run(
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+    publishers: usize,
+    rate: f64,
+    secs: Duration,
+) -> Run {
+    let _ = std::fs::remove_dir_all(dir);
+    rt.block_on(async {
+        let store = Store::open(dir).expect("store");
+        let bus = Bus::builder().durable_topic::<Job>().build().expect("bus");
+        let jobs = store.topic::<Job>(&bus).expect("topic");
+        // Let the first segment give way to a preallocated one.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        jobs.publish(job()).await.expect("stored");
+        let gap = Duration::from_secs_f64(publishers as f64 / rate);
+        let began = Instant::now();
+        let tasks: Vec<_> = (0..publishers)
+            .map(|i| {
+                let jobs = jobs.clone();
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval_at(
+                        tokio::time::Instant::now() + gap.mul_f64(i as f64 / publishers as f64),
+                        gap,
+                    );
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    let mut lat = Histogram::<u64>::new(3).expect("hist");
+                    let mut n = 0u64;
+                    while began.elapsed() < secs {
+                        tick.tick().await;
+                        let t = Instant::now();
+                        jobs.publish(job()).await.expect("stored");
+                        let _ = lat.record(t.elapsed().as_micros() as u64);
+                        n += 1;
+                    }
+                    (n, lat)
+                })
+            })
+            .collect();
+        let mut total = 0;
+        let mut lat = Histogram::<u64>::new(3).expect("hist");
+        for t in tasks {
+            let (n, l) = t.await.expect("publisher");
+            total += n;
+            lat.add(l).expect("merge");
+        }
+        store.close().expect("close");
+        Run {
+            rate: total as f64 / secs.as_secs_f64(),
+            lat,
+        }
+    })
+}
+
+/// Fills a written topic with `mib` MiB of 256-byte events, closes it, and
+/// times opening it again (recovery).
+fn recovery(rt: &tokio::runtime::Runtime, dir: &Path, mib: u64) -> (Duration, usize, u64) {
+    let _ = std::fs::remove_dir_all(dir);
+    rt.block_on(async {
+        {
+            let store = Store::open(dir).expect("store");
+            let bus = Bus::builder().durable_topic::<Job>().build().expect("bus");
+            let jobs = store
+                .topic_with::<Job>(&bus, TopicOptions::default().ack(Ack::Written))
+                .expect("topic");
+            while jobs.stats().bytes < mib << 20 {
+                for _ in 0..10_000 {
+                    jobs.publish(job()).await.expect("stored");
+                }
+            }
+            store.close().expect("close");
+        }
+        let store = Store::open(dir).expect("store");
+        let bus = Bus::builder().durable_topic::<Job>().build().expect("bus");
+        let t = Instant::now();
+        let jobs = store.topic::<Job>(&bus).expect("topic");
+        let took = t.elapsed();
+        let stats = jobs.stats();
+        (took, stats.segments, stats.bytes)
+    })
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -260,11 +377,18 @@ fn main() {
     let mut rounds = 5;
     let mut secs = 2.0;
     let mut pubs = vec![1usize, 8, 64];
+    let mut recovery_mib = 256;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--rounds" => rounds = args.next().and_then(|v| v.parse().ok()).unwrap_or(rounds),
             "--secs" => secs = args.next().and_then(|v| v.parse().ok()).unwrap_or(secs),
+            "--recovery-mib" => {
+                recovery_mib = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(recovery_mib)
+            }
             "--publishers" => {
                 pubs = args
                     .next()
@@ -318,6 +442,18 @@ fn main() {
         }
     }
     drop(redis);
+    // The synced publish at half of its peak, against the disk's own sync.
+    let last = pubs.len() - 1;
+    let peak = median(results[2][last].iter().map(|r| r.rate).collect());
+    let half = paced_run(
+        &rt,
+        &base.join("tidings"),
+        pubs[last],
+        peak / 2.0,
+        secs.max(Duration::from_secs(3)),
+    );
+    let alone = fdatasync_alone(&base.join("sync"), secs.max(Duration::from_secs(3)));
+    let (took, segments, bytes) = recovery(&rt, &base.join("tidings"), recovery_mib);
     let _ = std::fs::remove_dir_all(&base);
     println!("Durable publishes, 256-byte events, {rounds} rounds of {:.1} s each; medians of the rounds.", secs.as_secs_f64());
     println!("Ratios are taken inside each round (the machine's speed shifts), then the median.\n");
@@ -342,6 +478,23 @@ fn main() {
             );
         }
     }
+    println!(
+        "\nA synced publish at half of the peak of {} publishers ({:.0} of {:.0} events/s): p50 {} µs, p99 {} µs; fdatasync alone: p50 {} µs, p99 {} µs (goal: p99 within 1 ms of it: {}).",
+        pubs[last],
+        half.rate,
+        peak,
+        half.lat.value_at_quantile(0.5),
+        half.lat.value_at_quantile(0.99),
+        alone.value_at_quantile(0.5),
+        alone.value_at_quantile(0.99),
+        if half.lat.value_at_quantile(0.99) <= alone.value_at_quantile(0.99) + 1000 { "met" } else { "missed" },
+    );
+    let per_gib = took.as_secs_f64() / (bytes as f64 / f64::from(1u32 << 30));
+    println!(
+        "Recovery: {:.0} MiB in {segments} segments opened in {:.1} ms ({per_gib:.3} s per GiB retained; it reads the last segment only).",
+        bytes as f64 / f64::from(1u32 << 20),
+        took.as_secs_f64() * 1000.0,
+    );
     println!("\n| ratio (same round, median) | publishers | events/s ratio |");
     println!("|---|---:|---:|");
     let ratio = |a: usize, b: usize, pi: usize| {
