@@ -62,16 +62,13 @@ mod topic;
 pub use error::{DurablePublishError, StoreError};
 pub use ledger::{Ledger, PowerCut};
 pub use log::{Recovery, SyncStats};
-pub use options::{Ack, TopicOptions};
+pub use options::{Ack, TopicOptions, OWNER};
 pub use store::{Store, StoreOptions};
 pub use topic::{DurableReceipt, DurableStats, DurableSubStats, DurableTopic};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tidings::{BusBuilder, Event, TopicConfig};
-
-/// The name durable topics are fed by ([`TopicConfig::fed_by`]).
-pub const OWNER: &str = "tidings-durable";
 
 /// Registers durable topics on a [`BusBuilder`].
 pub trait DurableTopics: Sized {

@@ -5,6 +5,10 @@ use std::time::Duration;
 
 use crate::error::StoreError;
 
+/// The name durable topics are fed by
+/// ([`TopicConfig::fed_by`](tidings::TopicConfig::fed_by)).
+pub const OWNER: &str = "tidings-durable";
+
 /// When a durable publish returns `Ok`.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]

@@ -145,7 +145,7 @@ impl Store {
     {
         options.check()?;
         match bus.topic_info(E::TOPIC) {
-            Some(info) if info.fed_by == Some(crate::OWNER) => {}
+            Some(info) if info.fed_by == Some(crate::options::OWNER) => {}
             _ => {
                 return Err(StoreError::Topic {
                     topic: E::TOPIC,
