@@ -162,6 +162,8 @@ where
         if again {
             numbers.redelivered.fetch_add(1, Ordering::Relaxed);
         }
+        let head = log.with_state(|state| state.next_seq);
+        crate::metrics::offered(E::TOPIC, feed.name(), again, head.saturating_sub(seq));
         numbers.pending.lock().insert(seq, stored.at_ns);
         let commit_log = Arc::clone(log);
         let commit_numbers = Arc::clone(numbers);

@@ -51,6 +51,7 @@ mod ledger;
 mod log;
 #[cfg(test)]
 mod log_props;
+mod metrics;
 mod options;
 mod reader;
 mod record;

@@ -203,6 +203,7 @@ where
             Ok((Appended::New(seq), pos)) => (seq, pos),
             Ok((Appended::Duplicate(seq), _)) => {
                 self.inner.duplicates.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::stored(E::TOPIC, true);
                 return Ok(DurableReceipt {
                     seq,
                     duplicate: true,
@@ -211,6 +212,7 @@ where
             Err(reason) => return Err(DurablePublishError { reason, event }),
         };
         self.inner.stored.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::stored(E::TOPIC, false);
         if self.inner.options.ack == Ack::Synced {
             log.count_synced_publish();
             if let Err(reason) = poll_fn(|cx| log.poll_synced(pos, cx.waker())).await {

@@ -263,6 +263,7 @@ impl Log {
                             Some((_, n)) => *n += lost,
                             None => inner.expired.push((sub.id, lost)),
                         }
+                        crate::metrics::expired(&self.topic, &sub.name, lost);
                         tracing::warn!(topic = %self.topic, subscription = %sub.name, events = lost,
                             "durable topic: retention let go of events a subscription had not settled");
                         sub.done_above.retain(|s| *s >= next_first);
@@ -279,6 +280,8 @@ impl Log {
         if removed {
             sync_dir(&self.dir)?;
         }
+        let bytes = inner.closed.iter().map(|c| c.bytes).sum::<u64>() + inner.active.len;
+        crate::metrics::bytes(&self.topic, bytes, inner.closed.len() + 1);
         Ok(())
     }
 

@@ -187,6 +187,7 @@ impl Log {
         let base = active.base;
         recovery.segments = closed.len() + 1;
         recovery.took = began.elapsed();
+        crate::metrics::recovery(topic, recovery.took, recovery.truncated_bytes);
         let len = active.len;
         let sync = Arc::new(SyncShared {
             state: Mutex::new(SyncState {

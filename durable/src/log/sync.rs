@@ -82,7 +82,8 @@ impl Log {
         waiters.into_iter().for_each(|(_, w)| w.wake());
     }
 
-    pub(super) fn wake_synced(&self) {
+    /// Wakes every publish the syncs so far cover; how many.
+    pub(super) fn wake_synced(&self) -> usize {
         let ready: Vec<Waker> = {
             let mut s = self.sync.state.lock();
             let synced = s.synced;
@@ -91,7 +92,9 @@ impl Log {
             s.waiters = wait;
             ready.into_iter().map(|(_, w)| w).collect()
         };
+        let woken = ready.len();
         ready.into_iter().for_each(Waker::wake);
+        woken
     }
 
     pub(crate) fn sync_stats(&self) -> SyncStats {
@@ -155,7 +158,8 @@ pub(super) fn syncer(log: Weak<Log>, shared: Arc<SyncShared>) {
                     }
                     s.latencies.push_back(took);
                 }
-                log.wake_synced();
+                let group = log.wake_synced();
+                crate::metrics::sync(&log.topic, began.elapsed(), group);
             }
             Err(e) => {
                 let reason = format!("fdatasync of {} failed: {e}", path.display());
