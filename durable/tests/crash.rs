@@ -15,7 +15,7 @@
 //! closing note of the durable topics work gives 1,000).
 //! `TIDINGS_CRASH_SEED` replays a run.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -313,31 +313,51 @@ fn run_child(
     lines.join().expect("reader")
 }
 
+/// Topics and subscriptions as bits, so that a thousand runs' worth of
+/// books stays small: ids are below 2^51 (run << 40).
+fn topic_bit(topic: &str) -> u64 {
+    u64::from(topic == Written::TOPIC)
+}
+fn sub_bit(sub: &str) -> u64 {
+    u64::from(sub == "reader")
+}
+
 #[derive(Default)]
 struct Books {
     /// (topic, seq) -> id, from publishes that returned Ok and from handlers.
-    ids: HashMap<(String, u64), u64>,
-    /// Ids whose publish returned Ok, by topic.
-    acked: Vec<(String, u64)>,
-    /// (topic, sub, id) -> times handled, and whether every later time was marked.
-    handled: HashMap<(String, String, u64), u32>,
+    ids: HashMap<u64, u64>,
+    /// Ids whose publish returned Ok (with their topic's bit).
+    acked: Vec<u64>,
+    /// (id, topic, sub) -> times handled.
+    handled: HashMap<u64, u32>,
     /// (topic, sub) -> last place seen.
     places: BTreeMap<(String, String), u64>,
-    /// Keys accepted: (topic, key) -> seq.
-    keys: BTreeMap<(String, String), u64>,
-    /// The same, in the order they were accepted.
-    recent: Vec<String>,
+    /// The last keys accepted, oldest first: (topic, key, seq).
+    recent: VecDeque<(String, String, u64)>,
     redelivered: u64,
     truncated: u64,
+    handler_runs: u64,
 }
 
 impl Books {
     fn seq_is(&mut self, topic: &str, seq: u64, id: u64, line: &str) {
-        let had = self.ids.insert((topic.to_owned(), seq), id);
+        let had = self.ids.insert(topic_bit(topic) << 62 | seq, id);
         assert!(
             had.map_or(true, |h| h == id),
             "seq {seq} of {topic} names two events: {had:?} and {id} ({line})"
         );
+    }
+
+    /// The last keys accepted, as the child takes them.
+    fn last_keys(&self) -> String {
+        let keys: Vec<String> = self
+            .recent
+            .iter()
+            .rev()
+            .take(8)
+            .map(|(t, k, _)| format!("{t}={k}"))
+            .collect();
+        keys.join(",")
     }
 
     fn read(&mut self, lines: &[String]) {
@@ -349,23 +369,27 @@ impl Books {
             let f: Vec<&str> = line.split(' ').collect();
             match f.as_slice() {
                 ["P", topic, seq, id] => {
-                    let (seq, id) = (seq.parse().unwrap(), id.parse().unwrap());
+                    let (seq, id): (u64, u64) = (seq.parse().unwrap(), id.parse().unwrap());
                     self.seq_is(topic, seq, id, line);
-                    self.acked.push((topic.to_string(), id));
+                    self.acked.push(id << 1 | topic_bit(topic));
                 }
                 ["K", topic, key, seq, id] => {
-                    let (seq, id) = (seq.parse().unwrap(), id.parse().unwrap());
+                    let (seq, id): (u64, u64) = (seq.parse().unwrap(), id.parse().unwrap());
                     self.seq_is(topic, seq, id, line);
-                    self.acked.push((topic.to_string(), id));
-                    self.keys.insert((topic.to_string(), key.to_string()), seq);
-                    self.recent.push(format!("{topic}={key}"));
+                    self.acked.push(id << 1 | topic_bit(topic));
+                    if self.recent.len() == 64 {
+                        self.recent.pop_front();
+                    }
+                    self.recent
+                        .push_back((topic.to_string(), key.to_string(), seq));
                 }
                 ["H", topic, sub, id, seq, again] => {
                     let (id, seq): (u64, u64) = (id.parse().unwrap(), seq.parse().unwrap());
                     self.seq_is(topic, seq, id, line);
+                    self.handler_runs += 1;
                     let n = self
                         .handled
-                        .entry((topic.to_string(), sub.to_string(), id))
+                        .entry(id << 2 | topic_bit(topic) << 1 | sub_bit(sub))
                         .or_default();
                     *n += 1;
                     if *n > 1 {
@@ -398,9 +422,13 @@ impl Books {
                     self.places.insert(key, place);
                 }
                 ["D", topic, key, seq, dup] => {
-                    let original = self.keys.get(&(topic.to_string(), key.to_string()));
+                    let original = self
+                        .recent
+                        .iter()
+                        .find(|(t, k, _)| t == topic && k == key)
+                        .map(|(_, _, seq)| *seq);
                     assert_eq!(*dup, "1", "key {key} of {topic} accepted twice ({line})");
-                    assert_eq!(Some(&seq.parse::<u64>().unwrap()), original, "{line}");
+                    assert_eq!(Some(seq.parse::<u64>().unwrap()), original, "{line}");
                 }
                 ["R", _, bytes] => self.truncated += bytes.parse::<u64>().unwrap(),
                 _ => {}
@@ -427,7 +455,13 @@ fn sigkill_at_random_points_loses_and_repeats_nothing_unmarked() {
                 .map_or(1, |d| d.as_nanos() as u64)
                 | 1
         });
-    eprintln!("crash harness: {cycles} kills, TIDINGS_CRASH_SEED={seed}");
+    // The longest a run lives before its kill (default 400 ms).
+    let max_ms: u64 = std::env::var("TIDINGS_CRASH_MAX_MS")
+        .ok()
+        .and_then(|m| m.parse().ok())
+        .filter(|m| *m > 0)
+        .unwrap_or(400);
+    eprintln!("crash harness: {cycles} kills, TIDINGS_CRASH_SEED={seed}, runs of 0 to {max_ms} ms");
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir().expect("tempdir");
     let mut books = Books::default();
@@ -435,9 +469,9 @@ fn sigkill_at_random_points_loses_and_repeats_nothing_unmarked() {
     for run in 1..=cycles {
         // The last keys accepted, offered again by the next run.
         // Well inside the window of 10,000 keys per topic.
-        let keys: Vec<String> = books.recent.iter().rev().take(8).cloned().collect();
-        let after = Duration::from_millis(rng.next() % 400);
-        let lines = run_child(dir.path(), run, &keys.join(","), Some(after));
+        let keys = books.last_keys();
+        let after = Duration::from_millis(rng.next() % max_ms);
+        let lines = run_child(dir.path(), run, &keys, Some(after));
         if let Ok(dump) = std::env::var("TIDINGS_CRASH_DUMP") {
             let mut f = std::fs::OpenOptions::new()
                 .create(true)
@@ -451,23 +485,21 @@ fn sigkill_at_random_points_loses_and_repeats_nothing_unmarked() {
         }
         books.read(&lines);
     }
-    let keys: Vec<String> = books.recent.iter().rev().take(8).cloned().collect();
-    let lines = run_child(dir.path(), cycles + 1, &keys.join(","), None);
+    let keys = books.last_keys();
+    let lines = run_child(dir.path(), cycles + 1, &keys, None);
     books.read(&lines);
     assert!(
         lines.iter().any(|l| l == "DONE"),
         "the final run did not finish"
     );
-    for (topic, id) in &books.acked {
-        for sub in ["worker", "reader"] {
-            let n = books
-                .handled
-                .get(&(topic.clone(), sub.to_owned(), *id))
-                .copied()
-                .unwrap_or(0);
+    for acked in &books.acked {
+        for sub in 0..2 {
+            let n = books.handled.get(&(acked << 1 | sub)).copied().unwrap_or(0);
             assert!(
                 n >= 1,
-                "{topic}/{sub} never handled {id}, whose publish returned Ok"
+                "subscription {sub} (0: worker, 1: reader) of topic bit {} never handled {}, whose publish returned Ok",
+                acked & 1,
+                acked >> 1
             );
         }
     }
@@ -475,7 +507,7 @@ fn sigkill_at_random_points_loses_and_repeats_nothing_unmarked() {
         "crash harness: {cycles} kills in {:.1?}: {} publishes acknowledged, {} handler runs, {} redelivered (marked), {} torn bytes cut",
         began.elapsed(),
         books.acked.len(),
-        books.handled.values().map(|n| u64::from(*n)).sum::<u64>(),
+        books.handler_runs,
         books.redelivered,
         books.truncated,
     );
