@@ -128,7 +128,8 @@ impl Log {
                         _ => 0,
                     };
                     let preallocated = why.is_none() && bytes.len() as u64 > good;
-                    active = Some((first, base, opening, preallocated, path, good));
+                    let torn = why.is_some();
+                    active = Some((first, base, opening, preallocated, torn, path, good));
                     break;
                 }
                 _ => {
@@ -136,7 +137,12 @@ impl Log {
                         .map_err(|e| StoreError::io("removing an empty segment", &path, e))?;
                     recovery.empty_segments_removed += 1;
                     if bytes.iter().any(|b| *b != 0) {
+                        // A checkpoint torn by the crash (a large write can
+                        // stop part-way when the process is killed): the
+                        // state it copied is whole in the segment before.
                         recovery.truncated_bytes += bytes.len() as u64;
+                        recovery.truncated_because =
+                            Some("a new segment whose opening checkpoint was torn");
                     }
                 }
             }
@@ -154,14 +160,22 @@ impl Log {
             });
         }
         let active = match active {
-            Some((first, base, opening, preallocated, path, good)) => {
+            Some((first, base, opening, preallocated, torn, path, good)) => {
                 let file = OpenOptions::new()
                     .read(true)
                     .write(true)
                     .open(&path)
                     .map_err(|e| StoreError::io("opening a segment", &path, e))?;
                 if recovery.truncated_because.is_some() {
-                    tracing::warn!(topic, path = %path.display(), bytes = recovery.truncated_bytes,
+                    tracing::warn!(
+                        topic,
+                        bytes = recovery.truncated_bytes,
+                        why = recovery.truncated_because,
+                        "durable topic: recovery cut a torn tail off its log"
+                    );
+                }
+                if torn {
+                    tracing::debug!(topic, path = %path.display(), bytes = recovery.truncated_bytes,
                         why = recovery.truncated_because, "durable topic: cut a torn tail off its log");
                     file.set_len(good)
                         .map_err(|e| StoreError::io("cutting a torn tail", &path, e))?;
