@@ -17,6 +17,8 @@ use parking_lot::Mutex;
 #[derive(Debug, Default)]
 pub struct Ledger {
     files: Mutex<HashMap<PathBuf, Mark>>,
+    /// Bytes appends may still write, when the disk is to fill up.
+    space: Mutex<Option<u64>>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -41,6 +43,26 @@ impl Ledger {
     /// A new, empty ledger.
     pub fn new() -> Self {
         Ledger::default()
+    }
+
+    /// Lets appends write only `bytes` more (`None`: no limit), as a disk
+    /// that fills up would: the append that does not fit writes what fits
+    /// and fails with `ENOSPC`.
+    pub fn limit_space(&self, bytes: Option<u64>) {
+        *self.space.lock() = bytes;
+    }
+
+    /// How many of `want` bytes an append may write.
+    pub(crate) fn take_space(&self, want: u64) -> u64 {
+        let mut space = self.space.lock();
+        match space.as_mut() {
+            None => want,
+            Some(left) => {
+                let fits = want.min(*left);
+                *left -= fits;
+                fits
+            }
+        }
     }
 
     pub(crate) fn created(&self, path: &Path) {

@@ -164,8 +164,10 @@ impl Log {
             })?;
         }
         let at = inner.active.len;
-        if let Err(e) = inner.active.file.write_all_at(&inner.scratch, at) {
-            // Whatever part of it reached the file goes again.
+        if let Err(e) = self.write(inner, at) {
+            // Whatever part of it reached the file goes again (and with it
+            // the segment's preallocated room).
+            inner.active.preallocated = false;
             if let Err(cut) = inner.active.file.set_len(at) {
                 inner.stopped = Some(format!(
                     "an append failed ({e}) and could not be undone ({cut})"
@@ -189,6 +191,23 @@ impl Log {
             self.appended_cv.notify_all();
         }
         Ok((out, end))
+    }
+
+    /// Writes the scratch buffer at `at` of the active segment; with a
+    /// ledger that limits space, only what fits, then `ENOSPC`.
+    fn write(&self, inner: &Inner, at: u64) -> std::io::Result<()> {
+        let want = inner.scratch.len() as u64;
+        let fits = self
+            .opts
+            .ledger
+            .as_ref()
+            .map_or(want, |l| l.take_space(want));
+        if fits < want {
+            let part = usize::try_from(fits).unwrap_or(0);
+            inner.active.file.write_all_at(&inner.scratch[..part], at)?;
+            return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+        }
+        inner.active.file.write_all_at(&inner.scratch, at)
     }
 
     /// Starts a new segment: the active one is synced first (every waiter
