@@ -100,6 +100,8 @@ pub(crate) struct Done {
     /// How its subscription settled it (`Settled::code`, 0: not settled);
     /// read by the `on_done` of a fed event.
     settled: AtomicU8,
+    /// Why a handler gave up on it, when it did.
+    error: parking_lot::Mutex<Option<String>>,
 }
 
 impl Done {
@@ -110,7 +112,14 @@ impl Done {
             log,
             holds: AtomicUsize::new(1),
             settled: AtomicU8::new(0),
+            error: parking_lot::Mutex::new(None),
         }
+    }
+
+    /// Marks it dead-lettered for `error`, before its last hold goes.
+    pub(crate) fn dead_lettered(&self, error: String) {
+        *self.error.lock() = Some(error);
+        self.settle(crate::config::Settled::DeadLettered);
     }
 
     /// Marks how the event was settled, before its last hold goes.
@@ -141,7 +150,9 @@ impl Done {
     /// Runs `on_done`, if nobody has yet; a panic in it is caught.
     fn run(&self) {
         let settled = crate::config::Settled::from_code(self.settled.load(Ordering::Acquire));
-        self.log.run(Callback::OnDone, || self.on_done.run(settled));
+        let error = self.error.lock().take();
+        self.log
+            .run(Callback::OnDone, || self.on_done.run(settled, error));
     }
 }
 
@@ -166,6 +177,14 @@ impl<E> Published<E> {
     pub(crate) fn settle(&self, how: crate::config::Settled) {
         if let Some(done) = self.done() {
             done.settle(how);
+        }
+    }
+
+    /// Marks it dead-lettered for `error` (fed events: see
+    /// [`Settlement`](crate::feed::Settlement)).
+    pub(crate) fn dead_lettered(&self, error: &str) {
+        if let Some(done) = self.done() {
+            done.dead_lettered(error.to_owned());
         }
     }
 

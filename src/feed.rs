@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::config::OnDone;
-pub use crate::config::Settled;
+pub use crate::config::{Settled, Settlement};
 use crate::event::{Done, Event, Meta, Published};
 use crate::id::{EventId, SubscriptionId};
 use crate::stats::SubscriptionStats;
@@ -75,7 +75,7 @@ pub struct Fed<E> {
     at: SystemTime,
     key: Option<Arc<str>>,
     redelivered: bool,
-    on_done: Option<Box<dyn FnOnce(Option<Settled>) + Send>>,
+    on_done: Option<Box<dyn FnOnce(Settlement) + Send>>,
 }
 
 impl<E> Fed<E> {
@@ -105,10 +105,11 @@ impl<E> Fed<E> {
     }
 
     /// Runs `f` once the subscription is done with the event: with how it
-    /// settled it, or `None` if it let go of it unsettled. Runs outside
+    /// settled it ([`Settlement::how`]; `None` if it let go of it
+    /// unsettled) and, for a dead letter, why. Runs outside
     /// every lock of the bus; a panic in it is caught and counted
     /// ([`TopicStats::callback_panics`](crate::TopicStats::callback_panics)).
-    pub fn on_done(mut self, f: impl FnOnce(Option<Settled>) + Send + 'static) -> Self {
+    pub fn on_done(mut self, f: impl FnOnce(Settlement) + Send + 'static) -> Self {
         self.on_done = Some(Box::new(f));
         self
     }
@@ -121,7 +122,7 @@ pub struct Feed<E: Event> {
 }
 
 /// Why an offer was not taken: the subscription left, or the bus drains or
-/// is shut down. The event's `on_done` ran with `None`.
+/// is shut down. The event's `on_done` ran with `how: None`.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("the fed subscription `{subscription}` on topic `{topic}` takes no more events")]
 pub struct FeedClosed {

@@ -25,8 +25,13 @@ type Log = Arc<Mutex<Vec<(u64, Option<Settled>)>>>;
 
 fn offer(seq: u64, log: &Log) -> Fed<Job> {
     let log = Arc::clone(log);
-    Fed::new(Job(seq), seq, SystemTime::now()).on_done(move |how| {
-        log.lock().unwrap().push((seq, how));
+    Fed::new(Job(seq), seq, SystemTime::now()).on_done(move |settlement| {
+        if settlement.how == Some(Settled::DeadLettered) {
+            assert_eq!(settlement.error.as_deref(), Some("job 2 always fails"));
+        } else {
+            assert_eq!(settlement.error, None);
+        }
+        log.lock().unwrap().push((seq, settlement.how));
     })
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
-use tidings::feed::{Fed, Feed, PendingFeed, Settled};
+use tidings::feed::{Fed, Feed, PendingFeed, Settled, Settlement};
 use tidings::Event;
 
 use crate::error::StoreError;
@@ -23,6 +23,21 @@ use crate::state::SubState;
 /// How long an idle feeder waits before it looks whether its subscription
 /// is still there.
 const IDLE: Duration = Duration::from_millis(100);
+
+/// The most of a dead letter's error that is stored.
+pub(crate) const MAX_ERROR: usize = 4096;
+
+/// `error`, cut to [`MAX_ERROR`] bytes at a character boundary.
+fn bounded(mut error: String) -> String {
+    if error.len() > MAX_ERROR {
+        let mut end = MAX_ERROR;
+        while !error.is_char_boundary(end) {
+            end -= 1;
+        }
+        error.truncate(end);
+    }
+    error
+}
 
 fn code(how: Settled) -> u8 {
     match how {
@@ -171,11 +186,19 @@ where
         let fed = Fed::new(event, seq, at)
             .key(stored.key)
             .redelivered(again)
-            .on_done(move |how| {
+            .on_done(move |settlement: Settlement| {
                 commit_numbers.pending.lock().remove(&seq);
-                let Some(how) = how else { return };
-                let settle = Record::Settle { sub: id, seq, how: code(how) };
-                if let Err(e) = commit_log.append(|_| Ok((vec![settle], ()))) {
+                let record = match (settlement.how, settlement.error) {
+                    (None, _) => return, // owed again
+                    // A dead letter is stored with why.
+                    (Some(Settled::DeadLettered), error) => Record::DeadLetter {
+                        sub: id,
+                        seq,
+                        error: bounded(error.unwrap_or_default()),
+                    },
+                    (Some(how), _) => Record::Settle { sub: id, seq, how: code(how) },
+                };
+                if let Err(e) = commit_log.append(|_| Ok((vec![record], ()))) {
                     tracing::error!(topic = %commit_log.topic, seq, error = %e,
                         "durable topic: a settlement was not stored; the event will be delivered again");
                 }

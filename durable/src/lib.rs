@@ -65,7 +65,7 @@ pub use ledger::{Ledger, PowerCut};
 pub use log::{Recovery, SyncStats};
 pub use options::{Ack, TopicOptions, OWNER};
 pub use store::{Store, StoreOptions};
-pub use topic::{DurableReceipt, DurableStats, DurableSubStats, DurableTopic};
+pub use topic::{DurableReceipt, DurableStats, DurableSubStats, DurableTopic, StoredDeadLetter};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;

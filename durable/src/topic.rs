@@ -80,6 +80,22 @@ pub struct DurableSubStats {
     pub undecodable: u64,
 }
 
+/// A dead letter of a durable subscription, as the store keeps it: the
+/// event (while the topic retains it) and why its handler gave up.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct StoredDeadLetter<E> {
+    /// The event's sequence number.
+    pub seq: u64,
+    /// Why the handler gave up (the bus's
+    /// [`DeadLetter::error`](tidings::DeadLetter::error), its first 4 KiB).
+    pub error: String,
+    /// The event; `None` if it no longer deserializes into `E`.
+    pub event: Option<E>,
+    /// When it was published.
+    pub published_at: SystemTime,
+}
+
 /// A durable topic of event type `E`: publish through it, subscribe
 /// through it. Cheap to clone.
 pub struct DurableTopic<E> {
@@ -263,6 +279,54 @@ where
             None => Ok((Vec::new(), false)),
         })?;
         Ok(forgot)
+    }
+
+    /// The dead letters of durable subscription `name` that the topic still
+    /// retains, oldest first: each event with why its handler gave up. A
+    /// dead-lettered event is settled, so it goes with its segment once
+    /// every subscription has settled that; copy what must outlive that
+    /// (or bound retention with [`TopicOptions::max_age`] instead). Reads
+    /// the whole log: for inspection, not for a hot path.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] when a segment cannot be read.
+    pub fn dead_letters(&self, name: &str) -> Result<Vec<StoredDeadLetter<E>>, StoreError> {
+        let Some(id) = self
+            .inner
+            .log
+            .with_state(|s| s.sub_named(name).map(|s| s.id))
+        else {
+            return Ok(Vec::new());
+        };
+        let mut errors = std::collections::BTreeMap::new();
+        self.inner.log.scan_records(|r| {
+            if let Record::DeadLetter { sub, seq, error } = r {
+                if *sub == id {
+                    errors.insert(*seq, error.clone());
+                }
+            }
+        })?;
+        let mut letters = Vec::with_capacity(errors.len());
+        self.inner.log.scan_records(|r| {
+            if let Record::Event {
+                seq,
+                at_ns,
+                payload,
+                ..
+            } = r
+            {
+                if let Some(error) = errors.remove(seq) {
+                    letters.push(StoredDeadLetter {
+                        seq: *seq,
+                        error,
+                        event: serde_json::from_slice(payload).ok(),
+                        published_at: SystemTime::UNIX_EPOCH
+                            + std::time::Duration::from_nanos(*at_ns),
+                    });
+                }
+            }
+        })?;
+        Ok(letters)
     }
 
     /// What recovery found when the topic opened: segments, bytes read,

@@ -253,3 +253,49 @@ async fn max_bytes_lets_go_of_unsettled_events_and_counts_them() {
     assert_eq!(idle.expired, idle.settled_below - 1, "{idle:?}");
     assert_eq!(idle.lag, 3_000 - idle.expired, "{idle:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_stored_with_why() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = Store::open(dir.path()).expect("open");
+        let bus = bus();
+        let jobs = store.topic::<Job>(&bus).expect("topic");
+        let handled = Arc::new(Mutex::new(0u64));
+        let count = Arc::clone(&handled);
+        let _worker = jobs
+            .subscribe("worker")
+            .sync(move |job| {
+                *count.lock().unwrap() += 1;
+                if job.id == 2 {
+                    Err(format!("job {} has no template", job.id))
+                } else {
+                    Ok(())
+                }
+            })
+            .expect("subscribed");
+        for id in 1..=3 {
+            jobs.publish(Job { id }).await.expect("stored");
+        }
+        wait_for(|| {
+            jobs.stats()
+                .subscriptions
+                .first()
+                .is_some_and(|s| s.lag == 0)
+        })
+        .await;
+        store.close().expect("closed");
+    }
+    let store = Store::open(dir.path()).expect("open again");
+    let jobs = store.topic::<Job>(&bus()).expect("topic");
+    let letters = jobs.dead_letters("worker").expect("read");
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].seq, 2);
+    assert_eq!(letters[0].event, Some(Job { id: 2 }));
+    assert!(
+        letters[0].error.contains("job 2 has no template"),
+        "{}",
+        letters[0].error
+    );
+    assert!(jobs.dead_letters("nobody").expect("read").is_empty());
+}

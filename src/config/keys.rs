@@ -49,7 +49,7 @@ pub(crate) struct OnDone(parking_lot::Mutex<Option<DoneFn>>);
 
 pub(crate) enum DoneFn {
     Plain(Box<dyn FnOnce() + Send>),
-    Settled(Box<dyn FnOnce(Option<Settled>) + Send>),
+    Settled(Box<dyn FnOnce(Settlement) + Send>),
 }
 
 /// How a subscription was done with an event it was fed
@@ -66,6 +66,20 @@ pub enum Settled {
     DeadLettered,
     /// A stream handed it to its reader, who let go of the envelope.
     Read,
+}
+
+/// How a fed event ended for its subscription
+/// ([`Fed::on_done`](crate::feed::Fed::on_done)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Settlement {
+    /// How the subscription settled it; `None` when it let go of it
+    /// unsettled (cut off at a shutdown deadline, discarded, a run
+    /// cancelled): it is owed again.
+    pub how: Option<Settled>,
+    /// Why a handler gave up on it, for a dead letter (the
+    /// [`DeadLetter::error`](crate::DeadLetter::error) the bus published).
+    pub error: Option<String>,
 }
 
 impl Settled {
@@ -88,16 +102,16 @@ impl Settled {
 }
 
 impl OnDone {
-    pub(crate) fn settled(f: impl FnOnce(Option<Settled>) + Send + 'static) -> Self {
+    pub(crate) fn settled(f: impl FnOnce(Settlement) + Send + 'static) -> Self {
         OnDone(parking_lot::Mutex::new(Some(DoneFn::Settled(Box::new(f)))))
     }
 
     /// Runs the function, if nobody has yet.
-    pub(crate) fn run(&self, settled: Option<Settled>) {
+    pub(crate) fn run(&self, how: Option<Settled>, error: Option<String>) {
         let f = self.0.lock().take();
         match f {
             Some(DoneFn::Plain(f)) => f(),
-            Some(DoneFn::Settled(f)) => f(settled),
+            Some(DoneFn::Settled(f)) => f(Settlement { how, error }),
             None => {}
         }
     }

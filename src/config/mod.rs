@@ -11,8 +11,8 @@ mod topic;
 mod watch;
 
 pub(crate) use keys::OnDone;
-pub use keys::Settled;
 pub use keys::{DedupWindow, PublishOptions};
+pub use keys::{Settled, Settlement};
 pub use overflow::Overflow;
 pub(crate) use policy::later;
 pub use policy::{BreakerPolicy, RetryPolicy};

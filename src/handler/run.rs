@@ -187,8 +187,9 @@ async fn attempts<E: Event, K: Invoke<E>>(
                 return Some(Final::Handled);
             }
             Next::GiveUp(letter) => {
+                let error = letter.error.clone();
                 let heard = send_dead_letter(queue, plan, letter).await;
-                env.inner.settle(Settled::DeadLettered);
+                env.inner.dead_lettered(&error);
                 return Some(Final::DeadLettered { heard });
             }
             Next::Retry(delay) => {
@@ -220,12 +221,13 @@ async fn give_up<E: Event>(
             queue.breaker_changed(breaker.record(true, false));
         }
     }
-    let letter = dead_letter(queue, env, format!("runner failed: {message}"));
+    let error = format!("runner failed: {message}");
+    let letter = dead_letter(queue, env, error.clone());
     let heard = AssertUnwindSafe(send_dead_letter(queue, plan, letter))
         .catch_unwind()
         .await
         .unwrap_or(false);
-    env.inner.settle(Settled::DeadLettered);
+    env.inner.dead_lettered(&error);
     Final::DeadLettered { heard }
 }
 
