@@ -177,8 +177,12 @@ impl Store {
     }
 
     /// Syncs every topic's log and stops their syncer threads. Publishes
-    /// after it fail; dropping the store without it syncs nothing (what
-    /// was written is safe from a process crash, not from a power loss).
+    /// after it fail at once ([`StoreError::Stopped`]), and so do the
+    /// settlements of events still being handled (they are delivered again
+    /// next time): shut the bus down first
+    /// ([`Bus::shutdown`](tidings::Bus::shutdown)), then close the store.
+    /// Dropping the store without it syncs nothing more (what was written
+    /// is safe from a process crash, not from a power loss).
     ///
     /// # Errors
     /// The first sync that failed.

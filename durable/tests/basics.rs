@@ -299,3 +299,18 @@ async fn dead_letters_are_stored_with_why() {
     );
     assert!(jobs.dead_letters("nobody").expect("read").is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_after_close_fails_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    let jobs = store.topic::<Job>(&bus()).expect("topic");
+    jobs.publish(Job { id: 1 }).await.expect("stored");
+    store.close().expect("closed");
+    let err = tokio::time::timeout(Duration::from_secs(30), jobs.publish(Job { id: 2 }))
+        .await
+        .expect("it does not wait for a syncer that is gone")
+        .expect_err("closed");
+    assert!(matches!(err.reason, StoreError::Stopped { .. }), "{err}");
+    assert_eq!(err.event, Job { id: 2 });
+}

@@ -417,23 +417,36 @@ impl Log {
 
     /// Syncs everything written and stops the syncer (the store closes).
     pub(crate) fn close(&self) -> Result<(), StoreError> {
-        let (file, path, end) = {
-            let inner = self.inner.lock();
+        // No append after this one: what is written so far is what the
+        // last sync must cover, and a publish after the close fails
+        // (`Stopped`) instead of waiting for a syncer that is gone.
+        let (file, path, end, base) = {
+            let mut inner = self.inner.lock();
+            inner
+                .stopped
+                .get_or_insert_with(|| "the store was closed".into());
             (
                 Arc::clone(&inner.active.file),
                 inner.active.path.clone(),
                 inner.base + inner.active.len,
+                inner.base,
             )
         };
         let synced = file
             .sync_data()
             .map_err(|e| StoreError::io("syncing at close", &path, e));
-        if synced.is_ok() {
-            if let Some(ledger) = &self.opts.ledger {
-                ledger.synced(&path, end - self.inner.lock().base);
+        match &synced {
+            Ok(()) => {
+                if let Some(ledger) = &self.opts.ledger {
+                    ledger.synced(&path, end - base);
+                }
+                {
+                    let mut s = self.sync.state.lock();
+                    s.synced = s.synced.max(end);
+                }
+                self.wake_synced();
             }
-            self.sync.state.lock().synced = end;
-            self.wake_synced();
+            Err(e) => self.fail_sync(format!("the sync at close failed: {e}")),
         }
         self.stop_syncer();
         synced
