@@ -117,9 +117,26 @@ fn unix_ns(at: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-enum Appended {
-    New(u64),
-    Duplicate(u64),
+/// A publish once appended: done, or waiting for its sync (with the
+/// event, handed back if the sync fails).
+enum Appended<E> {
+    Done(DurableReceipt),
+    Sync {
+        receipt: DurableReceipt,
+        pos: u64,
+        event: E,
+    },
+}
+
+/// An idempotency key must be 1 to 1024 bytes.
+fn check_key(key: &str) -> Result<(), StoreError> {
+    if key.is_empty() || key.len() > 1024 {
+        return Err(StoreError::Setting {
+            setting: "idempotency key",
+            problem: format!("{} bytes; 1 to 1024 allowed", key.len()),
+        });
+    }
+    Ok(())
 }
 
 impl<E> DurableTopic<E>
@@ -171,11 +188,7 @@ where
         key: impl Into<Arc<str>>,
     ) -> Result<DurableReceipt, DurablePublishError<E>> {
         let key = key.into();
-        if key.is_empty() || key.len() > 1024 {
-            let reason = StoreError::Setting {
-                setting: "idempotency key",
-                problem: format!("{} bytes; 1 to 1024 allowed", key.len()),
-            };
+        if let Err(reason) = check_key(&key) {
             return Err(DurablePublishError { reason, event });
         }
         self.store(event, Some(key)).await
@@ -186,6 +199,79 @@ where
         event: E,
         key: Option<Arc<str>>,
     ) -> Result<DurableReceipt, DurablePublishError<E>> {
+        match self.append_event(event, key)? {
+            Appended::Done(receipt) => Ok(receipt),
+            Appended::Sync {
+                receipt,
+                pos,
+                event,
+            } => {
+                let log = &self.inner.log;
+                match poll_fn(|cx| log.poll_synced(pos, cx.waker())).await {
+                    Ok(()) => Ok(receipt),
+                    Err(reason) => Err(DurablePublishError { reason, event }),
+                }
+            }
+        }
+    }
+
+    /// [`publish`](DurableTopic::publish) for code that cannot `.await`: a
+    /// sync handler (`.sync(..)`) that enqueues follow-up work, a thread of
+    /// the application's own. At the synced level it parks the thread
+    /// until the sync; never call it from async code (it would hold a
+    /// runtime worker for that long).
+    ///
+    /// # Errors
+    /// As [`publish`](DurableTopic::publish).
+    pub fn publish_blocking(&self, event: E) -> Result<DurableReceipt, DurablePublishError<E>> {
+        self.store_blocking(event, None)
+    }
+
+    /// [`publish_keyed`](DurableTopic::publish_keyed) for code that cannot
+    /// `.await`, as [`publish_blocking`](DurableTopic::publish_blocking).
+    ///
+    /// # Errors
+    /// As [`publish_keyed`](DurableTopic::publish_keyed).
+    pub fn publish_keyed_blocking(
+        &self,
+        event: E,
+        key: impl Into<Arc<str>>,
+    ) -> Result<DurableReceipt, DurablePublishError<E>> {
+        let key = key.into();
+        if let Err(reason) = check_key(&key) {
+            return Err(DurablePublishError { reason, event });
+        }
+        self.store_blocking(event, Some(key))
+    }
+
+    fn store_blocking(
+        &self,
+        event: E,
+        key: Option<Arc<str>>,
+    ) -> Result<DurableReceipt, DurablePublishError<E>> {
+        match self.append_event(event, key)? {
+            Appended::Done(receipt) => Ok(receipt),
+            Appended::Sync {
+                receipt,
+                pos,
+                event,
+            } => {
+                let log = &self.inner.log;
+                match futures::executor::block_on(poll_fn(|cx| log.poll_synced(pos, cx.waker()))) {
+                    Ok(()) => Ok(receipt),
+                    Err(reason) => Err(DurablePublishError { reason, event }),
+                }
+            }
+        }
+    }
+
+    /// Serializes and appends `event`: done at the written level (or for a
+    /// duplicate), or waiting for the sync that covers `pos`.
+    fn append_event(
+        &self,
+        event: E,
+        key: Option<Arc<str>>,
+    ) -> Result<Appended<E>, DurablePublishError<E>> {
         // User code (the event's `Serialize`) runs before any lock.
         let payload = match serde_json::to_vec(&event) {
             Ok(payload) => payload,
@@ -197,13 +283,12 @@ where
                 return Err(DurablePublishError { reason, event });
             }
         };
-        let at = SystemTime::now();
-        let at_ns = unix_ns(at);
+        let at_ns = unix_ns(SystemTime::now());
         let log = &self.inner.log;
         let appended = log.append(|state| {
             if let Some(key) = &key {
                 if let Some(seq) = state.duplicate(key, at_ns / 1_000_000) {
-                    return Ok((Vec::new(), Appended::Duplicate(seq)));
+                    return Ok((Vec::new(), (seq, true)));
                 }
             }
             let seq = state.next_seq;
@@ -213,32 +298,28 @@ where
                 key,
                 payload,
             };
-            Ok((vec![record], Appended::New(seq)))
+            Ok((vec![record], (seq, false)))
         });
-        let (seq, pos) = match appended {
-            Ok((Appended::New(seq), pos)) => (seq, pos),
-            Ok((Appended::Duplicate(seq), _)) => {
-                self.inner.duplicates.fetch_add(1, Ordering::Relaxed);
-                crate::metrics::stored(E::TOPIC, true);
-                return Ok(DurableReceipt {
-                    seq,
-                    duplicate: true,
-                });
-            }
+        let ((seq, duplicate), pos) = match appended {
+            Ok(appended) => appended,
             Err(reason) => return Err(DurablePublishError { reason, event }),
         };
+        let receipt = DurableReceipt { seq, duplicate };
+        crate::metrics::stored(E::TOPIC, duplicate);
+        if duplicate {
+            self.inner.duplicates.fetch_add(1, Ordering::Relaxed);
+            return Ok(Appended::Done(receipt));
+        }
         self.inner.stored.fetch_add(1, Ordering::Relaxed);
-        crate::metrics::stored(E::TOPIC, false);
         if self.inner.options.ack == Ack::Synced {
             log.count_synced_publish();
-            if let Err(reason) = poll_fn(|cx| log.poll_synced(pos, cx.waker())).await {
-                return Err(DurablePublishError { reason, event });
-            }
+            return Ok(Appended::Sync {
+                receipt,
+                pos,
+                event,
+            });
         }
-        Ok(DurableReceipt {
-            seq,
-            duplicate: false,
-        })
+        Ok(Appended::Done(receipt))
     }
 
     /// Subscribes `name` durably: finish the returned builder as any other

@@ -314,3 +314,53 @@ async fn a_publish_after_close_fails_at_once() {
     assert!(matches!(err.reason, StoreError::Stopped { .. }), "{err}");
     assert_eq!(err.event, Job { id: 2 });
 }
+
+#[derive(Debug, Clone, PartialEq, Event, serde::Serialize, serde::Deserialize)]
+#[event(topic = "jobs.rendered")]
+struct Rendered {
+    id: u64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_handler_enqueues_follow_up_work_durably() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    let bus = Bus::builder()
+        .durable_topic::<Job>()
+        .durable_topic::<Rendered>()
+        .build()
+        .expect("bus");
+    let jobs = store.topic::<Job>(&bus).expect("topic");
+    let rendered = store.topic::<Rendered>(&bus).expect("topic"); // synced
+    let next = rendered.clone();
+    let _worker = jobs
+        .subscribe("worker")
+        .sync(move |job| {
+            // No `.await` on a bus thread: the blocking publish, synced.
+            next.publish_keyed_blocking(Rendered { id: job.id }, format!("rendered-{}", job.id))
+                .map(|_| ())
+                .map_err(|e| e.reason)
+        })
+        .expect("subscribed");
+    let done = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&done);
+    let _notify = rendered
+        .subscribe("notify")
+        .sync(move |r| log.lock().unwrap().push(r.id))
+        .expect("subscribed");
+    for id in 1..=20 {
+        jobs.publish(Job { id }).await.expect("stored");
+    }
+    wait_for(|| done.lock().unwrap().len() == 20).await;
+    assert_eq!(*done.lock().unwrap(), (1..=20).collect::<Vec<_>>());
+    // The key makes a second enqueue of the same follow-up a duplicate.
+    let again = rendered
+        .publish_keyed_blocking(Rendered { id: 1 }, "rendered-1")
+        .expect("answered");
+    assert!(again.duplicate);
+    let stats = rendered.stats();
+    assert!(
+        stats.sync.syncs >= 1 && stats.sync.synced_publishes >= 20,
+        "{stats:?}"
+    );
+}
