@@ -60,6 +60,15 @@ mod state;
 mod store;
 mod topic;
 
+/// Property-test cases: `default`, or `PROPTEST_CASES`.
+#[cfg(test)]
+pub(crate) fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(default)
+}
+
 pub use error::{DurablePublishError, StoreError};
 pub use ledger::{Ledger, PowerCut};
 pub use log::{Recovery, SyncStats};

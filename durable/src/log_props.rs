@@ -171,16 +171,8 @@ fn same(a: &State, b: &State) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// `default` cases, or `PROPTEST_CASES`.
-fn cases(default: u32) -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(default)
-}
-
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(48), ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: crate::cases(48), ..ProptestConfig::default() })]
 
     #[test]
     fn recovery_keeps_exactly_what_precedes_the_damage(

@@ -418,16 +418,8 @@ mod tests {
         ]
     }
 
-    /// `default` cases, or `PROPTEST_CASES`.
-    fn cases(default: u32) -> u32 {
-        std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(default)
-    }
-
     proptest! {
-        #![proptest_config(ProptestConfig { cases: cases(256), ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: crate::cases(256), ..ProptestConfig::default() })]
 
         /// Every record reads back as written, and every strict prefix of
         /// it is short, never a different record.

@@ -224,7 +224,8 @@ where
     /// # Errors
     /// As [`publish`](DurableTopic::publish).
     pub fn publish_blocking(&self, event: E) -> Result<DurableReceipt, DurablePublishError<E>> {
-        self.store_blocking(event, None)
+        // The future's only wait is for the sync.
+        futures::executor::block_on(self.publish(event))
     }
 
     /// [`publish_keyed`](DurableTopic::publish_keyed) for code that cannot
@@ -237,32 +238,7 @@ where
         event: E,
         key: impl Into<Arc<str>>,
     ) -> Result<DurableReceipt, DurablePublishError<E>> {
-        let key = key.into();
-        if let Err(reason) = check_key(&key) {
-            return Err(DurablePublishError { reason, event });
-        }
-        self.store_blocking(event, Some(key))
-    }
-
-    fn store_blocking(
-        &self,
-        event: E,
-        key: Option<Arc<str>>,
-    ) -> Result<DurableReceipt, DurablePublishError<E>> {
-        match self.append_event(event, key)? {
-            Appended::Done(receipt) => Ok(receipt),
-            Appended::Sync {
-                receipt,
-                pos,
-                event,
-            } => {
-                let log = &self.inner.log;
-                match futures::executor::block_on(poll_fn(|cx| log.poll_synced(pos, cx.waker()))) {
-                    Ok(()) => Ok(receipt),
-                    Err(reason) => Err(DurablePublishError { reason, event }),
-                }
-            }
-        }
+        futures::executor::block_on(self.publish_keyed(event, key))
     }
 
     /// Serializes and appends `event`: done at the written level (or for a

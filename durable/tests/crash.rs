@@ -15,6 +15,8 @@
 //! closing note of the durable topics work gives 1,000).
 //! `TIDINGS_CRASH_SEED` replays a run.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -266,17 +268,6 @@ fn crash_child() {
     });
 }
 
-/// xorshift64*: a seeded, reproducible source of kill times.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-}
-
 /// Runs the child once; `kill_after` kills it with SIGKILL after that long.
 fn run_child(
     dir: &std::path::Path,
@@ -455,27 +446,12 @@ fn sigkill_at_random_points_loses_and_repeats_nothing_unmarked() {
     if std::env::var("TIDINGS_CRASH_DIR").is_ok() {
         return; // the child runs `crash_child` only
     }
-    let cycles: u64 = std::env::var("TIDINGS_CRASH_CYCLES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(12);
-    let seed: u64 = std::env::var("TIDINGS_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-                | 1
-        });
+    let cycles = common::setting("TIDINGS_CRASH_CYCLES", 12);
+    let seed = common::seed("TIDINGS_CRASH_SEED");
     // The longest a run lives before its kill (default 400 ms).
-    let max_ms: u64 = std::env::var("TIDINGS_CRASH_MAX_MS")
-        .ok()
-        .and_then(|m| m.parse().ok())
-        .filter(|m| *m > 0)
-        .unwrap_or(400);
+    let max_ms = common::setting("TIDINGS_CRASH_MAX_MS", 400).max(1);
     eprintln!("crash harness: {cycles} kills, TIDINGS_CRASH_SEED={seed}, runs of 0 to {max_ms} ms");
-    let mut rng = Rng(seed);
+    let mut rng = common::Rng(seed);
     let dir = tempfile::tempdir().expect("tempdir");
     let mut books = Books::default();
     let began = std::time::Instant::now();

@@ -9,6 +9,8 @@
 //! `TIDINGS_POWER_CYCLES` sets the number of cuts (default 40; the
 //! closing note gives 200). `TIDINGS_POWER_SEED` replays a run.
 
+mod common;
+
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,33 +32,12 @@ struct Note {
     id: u64,
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_synced_ok_survives_a_power_cut() {
-    let cycles: u64 = std::env::var("TIDINGS_POWER_CYCLES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(40);
-    let seed: u64 = std::env::var("TIDINGS_POWER_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-                | 1
-        });
+    let cycles = common::setting("TIDINGS_POWER_CYCLES", 40);
+    let seed = common::seed("TIDINGS_POWER_SEED");
     eprintln!("power-loss simulation: {cycles} cuts, TIDINGS_POWER_SEED={seed}");
-    let rng = Arc::new(Mutex::new(Rng(seed)));
+    let rng = Arc::new(Mutex::new(common::Rng(seed)));
     let dir = tempfile::tempdir().expect("tempdir");
     // Ids whose synced publish returned Ok, and ids the audit saw.
     let acked: Arc<Mutex<HashSet<u64>>> = Arc::default();
