@@ -172,7 +172,7 @@ impl<E> Published<E> {
     }
 
     /// Marks how its subscription settled it (fed events: see
-    /// [`Settled`](crate::feed::Settled)).
+    /// [`Settled`](crate::config::Settled)).
     #[inline]
     pub(crate) fn settle(&self, how: crate::config::Settled) {
         if let Some(done) = self.done() {
@@ -181,7 +181,7 @@ impl<E> Published<E> {
     }
 
     /// Marks it dead-lettered for `error` (fed events: see
-    /// [`Settlement`](crate::feed::Settlement)).
+    /// [`Settlement`](crate::config::Settlement)).
     pub(crate) fn dead_lettered(&self, error: &str) {
         if let Some(done) = self.done() {
             done.dead_lettered(error.to_owned());

@@ -44,7 +44,7 @@ pub(crate) struct Extra {
 
 /// What [`PublishOptions::on_done`] runs, once: a plain function, or,
 /// for an event fed to one subscription by a storage layer
-/// ([`Feed`](crate::feed::Feed)), one told how the event was settled.
+/// (`tidings::feed`), one told how the event was settled.
 pub(crate) struct OnDone(parking_lot::Mutex<Option<DoneFn>>);
 
 pub(crate) enum DoneFn {
@@ -53,7 +53,7 @@ pub(crate) enum DoneFn {
 }
 
 /// How a subscription was done with an event it was fed
-/// ([`Feed`](crate::feed::Feed)): what a storage layer commits. An event
+/// (`tidings::feed::Feed`): what a storage layer commits. An event
 /// let go of without being settled (cut off at a shutdown deadline,
 /// discarded by an unsubscribe, its handler run cancelled) is `None` to
 /// the callback: it was not done, and is owed again.
@@ -69,7 +69,7 @@ pub enum Settled {
 }
 
 /// How a fed event ended for its subscription
-/// ([`Fed::on_done`](crate::feed::Fed::on_done)).
+/// (`tidings::feed::Fed::on_done`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Settlement {

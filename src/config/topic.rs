@@ -89,7 +89,7 @@ impl TopicConfig {
     /// refused with [`Refusal::Fed`](crate::error::Refusal::Fed) naming the
     /// owner (the event must go through the store, or it would not be
     /// stored), and only subscriptions the owner feeds
-    /// ([`feed`](crate::feed)) attach. Storage layers set this; an
+    /// (`tidings::feed`) attach. Storage layers set this; an
     /// application normally does not.
     pub fn fed_by(mut self, owner: &'static str) -> Self {
         self.fed_by = Some(owner);

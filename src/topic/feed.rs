@@ -1,5 +1,6 @@
 //! A subscription fed by a storage layer instead of by the topic's
-//! publishes: one event at a time, waiting for room (see `crate::feed`).
+//! publishes: one event at a time, waiting for room (its public face is
+//! the crate's `feed` module).
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
