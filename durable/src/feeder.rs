@@ -128,6 +128,8 @@ where
     let mut reader = Reader::new(Arc::clone(log), at_start.done_below);
     let mut seen = log.appended();
     let mut offered = at_start.offered;
+    // The topic's head when an event was last offered (for the lag metric).
+    let mut head = log.with_state(|state| state.next_seq);
     loop {
         let stored = match reader.next()? {
             Read::Event(stored) => stored,
@@ -138,11 +140,11 @@ where
                 seen = log.wait_appended(seen, IDLE);
                 continue;
             }
-            Read::Corrupt { first, why } => {
+            Read::Corrupt { segment, why } => {
                 tracing::error!(
                     topic = E::TOPIC,
                     subscription = feed.name(),
-                    segment = first,
+                    segment,
                     why,
                     "durable topic: skipped the unreadable rest of a segment"
                 );
@@ -157,7 +159,9 @@ where
         // Written before the event is offered: after a crash, everything up
         // to here may have been had, and is marked so.
         if seq > offered {
-            log.append(|_| Ok((vec![Record::Offered { sub: id, upto: seq }], ())))?;
+            (head, _) = log.append(|state| {
+                Ok((vec![Record::Offered { sub: id, upto: seq }], state.next_seq))
+            })?;
             offered = seq;
         }
         let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -177,7 +181,6 @@ where
         if again {
             numbers.redelivered.fetch_add(1, Ordering::Relaxed);
         }
-        let head = log.with_state(|state| state.next_seq);
         crate::metrics::offered(E::TOPIC, feed.name(), again, head.saturating_sub(seq));
         numbers.pending.lock().insert(seq, stored.at_ns);
         let commit_log = Arc::clone(log);

@@ -23,9 +23,9 @@ pub(crate) enum Read {
     /// Nothing more yet: wait for an append.
     CaughtUp,
     /// A record that does not read in a segment that is no longer written:
-    /// the rest of that segment is skipped (`skipped` from `from` on).
+    /// the rest of that segment (at log position `segment`) is skipped.
     Corrupt {
-        first: u64,
+        segment: u64,
         why: &'static str,
     },
 }
@@ -161,10 +161,10 @@ impl Reader {
                         Some(next) => {
                             if self.buf.len() > self.pos && self.buf[self.pos..].len() >= FRAME {
                                 // Bytes left that never make a record.
-                                let first = self.segment;
+                                let segment = self.segment;
                                 self.next_segment(next);
                                 return Ok(Read::Corrupt {
-                                    first,
+                                    segment,
                                     why: "a record cut short",
                                 });
                             }
@@ -173,18 +173,20 @@ impl Reader {
                     }
                 }
                 Decoded::Bad(why) => {
-                    let first = self.segment;
+                    let segment = self.segment;
                     match next {
                         Some(next) => {
                             self.next_segment(next);
-                            return Ok(Read::Corrupt { first, why });
+                            return Ok(Read::Corrupt { segment, why });
                         }
                         // In the active segment, below what the writer
                         // finished: corruption under a running store.
                         None => {
                             return Err(StoreError::Stopped {
                                 topic: self.log.topic.clone(),
-                                reason: format!("segment {first} of the log does not read: {why}"),
+                                reason: format!(
+                                    "the segment at log position {segment} does not read: {why}"
+                                ),
                             })
                         }
                     }

@@ -92,9 +92,6 @@ struct Inner {
     state: State,
     active: Active,
     closed: VecDeque<Closed>,
-    /// The log position (bytes over every segment ever) where the active
-    /// segment starts.
-    base: u64,
     scratch: Vec<u8>,
     stopped: Option<String>,
     /// A file of zeros, written and synced ahead, that the next segment
@@ -104,6 +101,21 @@ struct Inner {
     /// Events lost to `max_bytes` / `max_age` before every subscription
     /// had them, per subscription id.
     expired: Vec<(u32, u64)>,
+}
+
+impl Active {
+    /// The log position after its last record.
+    pub(super) fn end(&self) -> u64 {
+        self.base + self.len
+    }
+}
+
+impl Inner {
+    /// Bytes of the log on disk: every segment, the active one as far as
+    /// it is written.
+    fn bytes(&self) -> u64 {
+        self.closed.iter().map(|c| c.bytes).sum::<u64>() + self.active.len
+    }
 }
 
 /// One topic's log.
@@ -154,7 +166,7 @@ impl Log {
         }
         let (records, out) = make(&mut inner.state)?;
         if records.is_empty() {
-            return Ok((out, inner.base + inner.active.len));
+            return Ok((out, inner.active.end()));
         }
         inner.scratch.clear();
         for r in &records {
@@ -184,7 +196,7 @@ impl Log {
         for r in &records {
             inner.state.apply(r);
         }
-        let end = inner.base + inner.active.len;
+        let end = inner.active.end();
         drop(guard);
         if events {
             *self.appended.lock() += 1;
@@ -221,10 +233,8 @@ impl Log {
             self.fail_sync(reason);
             return Err(StoreError::io("syncing a full segment", &old.path, e));
         }
-        if let Some(ledger) = &self.opts.ledger {
-            ledger.synced(&old.path, old.len);
-        }
-        let end = inner.base + old.len;
+        let end = old.end();
+        self.synced_to(&old.path, old.base, end);
         let first = inner.state.next_seq;
         let spare = inner.spare.take();
         let new = Self::create_segment(
@@ -243,13 +253,6 @@ impl Log {
             bytes: old.len,
             last_write: SystemTime::now(),
         });
-        inner.base = end;
-        {
-            let mut s = self.sync.state.lock();
-            s.synced = s.synced.max(end);
-            s.requested = s.requested.max(end);
-        }
-        self.wake_synced();
         self.start_spare(inner);
         self.retain(inner)
     }
@@ -263,8 +266,7 @@ impl Log {
             // Its last sequence number is below the next segment's first.
             let next_first = inner.closed.get(1).map_or(inner.active.first, |c| c.first);
             let consumed = next_first <= inner.state.needed_from();
-            let total: u64 = inner.closed.iter().map(|c| c.bytes).sum::<u64>() + inner.active.len;
-            let over_size = self.opts.max_bytes.is_some_and(|max| total > max);
+            let over_size = self.opts.max_bytes.is_some_and(|max| inner.bytes() > max);
             let over_age = self
                 .opts
                 .max_age
@@ -299,8 +301,7 @@ impl Log {
         if removed {
             sync_dir(&self.dir)?;
         }
-        let bytes = inner.closed.iter().map(|c| c.bytes).sum::<u64>() + inner.active.len;
-        crate::metrics::bytes(&self.topic, bytes, inner.closed.len() + 1);
+        crate::metrics::bytes(&self.topic, inner.bytes(), inner.closed.len() + 1);
         Ok(())
     }
 
@@ -411,8 +412,7 @@ impl Log {
     /// Disk use, segments, expired events per subscription id.
     pub(crate) fn usage(&self) -> (u64, usize, Vec<(u32, u64)>) {
         let inner = self.inner.lock();
-        let bytes = inner.closed.iter().map(|c| c.bytes).sum::<u64>() + inner.active.len;
-        (bytes, inner.closed.len() + 1, inner.expired.clone())
+        (inner.bytes(), inner.closed.len() + 1, inner.expired.clone())
     }
 
     /// Syncs everything written and stops the syncer (the store closes).
@@ -428,8 +428,8 @@ impl Log {
             (
                 Arc::clone(&inner.active.file),
                 inner.active.path.clone(),
-                inner.base + inner.active.len,
-                inner.base,
+                inner.active.end(),
+                inner.active.base,
             )
         };
         let synced = file
@@ -437,14 +437,7 @@ impl Log {
             .map_err(|e| StoreError::io("syncing at close", &path, e));
         match &synced {
             Ok(()) => {
-                if let Some(ledger) = &self.opts.ledger {
-                    ledger.synced(&path, end - base);
-                }
-                {
-                    let mut s = self.sync.state.lock();
-                    s.synced = s.synced.max(end);
-                }
-                self.wake_synced();
+                self.synced_to(&path, base, end);
             }
             Err(e) => self.fail_sync(format!("the sync at close failed: {e}")),
         }

@@ -198,15 +198,14 @@ impl Log {
                 Self::create_segment(&dir, first, base, &mut state, opts.ledger.as_ref(), None)?
             }
         };
-        let base = active.base;
         recovery.segments = closed.len() + 1;
         recovery.took = began.elapsed();
         crate::metrics::recovery(topic, recovery.took, recovery.truncated_bytes);
-        let len = active.len;
+        let end = active.end();
         let sync = Arc::new(SyncShared {
             state: Mutex::new(SyncState {
-                synced: base + len,
-                requested: base + len,
+                synced: end,
+                requested: end,
                 ..SyncState::default()
             }),
             cv: Condvar::new(),
@@ -221,7 +220,6 @@ impl Log {
                 state,
                 active,
                 closed,
-                base,
                 scratch: Vec::new(),
                 stopped: None,
                 spare: None,

@@ -2,6 +2,7 @@
 //! that wait for it.
 
 use std::collections::VecDeque;
+use std::path::Path;
 use std::sync::{Arc, Weak};
 use std::task::{Poll, Waker};
 use std::time::Instant;
@@ -82,6 +83,20 @@ impl Log {
         waiters.into_iter().for_each(|(_, w)| w.wake());
     }
 
+    /// The segment at `path`, which starts at log position `base`, is on
+    /// disk up to position `end`: the ledger hears of it, and every publish
+    /// that covers wakes. How many woke.
+    pub(super) fn synced_to(&self, path: &Path, base: u64, end: u64) -> usize {
+        if let Some(ledger) = &self.opts.ledger {
+            ledger.synced(path, end - base);
+        }
+        {
+            let mut s = self.sync.state.lock();
+            s.synced = s.synced.max(end);
+        }
+        self.wake_synced()
+    }
+
     /// Wakes every publish the syncs so far cover; how many.
     pub(super) fn wake_synced(&self) -> usize {
         let ready: Vec<Waker> = {
@@ -138,27 +153,23 @@ pub(super) fn syncer(log: Weak<Log>, shared: Arc<SyncShared>) {
             (
                 Arc::clone(&inner.active.file),
                 inner.active.path.clone(),
-                inner.base + inner.active.len,
-                inner.base,
+                inner.active.end(),
+                inner.active.base,
             )
         };
         let began = Instant::now();
         match file.sync_data() {
             Ok(()) => {
-                if let Some(ledger) = &log.opts.ledger {
-                    ledger.synced(&path, end - base);
-                }
                 let took = u32::try_from(began.elapsed().as_micros()).unwrap_or(u32::MAX);
                 {
                     let mut s = shared.state.lock();
-                    s.synced = s.synced.max(end);
                     s.syncs += 1;
                     if s.latencies.len() == 1024 {
                         s.latencies.pop_front();
                     }
                     s.latencies.push_back(took);
                 }
-                let group = log.wake_synced();
+                let group = log.synced_to(&path, base, end);
                 crate::metrics::sync(&log.topic, began.elapsed(), group);
             }
             Err(e) => {
