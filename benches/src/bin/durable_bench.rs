@@ -161,6 +161,22 @@ struct Run {
     lat: Histogram<u64>,
 }
 
+impl Run {
+    /// The publishers' counts and latencies over `secs`, together.
+    fn of(parts: impl Iterator<Item = (u64, Histogram<u64>)>, secs: Duration) -> Run {
+        let mut total = 0;
+        let mut lat = Histogram::<u64>::new(3).expect("hist");
+        for (n, l) in parts {
+            total += n;
+            lat.add(l).expect("merge");
+        }
+        Run {
+            rate: total as f64 / secs.as_secs_f64(),
+            lat,
+        }
+    }
+}
+
 fn redis_run(redis: &Redis, publishers: usize, secs: Duration) -> Run {
     let payload = serde_json::to_vec(&job()).expect("json");
     let stop = Arc::new(AtomicBool::new(false));
@@ -186,17 +202,10 @@ fn redis_run(redis: &Redis, publishers: usize, secs: Duration) -> Run {
         .collect();
     std::thread::sleep(secs);
     stop.store(true, Ordering::Relaxed);
-    let mut total = 0;
-    let mut lat = Histogram::<u64>::new(3).expect("hist");
-    for t in threads {
-        let (n, l) = t.join().expect("publisher");
-        total += n;
-        lat.add(l).expect("merge");
-    }
-    Run {
-        rate: total as f64 / secs.as_secs_f64(),
-        lat,
-    }
+    Run::of(
+        threads.into_iter().map(|t| t.join().expect("publisher")),
+        secs,
+    )
 }
 
 fn tidings_run(
@@ -236,18 +245,12 @@ fn tidings_run(
             .collect();
         tokio::time::sleep(secs).await;
         stop.store(true, Ordering::Relaxed);
-        let mut total = 0;
-        let mut lat = Histogram::<u64>::new(3).expect("hist");
+        let mut parts = Vec::with_capacity(tasks.len());
         for t in tasks {
-            let (n, l) = t.await.expect("publisher");
-            total += n;
-            lat.add(l).expect("merge");
+            parts.push(t.await.expect("publisher"));
         }
         store.close().expect("close");
-        Run {
-            rate: total as f64 / secs.as_secs_f64(),
-            lat,
-        }
+        Run::of(parts.into_iter(), secs)
     })
 }
 
@@ -325,18 +328,12 @@ fn paced_run(
                 })
             })
             .collect();
-        let mut total = 0;
-        let mut lat = Histogram::<u64>::new(3).expect("hist");
+        let mut parts = Vec::with_capacity(tasks.len());
         for t in tasks {
-            let (n, l) = t.await.expect("publisher");
-            total += n;
-            lat.add(l).expect("merge");
+            parts.push(t.await.expect("publisher"));
         }
         store.close().expect("close");
-        Run {
-            rate: total as f64 / secs.as_secs_f64(),
-            lat,
-        }
+        Run::of(parts.into_iter(), secs)
     })
 }
 
