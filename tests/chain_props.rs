@@ -22,9 +22,11 @@
 //!
 //! Cases default to 32; set `PROPTEST_CASES` for more.
 
+mod common;
+
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use proptest::prelude::*;
@@ -113,16 +115,7 @@ fn plan() -> impl Strategy<Value = Plan> {
         })
 }
 
-fn runtime() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime")
-    })
-}
+use common::runtime;
 
 /// Subscribes stage `k` of the chain: handles `From`, publishes `To`.
 fn link<From, To>(bus: &Bus, k: usize, stage: &Stage, wrap: fn(u64) -> To, root: fn(&From) -> u64)
@@ -361,10 +354,7 @@ fn check(plan: &Plan, o: &Outcome) {
 }
 
 fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(32)
+    common::cases(32)
 }
 
 proptest! {

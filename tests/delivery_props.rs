@@ -19,10 +19,12 @@
 //!
 //! Cases default to 48; set `PROPTEST_CASES` for more.
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::pin::pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::poll;
@@ -168,16 +170,7 @@ struct Outcome {
     closed: u64,
 }
 
-fn runtime() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime")
-    })
-}
+use common::runtime;
 
 async fn run(plan: Plan) -> (Outcome, Vec<(SubPlan, Vec<Got>, SubscriptionStats)>, Bus) {
     let bus = Bus::builder()
@@ -521,10 +514,7 @@ fn check(
 }
 
 fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(48)
+    common::cases(48)
 }
 
 proptest! {

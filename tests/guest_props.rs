@@ -16,6 +16,8 @@
 //!
 //! Cases default to 24; set `PROPTEST_CASES` for more.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -416,22 +418,10 @@ async fn run_case(plan: Plan) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-fn runtime() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime")
-    })
-}
+use common::runtime;
 
 fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(24)
+    common::cases(24)
 }
 
 /// The panics this test makes on purpose are reported by the bus; the

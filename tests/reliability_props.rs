@@ -17,6 +17,8 @@
 //!
 //! Cases default to 32; set `PROPTEST_CASES` for more.
 
+mod common;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
@@ -31,10 +33,7 @@ struct Job {
 }
 
 fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(32)
+    common::cases(32)
 }
 
 fn runtime() -> tokio::runtime::Runtime {

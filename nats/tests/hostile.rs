@@ -89,6 +89,13 @@ async fn billing_consumer(server: &NatsServer) -> async_nats::jetstream::consume
         .unwrap()
 }
 
+/// The billing consumer holds nothing: every message acknowledged, none
+/// waiting.
+async fn nothing_pending(server: &NatsServer) {
+    let info = billing_consumer(server).await;
+    assert_eq!((info.num_ack_pending, info.num_pending), (0, 0), "{info:?}");
+}
+
 /// Finding 1: one header value with a lone CR killed the client's
 /// connection task for good. Now it is that message's problem only, in
 /// core and durable mode; in durable mode the stored poison is terminated,
@@ -320,8 +327,7 @@ async fn poison_stored_in_a_stream_ends_in_rejections() {
     reader.await.unwrap();
     let report = bridge.shutdown(LONG).await;
     assert!(report.is_clean(), "{report:?}");
-    let info = billing_consumer(&server).await;
-    assert_eq!((info.num_ack_pending, info.num_pending), (0, 0), "{info:?}");
+    nothing_pending(&server).await;
 }
 
 /// Finding 3: wire ids were `<origin>-<counter>`; a peer that saw one
@@ -1037,8 +1043,7 @@ async fn a_stored_message_larger_than_a_pull_is_rejected_and_the_import_goes_on(
     );
     let report = bridge.shutdown(LONG).await;
     assert!(report.is_clean(), "{report:?}");
-    let info = billing_consumer(&server).await;
-    assert_eq!((info.num_ack_pending, info.num_pending), (0, 0), "{info:?}");
+    nothing_pending(&server).await;
 }
 
 /// Issue 21, defect 7: headers that claim this bridge's origin (an event id,
