@@ -118,6 +118,17 @@ pub enum BuildError {
         /// The topic.
         topic: &'static str,
     },
+    /// A worker pool was given 0 workers, or more than
+    /// [`MAX_WORKERS`](crate::MAX_WORKERS).
+    #[error("the {pool} worker pool was given {workers} workers; it takes 1 to {max}")]
+    Workers {
+        /// The pool.
+        pool: crate::config::WorkerPool,
+        /// What it was given.
+        workers: usize,
+        /// The most it takes.
+        max: usize,
+    },
 }
 
 /// Why an event was not published, with the event handed back

@@ -9,13 +9,29 @@ use crate::id::SubscriptionId;
 /// How a subscription consumes its queue.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub enum SubscriberKind {
     /// A [`Subscription`](crate::Subscription) read by the application.
     Stream,
     /// An async handler run as tokio tasks.
     Async,
-    /// A blocking handler run on threads owned by the bus.
+    /// A CPU-heavy handler run on the bus's CPU worker pool
+    /// ([`HandlerBuilder::sync`](crate::HandlerBuilder::sync)).
     Sync,
+    /// A handler that blocks on I/O, run on the bus's I/O worker pool
+    /// ([`HandlerBuilder::blocking`](crate::HandlerBuilder::blocking)).
+    Blocking,
+}
+
+impl SubscriberKind {
+    /// The worker pool its handler runs on, for the kinds that run on one.
+    pub fn pool(self) -> Option<crate::config::WorkerPool> {
+        match self {
+            SubscriberKind::Sync => Some(crate::config::WorkerPool::Cpu),
+            SubscriberKind::Blocking => Some(crate::config::WorkerPool::Io),
+            SubscriberKind::Stream | SubscriberKind::Async => None,
+        }
+    }
 }
 
 impl fmt::Display for SubscriberKind {
@@ -24,6 +40,7 @@ impl fmt::Display for SubscriberKind {
             SubscriberKind::Stream => "stream",
             SubscriberKind::Async => "async",
             SubscriberKind::Sync => "sync",
+            SubscriberKind::Blocking => "blocking",
         })
     }
 }

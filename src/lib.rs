@@ -169,10 +169,12 @@ mod errors;
 mod event;
 pub mod feed;
 mod handler;
+mod hist;
 mod id;
 mod info;
 mod name;
 mod outcome;
+mod pool;
 mod publisher;
 mod receipt;
 mod report;
@@ -200,7 +202,7 @@ pub use bus::{global, set_global, try_global, Bus, BusBuilder};
 pub use codec::Codec;
 pub use config::{
     BreakerPolicy, Clock, DedupWindow, Overflow, PublishOptions, RetryPolicy, StartAt, TopicConfig,
-    WatchConfig,
+    WatchConfig, WorkerPool, MAX_WORKERS,
 };
 pub use dead_letter::{DeadLetter, DEAD_LETTER_TOPIC};
 pub use event::{Envelope, Event, SharedEvent};
@@ -212,12 +214,15 @@ pub use publisher::Publisher;
 pub use receipt::{Duplicate, PublishReceipt};
 pub use report::{ShutdownReport, Unclean, UncleanKind};
 pub use resume::{Replayed, Started};
-pub use stats::{BreakerState, BusStats, CausedBy, SubscriptionStats, TopicStats};
+pub use stats::{
+    BreakerState, BusStats, CausedBy, PoolHolder, PoolStats, Quantiles, SubscriptionStats,
+    TopicStats,
+};
 pub use subscribe::{
     HandlerBuilder, PatternBuilder, PatternSubscription, SubscribeBuilder, Subscription,
     SubscriptionHandle, MAX_CONCURRENCY,
 };
-pub use watch::{CallbackPanics, Finding, FindingKind, Health};
+pub use watch::{CallbackPanics, Finding, FindingKind, Health, PoolExhausted};
 
 #[cfg(feature = "derive")]
 pub use tidings_macros::Event;

@@ -1,6 +1,7 @@
 //! How one handler run ended: [`Outcome`], the one type the runner, the
 //! subscription's counters, spans and metrics all read.
 
+use std::any::Any;
 use std::time::Duration;
 
 /// How a handler run ended.
@@ -37,5 +38,16 @@ impl Outcome {
             Outcome::Panicked(msg) => Some(format!("panic: {msg}")),
             Outcome::TimedOut(limit) => Some(format!("timed out after {limit:?}")),
         }
+    }
+}
+
+/// A panic's message, from its payload.
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&'static str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
     }
 }

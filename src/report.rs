@@ -105,7 +105,8 @@ pub struct ShutdownReport {
     /// Whether the deadline passed before the bus was quiet.
     pub deadline_hit: bool,
     /// The bus's numbers once shut down, including subscriptions that had
-    /// unsubscribed and were still draining.
+    /// unsubscribed and were still draining (without the worker pools' live
+    /// state, which [`Bus::stats`](crate::Bus::stats) gives).
     pub stats: BusStats,
     /// Everything that keeps the report from being clean.
     pub unclean: Vec<Unclean>,

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::config::Overflow;
+use crate::config::{Overflow, WorkerPool};
 use crate::id::SubscriptionId;
 use crate::info::SubscriberKind;
 
@@ -56,6 +56,8 @@ impl fmt::Display for BreakerState {
 pub struct BusStats {
     /// One entry per registered topic, in name order.
     pub topics: Vec<TopicStats>,
+    /// The bus's worker pools for blocking handlers (CPU, then I/O).
+    pub pools: Vec<PoolStats>,
 }
 
 impl BusStats {
@@ -269,6 +271,83 @@ pub struct SubscriptionStats {
     pub publishers_blocked: u64,
     /// The longest of those waits.
     pub worst_publisher_wait: Duration,
+    /// For a blocking handler ([`.sync()`](crate::HandlerBuilder::sync),
+    /// [`.blocking()`](crate::HandlerBuilder::blocking)): how long its
+    /// runners waited for a worker of their pool, from having an event (or
+    /// their turn back) to a worker taking them up; `None` for other kinds
+    /// or before any wait. Quantiles at most 25 % above the true value.
+    pub worker_wait: Option<Quantiles>,
+    /// For a blocking handler: how long its runs took.
+    pub run_time: Option<Quantiles>,
+}
+
+/// Two quantiles of a subscription's durations; each at most 25 % above
+/// the true value (the histogram keeps four buckets per power of two).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct Quantiles {
+    /// The median.
+    pub p50: Duration,
+    /// The 99th percentile.
+    pub p99: Duration,
+}
+
+impl Quantiles {
+    pub(crate) fn new(p50: Duration, p99: Duration) -> Self {
+        Quantiles { p50, p99 }
+    }
+}
+
+/// One of the bus's worker pools at a moment: see
+/// [`WorkerPool`](crate::WorkerPool).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct PoolStats {
+    /// The pool.
+    pub pool: WorkerPool,
+    /// The most workers it runs.
+    pub max_workers: usize,
+    /// Workers started now (they start when there is work, and end after
+    /// 10 s without any).
+    pub workers: usize,
+    /// Workers running a handler's runner now.
+    pub busy: usize,
+    /// Runners with work waiting for a worker now.
+    pub queued: usize,
+    /// Who holds the busy workers, most workers first.
+    pub holders: Vec<PoolHolder>,
+    /// How many times every worker was busy for longer than
+    /// [`WatchConfig::pool_exhausted`](crate::WatchConfig::pool_exhausted).
+    pub exhausted: u64,
+}
+
+/// A subscription holding workers of a pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct PoolHolder {
+    /// The subscription's topic.
+    pub topic: &'static str,
+    /// The subscription's name.
+    pub subscription: String,
+    /// The subscription's id.
+    pub id: SubscriptionId,
+    /// How many workers it holds.
+    pub workers: usize,
+    /// How long its oldest run has been going.
+    pub oldest_run: Duration,
+}
+
+impl fmt::Display for PoolHolder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "`{}` on `{}` ({} worker(s), oldest run {:?})",
+            self.subscription, self.topic, self.workers, self.oldest_run
+        )
+    }
 }
 
 impl SubscriptionStats {
@@ -358,7 +437,9 @@ fn ms(d: Duration) -> String {
 /// [`SubscriptionStats`] fields and methods they show: `topic`, `name`,
 /// `kind`, `policy`, `capacity`, `queue_depth`, `high_water`, `delivered`,
 /// `dropped()`, `failed_attempts()`, `retried`, `dead_lettered`,
-/// `worst_poll` (async handlers only). A topic without subscriptions is one
+/// `worst_poll` (async handlers only), and, when there are blocking
+/// handlers, `worker_wait` and `run_time` (p50/p99) followed by a line per
+/// worker pool in use. A topic without subscriptions is one
 /// row saying how many events it published; a subscription that left but
 /// still drains is marked `(left)`. When events had causes, a second table
 /// follows, a row per [`TopicStats::caused_by`] entry: `topic`,
@@ -367,7 +448,7 @@ impl fmt::Display for BusStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The columns are named as the fields (and methods) of
         // `SubscriptionStats` they show.
-        const HEAD: [&str; 13] = [
+        const HEAD: [&str; 15] = [
             "topic",
             "name",
             "kind",
@@ -381,11 +462,16 @@ impl fmt::Display for BusStats {
             "retried",
             "dead_lettered",
             "worst_poll",
+            "worker_wait",
+            "run_time",
         ];
-        let mut rows: Vec<[String; 13]> = Vec::new();
+        let quantiles = |q: Option<Quantiles>| {
+            q.map_or("-".to_owned(), |q| format!("{}/{}", ms(q.p50), ms(q.p99)))
+        };
+        let mut rows: Vec<[String; 15]> = Vec::new();
         for t in &self.topics {
             if t.subscriptions.is_empty() && t.draining.is_empty() {
-                let mut row: [String; 13] = Default::default();
+                let mut row: [String; 15] = Default::default();
                 row[0] = t.topic.to_owned();
                 row[1] = format!("(none; {} published)", t.published);
                 rows.push(row);
@@ -410,10 +496,32 @@ impl fmt::Display for BusStats {
                     } else {
                         "-".to_owned()
                     },
+                    quantiles(s.worker_wait),
+                    quantiles(s.run_time),
                 ]);
             }
         }
-        table(f, &HEAD, &rows, 4)?;
+        // The pool columns only when there are blocking handlers.
+        if self.subscriptions().any(|s| s.kind.pool().is_some()) {
+            table(f, &HEAD, &rows, 4)?;
+            for p in self
+                .pools
+                .iter()
+                .filter(|p| p.workers > 0 || p.exhausted > 0)
+            {
+                writeln!(
+                    f,
+                    "pool {}: {} of {} workers started, {} busy, {} runner(s) waiting, exhausted {} time(s)",
+                    p.pool, p.workers, p.max_workers, p.busy, p.queued, p.exhausted
+                )?;
+            }
+        } else {
+            let narrow =
+                |row: &[String; 15]| -> [String; 13] { std::array::from_fn(|i| row[i].clone()) };
+            let head: [&str; 13] = std::array::from_fn(|i| HEAD[i]);
+            let rows: Vec<[String; 13]> = rows.iter().map(narrow).collect();
+            table(f, &head, &rows, 4)?;
+        }
         // What caused what, when anything did: one row per pair of topics.
         let causes: Vec<[String; 3]> = self
             .topics

@@ -362,6 +362,16 @@ impl SubMetrics {
         self.m.dead_lettered.increment(1);
     }
 
+    /// A runner waited `took` for a worker of its pool.
+    pub(crate) fn worker_wait(&self, took: Duration) {
+        #[cfg(feature = "metrics")]
+        if let Some(h) = &self.m.worker_wait {
+            h.record(took.as_secs_f64());
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = took;
+    }
+
     /// A finding occurred; `worst` is the worst of its kind so far.
     pub(crate) fn finding(&self, kind: FindingKind, worst: Duration) {
         #[cfg(feature = "metrics")]
@@ -467,6 +477,8 @@ mod metrics_impl {
         pub(super) duration: Histogram,
         /// Only for the findings this kind of subscription can have.
         findings: [Option<(Counter, Gauge)>; 4],
+        /// Only for the kinds run on a worker pool.
+        pub(super) worker_wait: Option<Histogram>,
     }
 
     impl Sub {
@@ -508,10 +520,7 @@ mod metrics_impl {
                 duration: histogram!("tidings_handler_duration_seconds", &labels()),
                 findings: [
                     finding(FindingKind::SlowPoll, info.kind == SubscriberKind::Async),
-                    finding(
-                        FindingKind::SyncOverBudget,
-                        info.kind == SubscriberKind::Sync,
-                    ),
+                    finding(FindingKind::SyncOverBudget, info.kind.pool().is_some()),
                     finding(
                         FindingKind::PublisherBlocked,
                         info.policy == Overflow::Block,
@@ -521,6 +530,11 @@ mod metrics_impl {
                         info.kind != SubscriberKind::Stream,
                     ),
                 ],
+                worker_wait: info
+                    .kind
+                    .pool()
+                    .is_some()
+                    .then(|| histogram!("tidings_worker_wait_seconds", &labels())),
             }
         }
 

@@ -10,19 +10,26 @@ use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 
-use crate::config::WatchConfig;
+use crate::config::{WatchConfig, WorkerPool};
 use crate::id::SubscriptionId;
 use crate::info::SubInfo;
+use crate::stats::PoolHolder;
 
 /// What kind of trouble a [`Finding`] is.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub enum FindingKind {
     /// An async handler held a runtime worker thread for one poll longer
     /// than [`WatchConfig::slow_poll`](crate::WatchConfig::slow_poll): it does blocking or CPU-heavy work inside
     /// `async` code.
     SlowPoll,
-    /// A sync handler ran longer than [`WatchConfig::sync_budget`](crate::WatchConfig::sync_budget).
+    /// A blocking handler run ([`.sync()`](crate::HandlerBuilder::sync),
+    /// [`.blocking()`](crate::HandlerBuilder::blocking)) went on longer than
+    /// [`WatchConfig::sync_budget`](crate::WatchConfig::sync_budget). Seen
+    /// while the run still goes (so a run that never returns is named too)
+    /// or when it ends, and counted once per run; `worst` is the longest
+    /// such run, or the age of one still going.
     SyncOverBudget,
     /// A publisher waited longer than [`WatchConfig::publish_wait`](crate::WatchConfig::publish_wait) for room in
     /// this (full, `Block`) subscription.
@@ -58,7 +65,7 @@ impl FindingKind {
                 "move the blocking or CPU-heavy work to a `.sync()` handler, or into `tokio::task::spawn_blocking`"
             }
             FindingKind::SyncOverBudget => {
-                "raise the handler's `.concurrency()`, make the work cheaper, or raise `WatchConfig::sync_budget` if this is expected"
+                "each such run holds a worker of its pool (a thread cannot be stopped): make the work cheaper, give a blocking call a timeout of its own, move waiting work to `.blocking()`, or raise `WatchConfig::sync_budget` if this is expected"
             }
             FindingKind::PublisherBlocked => {
                 "this subscription cannot keep up: raise its capacity or concurrency, or choose a lossy overflow policy"
@@ -141,13 +148,65 @@ pub struct Health {
     /// Topics whose `on_done` callbacks or event `Drop`s panicked while the
     /// bus ran them, outside any handler.
     pub callback_panics: Vec<CallbackPanics>,
+    /// Worker pools whose every worker was busy for longer than
+    /// [`WatchConfig::pool_exhausted`](crate::WatchConfig::pool_exhausted).
+    pub pools: Vec<PoolExhausted>,
 }
 
 impl Health {
-    /// No finding was seen, and no callback panicked, within the last
-    /// report interval.
+    /// No finding was seen, no callback panicked and no pool was exhausted
+    /// within the last report interval.
     pub fn is_healthy(&self) -> bool {
-        !self.findings.iter().any(|f| f.recent) && !self.callback_panics.iter().any(|p| p.recent)
+        !self.findings.iter().any(|f| f.recent)
+            && !self.callback_panics.iter().any(|p| p.recent)
+            && !self.pools.iter().any(|p| p.recent)
+    }
+}
+
+/// Every worker of one of the bus's pools was busy for longer than
+/// [`WatchConfig::pool_exhausted`](crate::WatchConfig::pool_exhausted): work
+/// for that pool waited, whatever its subscription. Names who held the
+/// workers the last time it was seen. No run is stopped: a thread cannot
+/// be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct PoolExhausted {
+    /// The pool.
+    pub pool: WorkerPool,
+    /// How many workers it has (all of them were busy).
+    pub workers: usize,
+    /// How many times it happened (a stretch of every worker busy counts
+    /// once, however long).
+    pub count: u64,
+    /// The longest stretch of every worker busy seen.
+    pub worst: Duration,
+    /// Who held the workers when it was last seen, most workers first.
+    pub holders: Vec<PoolHolder>,
+    /// When it was last seen.
+    pub last_seen: SystemTime,
+    /// Whether it was seen within the last report interval.
+    pub recent: bool,
+}
+
+impl fmt::Display for PoolExhausted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} pool exhausted: all {} workers busy, {} time(s), longest {:?}{}; held by ",
+            self.pool,
+            self.workers,
+            self.count,
+            self.worst,
+            if self.recent { "" } else { " (not recently)" },
+        )?;
+        for (i, h) in self.holders.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{h}")?;
+        }
+        f.write_str("; raise the pool's size on the bus builder, lower these subscriptions' concurrency, or move waiting work to the I/O pool")
     }
 }
 
@@ -277,7 +336,7 @@ impl CallbackLog {
 
 impl fmt::Display for Health {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.findings.is_empty() && self.callback_panics.is_empty() {
+        if self.findings.is_empty() && self.callback_panics.is_empty() && self.pools.is_empty() {
             return f.write_str(
                 "healthy: nothing blocked the runtime, overran or kept publishers waiting",
             );
@@ -290,8 +349,11 @@ impl fmt::Display for Health {
             } else {
                 "unhealthy"
             },
-            self.findings.len() + self.callback_panics.len()
+            self.findings.len() + self.callback_panics.len() + self.pools.len()
         )?;
+        for pool in &self.pools {
+            writeln!(f, "- {pool}")?;
+        }
         for finding in &self.findings {
             writeln!(f, "- {finding}")?;
         }
@@ -352,6 +414,14 @@ impl FindingLog {
             worst: std::mem::take(&mut r.pending_worst),
         };
         Some(report)
+    }
+
+    /// A run counted already (while it went on) ended, taking `took`: only
+    /// the worst time may change.
+    pub(crate) fn worse(&self, kind: FindingKind, took: Duration) {
+        let mut records = self.records.lock();
+        let r = &mut records[kind.index()];
+        r.worst = r.worst.max(took);
     }
 
     /// (count, worst) of one kind.

@@ -179,11 +179,16 @@ struct Outcome {
 }
 
 async fn run(plan: Plan) -> Outcome {
+    // Sync stages wait (`block_on`) for room downstream while they hold a
+    // worker of the CPU pool: the pool needs a worker for every sync runner
+    // (3 stages of up to 3, and the sink), or a full stage waits forever
+    // for a worker its upstream holds (see `HandlerBuilder::sync`).
     let bus = Bus::builder()
         .topic::<S0>()
         .topic::<S1>()
         .topic::<S2>()
         .topic::<S3>()
+        .cpu_workers(10)
         .build()
         .unwrap();
     for (k, stage) in plan.stages.iter().enumerate() {

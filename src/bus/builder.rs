@@ -4,10 +4,11 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::{Bus, Registry};
-use crate::config::{TopicConfig, WatchConfig};
+use crate::config::{TopicConfig, WatchConfig, WorkerPool, DEFAULT_IO_WORKERS, MAX_WORKERS};
 use crate::dead_letter::DeadLetter;
 use crate::errors::BuildError;
 use crate::event::Event;
+use crate::pool::Pools;
 
 /// Builds a [`Bus`]: every topic it will carry is registered here.
 ///
@@ -37,6 +38,8 @@ pub struct BusBuilder {
     registry: Registry,
     watch: WatchConfig,
     dead_letters: TopicConfig,
+    cpu_workers: usize,
+    io_workers: usize,
     error: Option<BuildError>,
 }
 
@@ -46,6 +49,8 @@ impl BusBuilder {
             registry: Registry::new(),
             watch: WatchConfig::default(),
             dead_letters: TopicConfig::default(),
+            cpu_workers: WorkerPool::default_cpu_workers(),
+            io_workers: DEFAULT_IO_WORKERS,
             error: None,
         }
     }
@@ -90,20 +95,63 @@ impl BusBuilder {
         self
     }
 
+    /// Sets how many worker threads the CPU pool runs at most: the pool of
+    /// [`.sync()`](crate::HandlerBuilder::sync) handlers, shared by all of
+    /// them. Default: the machine's available parallelism. See
+    /// [`WorkerPool`].
+    ///
+    /// ```
+    /// # use tidings::Bus;
+    /// let bus = Bus::builder().cpu_workers(4).io_workers(16).build()?;
+    /// # Ok::<(), tidings::error::BuildError>(())
+    /// ```
+    ///
+    /// 0 or more than [`MAX_WORKERS`](crate::MAX_WORKERS) makes
+    /// [`build`](Self::build) fail with [`BuildError::Workers`].
+    pub fn cpu_workers(mut self, workers: usize) -> Self {
+        self.cpu_workers = workers;
+        self
+    }
+
+    /// Sets how many worker threads the I/O pool runs at most: the pool of
+    /// [`.blocking()`](crate::HandlerBuilder::blocking) handlers, which
+    /// mostly wait. Default 64. Limits as for
+    /// [`cpu_workers`](Self::cpu_workers).
+    pub fn io_workers(mut self, workers: usize) -> Self {
+        self.io_workers = workers;
+        self
+    }
+
     /// Builds the bus.
     ///
     /// # Errors
     /// The first problem met while registering: [`BuildError::TopicConflict`]
     /// (two types, one topic), [`BuildError::ConfigConflict`],
-    /// [`BuildError::InvalidTopic`], [`BuildError::ZeroCapacity`].
+    /// [`BuildError::InvalidTopic`], [`BuildError::ZeroCapacity`]; or a
+    /// pool size out of range, [`BuildError::Workers`].
     pub fn build(mut self) -> Result<Bus, BuildError> {
         if let Some(err) = self.error {
             return Err(err);
         }
+        for (pool, workers) in [
+            (WorkerPool::Cpu, self.cpu_workers),
+            (WorkerPool::Io, self.io_workers),
+        ] {
+            if workers == 0 || workers > MAX_WORKERS {
+                return Err(BuildError::Workers {
+                    pool,
+                    workers,
+                    max: MAX_WORKERS,
+                });
+            }
+        }
         self.registry
             .register::<DeadLetter>(self.dead_letters.clone())?;
         // The slot belongs to this builder's registry and is set only here.
-        let _ = self.registry.watch.set(Arc::new(self.watch));
+        let watch = Arc::new(self.watch);
+        let pools = Pools::new(self.cpu_workers, self.io_workers, &watch);
+        let _ = self.registry.watch.set(watch);
+        let _ = self.registry.pools.set(Arc::new(pools));
         Ok(Bus::new(self.registry))
     }
 }

@@ -388,12 +388,15 @@ impl Bus {
                 .entries()
                 .map(|e| e.erased.stats())
                 .collect(),
+            pools: crate::pool::current(&self.shared.registry.pools).stats(),
         }
     }
 
     /// What the blocked-runtime watch has found: async handlers whose polls
-    /// held a runtime thread too long, sync handlers over their budget, and
-    /// subscriptions that kept publishers waiting; worst first. Serve it from
+    /// held a runtime thread too long, blocking handlers over their budget
+    /// (or still running past it), subscriptions that kept publishers
+    /// waiting, and worker pools whose every worker was busy too long;
+    /// worst first. Serve it from
     /// a health endpoint. See [`WatchConfig`](crate::WatchConfig).
     ///
     /// ```
@@ -429,6 +432,7 @@ impl Bus {
         Health {
             findings,
             callback_panics,
+            pools: crate::pool::current(&self.shared.registry.pools).findings(),
         }
     }
 
@@ -492,7 +496,11 @@ impl Bus {
         let topics: Vec<&dyn ErasedTopic> =
             self.shared.registry.entries().map(|e| &*e.erased).collect();
         let (elapsed, deadline_hit) = shutdown::drain(&topics, deadline, caller).await;
-        ShutdownReport::new(elapsed, deadline_hit, &before, self.stats(), caller)
+        // The subscriptions' final numbers; the pools' live state is in
+        // `Bus::stats`.
+        let mut after = self.stats();
+        after.pools.clear();
+        ShutdownReport::new(elapsed, deadline_hit, &before, after, caller)
     }
 }
 

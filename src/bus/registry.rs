@@ -10,6 +10,7 @@ use crate::errors::BuildError;
 use crate::event::Event;
 use crate::id::BusId;
 use crate::name::{Pattern, Topic};
+use crate::pool::PoolSlot;
 use crate::subscribe::{self, PartFn};
 use crate::topic::{ErasedTopic, TopicState};
 use crate::watch::WatchSlot;
@@ -35,6 +36,8 @@ pub(crate) struct Registry {
     by_name: BTreeMap<&'static str, TypeId>,
     /// The bus's watch configuration, set when the bus is built.
     pub(crate) watch: WatchSlot,
+    /// The bus's worker pools, made when the bus is built.
+    pub(crate) pools: PoolSlot,
 }
 
 impl Registry {
@@ -44,6 +47,7 @@ impl Registry {
             by_type: HashMap::new(),
             by_name: BTreeMap::new(),
             watch: WatchSlot::default(),
+            pools: PoolSlot::default(),
         }
     }
 
@@ -71,6 +75,7 @@ impl Registry {
         let state = Arc::new(TopicState::<E>::new(
             config.clone(),
             Arc::clone(&self.watch),
+            Arc::clone(&self.pools),
             self.bus,
         ));
         self.by_name.insert(name, TypeId::of::<E>());

@@ -1,7 +1,7 @@
 //! Settings: of a topic ([`TopicConfig`], [`Clock`]), a subscription
 //! ([`Overflow`], [`StartAt`], [`RetryPolicy`], [`BreakerPolicy`]), a
-//! publish ([`PublishOptions`], [`DedupWindow`]) and the blocked-runtime
-//! watch ([`WatchConfig`]). Plain values: nothing here runs.
+//! publish ([`PublishOptions`], [`DedupWindow`]), the blocked-runtime
+//! watch ([`WatchConfig`]) and the worker pools ([`WorkerPool`]). Plain values: nothing here runs.
 
 mod keys;
 mod overflow;
@@ -9,6 +9,7 @@ mod policy;
 mod start;
 mod topic;
 mod watch;
+mod workers;
 
 pub(crate) use keys::OnDone;
 pub use keys::{DedupWindow, PublishOptions};
@@ -19,3 +20,5 @@ pub use policy::{BreakerPolicy, RetryPolicy};
 pub use start::StartAt;
 pub use topic::{Clock, TopicConfig};
 pub use watch::WatchConfig;
+pub(crate) use workers::DEFAULT_IO_WORKERS;
+pub use workers::{WorkerPool, MAX_WORKERS};

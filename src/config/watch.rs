@@ -25,6 +25,7 @@ pub struct WatchConfig {
     slow_poll: Option<Duration>,
     sync_budget: Option<Duration>,
     publish_wait: Option<Duration>,
+    pool_exhausted: Option<Duration>,
     report_every: Duration,
 }
 
@@ -35,6 +36,7 @@ impl WatchConfig {
             slow_poll: None,
             sync_budget: None,
             publish_wait: None,
+            pool_exhausted: None,
             report_every: Duration::from_secs(10),
         }
     }
@@ -47,9 +49,13 @@ impl WatchConfig {
         self
     }
 
-    /// A sync handler run longer than this is reported (it cannot be
-    /// stopped, but its subscription falls behind). Default 1 s; `None`
-    /// stops timing runs.
+    /// A blocking handler run ([`.sync()`](crate::HandlerBuilder::sync) or
+    /// [`.blocking()`](crate::HandlerBuilder::blocking)) longer than this is
+    /// reported ([`FindingKind::SyncOverBudget`](crate::FindingKind::SyncOverBudget)), while it still goes
+    /// (so that a handler that never returns is named too) or when it
+    /// ends. A run cannot be stopped, but it holds a worker of its pool and
+    /// its subscription falls behind. Default 1 s; `None` stops timing
+    /// runs.
     pub fn sync_budget(mut self, budget: Option<Duration>) -> Self {
         self.sync_budget = budget;
         self
@@ -60,6 +66,15 @@ impl WatchConfig {
     /// naming that subscription. Default 100 ms; `None` stops timing waits.
     pub fn publish_wait(mut self, threshold: Option<Duration>) -> Self {
         self.publish_wait = threshold;
+        self
+    }
+
+    /// Every worker of a pool busy for longer than this is reported
+    /// ([`Health::pools`](crate::Health::pools)), naming the subscriptions
+    /// that hold the workers, how many each, and their oldest run's age.
+    /// Default 1 s; `None` stops looking.
+    pub fn pool_exhausted(mut self, threshold: Option<Duration>) -> Self {
+        self.pool_exhausted = threshold;
         self
     }
 
@@ -82,6 +97,10 @@ impl WatchConfig {
     pub(crate) fn publish_wait_threshold(&self) -> Option<Duration> {
         self.publish_wait
     }
+
+    pub(crate) fn pool_exhausted_threshold(&self) -> Option<Duration> {
+        self.pool_exhausted
+    }
 }
 
 impl Default for WatchConfig {
@@ -90,6 +109,7 @@ impl Default for WatchConfig {
             slow_poll: Some(Duration::from_millis(10)),
             sync_budget: Some(Duration::from_secs(1)),
             publish_wait: Some(Duration::from_millis(100)),
+            pool_exhausted: Some(Duration::from_secs(1)),
             report_every: Duration::from_secs(10),
         }
     }

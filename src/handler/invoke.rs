@@ -3,10 +3,10 @@
 //! watch, cancelled by a timeout), a sync handler called on its runner's
 //! own thread.
 
-use std::any::Any;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::{pin, Pin};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -15,20 +15,10 @@ use futures::FutureExt;
 use super::HandlerResult;
 use crate::event::Envelope;
 use crate::event::Event;
-use crate::outcome::Outcome;
+use crate::outcome::{panic_message, Outcome};
+use crate::pool;
 use crate::telemetry::{self, Span};
 use crate::topic::SubscriptionState;
-use crate::watch::FindingKind;
-
-pub(super) fn panic_message(payload: &(dyn Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&'static str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_owned()
-    }
-}
 
 /// What a handler's return value says. Run inside the attempt's
 /// `catch_unwind`: the error's `Display` is user code too.
@@ -62,6 +52,10 @@ pub(crate) trait Invoke<E>: Send + Sync + 'static {
         queue: &'a SubscriptionState<E>,
         delay: Duration,
     ) -> impl Future<Output = bool> + Send + 'a;
+
+    /// Whether the runner may take another event now, or should first
+    /// give its thread to others (woken again at once).
+    fn poll_turn(&self, cx: &mut Context<'_>) -> Poll<()>;
 }
 
 /// An async handler: its future, awaited on a tokio task.
@@ -131,10 +125,21 @@ where
         // A cut-off queue aborts its tasks, so this sleep never outlives it.
         tokio::time::sleep(delay).map(|()| true)
     }
+
+    #[inline]
+    fn poll_turn(&self, _cx: &mut Context<'_>) -> Poll<()> {
+        // Tokio's cooperative budget does this for tasks (see `take`).
+        Poll::Ready(())
+    }
 }
 
-/// A blocking handler, called on its runner's own thread.
-pub(crate) struct SyncHandler<F>(pub(crate) F);
+/// A blocking handler, called on a worker of its pool.
+pub(crate) struct SyncHandler<F> {
+    pub(crate) f: F,
+    pub(crate) pool: Arc<pool::Shared>,
+    /// Its subscription's share of the pool.
+    pub(crate) flow: Arc<pool::Flow>,
+}
 
 impl<E, F, R> Invoke<E> for SyncHandler<F>
 where
@@ -149,20 +154,20 @@ where
         env: Envelope<E>,
         span: &'a Span,
     ) -> impl Future<Output = (Outcome, Duration)> + Send + 'a {
-        let budget = queue.watch.sync_budget_threshold();
-        let timed = budget.is_some() || limit.is_some() || telemetry::wants_duration(span);
-        let start = timed.then(Instant::now);
         let event_id = env.id().get();
         let cause = env.inner.held_cause();
+        let (start, waited) = self.pool.run_began();
+        if let Some(waited) = waited {
+            queue.waited(waited);
+        }
         let result = telemetry::in_span(span, || {
             crate::context::with_cause(cause, || {
-                catch_unwind(AssertUnwindSafe(|| verdict((self.0)(env))))
+                catch_unwind(AssertUnwindSafe(|| verdict((self.f)(env))))
             })
         });
-        let took = start.map_or(Duration::ZERO, |start| start.elapsed());
-        if budget.is_some_and(|budget| took > budget) {
-            queue.finding(FindingKind::SyncOverBudget, took);
-        }
+        let took = start.elapsed();
+        let counted = self.pool.run_ended(&self.flow, took);
+        queue.ran(took, counted);
         if limit.is_some_and(|limit| took > limit) {
             queue.overran(event_id, took);
         }
@@ -174,7 +179,14 @@ where
         queue: &'a SubscriptionState<E>,
         delay: Duration,
     ) -> impl Future<Output = bool> + Send + 'a {
-        std::future::ready(!queue.sleep_unless_cut(delay))
+        // A cut-off queue stops its runners, so this sleep never outlives
+        // it; it holds no worker meanwhile.
+        let _ = queue;
+        pool::Sleep::new(&self.pool, delay)
+    }
+
+    fn poll_turn(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.pool.poll_turn(cx)
     }
 }
 

@@ -1,11 +1,12 @@
-//! Running handlers: async handlers as tokio tasks, sync handlers on threads
-//! owned by the bus. Both run the same loop ([`run`]): wait for the circuit
-//! breaker, take an event, attempt it, retry it after the policy's delay or
-//! give it up as a dead letter. What differs, how the handler is called and
-//! how a runner waits, is the [`Invoke`] trait: [`AsyncHandler`] awaits the
+//! Running handlers: async handlers as tokio tasks, blocking handlers as
+//! runners on one of the bus's worker pools (`crate::pool`). Both run the
+//! same loop ([`run`]): wait for the circuit breaker, take an event, attempt
+//! it, retry it after the policy's delay or give it up as a dead letter.
+//! What differs, how the handler is called, how a runner waits and when it
+//! gives its thread up, is the [`Invoke`] trait: [`AsyncHandler`] awaits the
 //! handler's future (timed for the blocked-runtime watch, cancelled by a
-//! timeout), [`SyncHandler`] calls it on the runner's own thread, which
-//! drives the loop with a minimal blocking executor.
+//! timeout), [`SyncHandler`] calls it on the worker polling the runner and
+//! waits on the pool's timers.
 //!
 //! Nothing the runner holds is lost to a panic. The handler's panics (and
 //! those of its error's `Display`) are a failed attempt like an error. A
@@ -18,9 +19,7 @@ mod run;
 
 use std::error::Error;
 use std::future::Future;
-use std::pin::pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use invoke::{AsyncHandler, SyncHandler};
@@ -32,6 +31,7 @@ use crate::dead_letter::DeadLetter;
 use crate::event::Envelope;
 use crate::event::Event;
 use crate::id::BusId;
+use crate::pool;
 use crate::topic::{Breaker, SubscriptionState, TopicState};
 
 /// What a handler may return: `()` or `Result<(), Err>` with
@@ -104,9 +104,14 @@ pub(crate) fn spawn_async<E, F, Fut>(
     }
 }
 
-/// Starts `concurrency` threads that feed `queue` to `f`. If a thread cannot
-/// be started, the ones already started end when the queue is closed.
-pub(crate) fn spawn_sync<E, F, R>(
+/// Starts `concurrency` runners that feed `queue` to `f` on `pool`'s
+/// workers.
+///
+/// # Errors
+/// The pool had no worker and none could be started; the runners already
+/// started end when the queue is closed.
+pub(crate) fn spawn_pooled<E, F, R>(
+    pool: &Arc<pool::Shared>,
     queue: &Arc<SubscriptionState<E>>,
     concurrency: usize,
     plan: HandlerPlan,
@@ -117,7 +122,13 @@ where
     F: Fn(Envelope<E>) -> R + Send + Sync + 'static,
     R: HandlerResult,
 {
-    let kind = Arc::new(SyncHandler(f));
+    let client: Arc<dyn pool::Client> = Arc::clone(queue) as _;
+    let flow = pool::Flow::new(&client);
+    let kind = Arc::new(SyncHandler {
+        f,
+        pool: Arc::clone(pool),
+        flow: Arc::clone(&flow),
+    });
     let of = RunnerOf {
         bus: plan.bus,
         subscription: queue.info.id,
@@ -125,42 +136,19 @@ where
     };
     let plan = Arc::new(plan);
     for consumer in 0..concurrency {
-        let work = run(
-            Arc::clone(queue),
-            Arc::clone(&plan),
-            Arc::clone(&kind),
-            consumer,
-        );
-        std::thread::Builder::new()
-            .name(format!("tidings:{}", queue.info.name).replace('\0', " "))
-            .spawn(move || block_on(InRunner::new(of, work)))?;
+        let (queue_, plan, kind) = (Arc::clone(queue), Arc::clone(&plan), Arc::clone(&kind));
+        let make = Box::new(move || -> pool::BoxFuture {
+            let work = run(
+                Arc::clone(&queue_),
+                Arc::clone(&plan),
+                Arc::clone(&kind),
+                consumer,
+            );
+            Box::pin(InRunner::new(of, work))
+        });
+        queue.add_pool_runner(pool.spawn(&flow, make)?);
     }
     Ok(())
-}
-
-/// Drives `fut` to completion on this thread, parking it while the future
-/// waits. Unlike `futures::executor::block_on` it does not mark the thread
-/// as inside an executor, so a sync handler may still call `block_on` of
-/// its own.
-fn block_on<F: Future>(fut: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-        fn wake_by_ref(self: &Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut fut = pin!(fut);
-    loop {
-        if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
-            return out;
-        }
-        std::thread::park();
-    }
 }
 
 #[cfg(all(test, feature = "derive"))]

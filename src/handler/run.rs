@@ -11,13 +11,13 @@ use std::time::Duration;
 
 use futures::FutureExt;
 
-use super::invoke::{panic_message, Invoke};
+use super::invoke::Invoke;
 use super::HandlerPlan;
 use crate::config::{PublishOptions, Settled};
 use crate::dead_letter::DeadLetter;
 use crate::event::Envelope;
 use crate::event::Event;
-use crate::outcome::Outcome;
+use crate::outcome::{panic_message, Outcome};
 use crate::telemetry::{self, Span};
 use crate::topic::{Breaker, Final, Permit, SubscriptionState};
 
@@ -238,12 +238,15 @@ async fn give_up<E: Event>(
 /// handler may well never wait). Outside a runtime (sync runners) there is
 /// no budget. Streams do not spend budget: their reader's task is the
 /// application's (`tokio::task::coop::cooperative` wraps a `recv` that
-/// should).
-fn take<E>(
+/// should). A blocking runner gives its worker up after a run when other
+/// runners wait for one ([`Invoke::poll_turn`]).
+fn take<E, K: Invoke<E>>(
     queue: &SubscriptionState<E>,
+    kind: &K,
     cx: &mut Context<'_>,
     consumer: usize,
 ) -> Poll<Option<Envelope<E>>> {
+    std::task::ready!(kind.poll_turn(cx));
     let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
     let taken = queue.poll_pop(cx, consumer);
     if taken.is_ready() {
@@ -263,7 +266,7 @@ pub(super) async fn run<E: Event, K: Invoke<E>>(
     loop {
         let taken = AssertUnwindSafe(async {
             let probe = permit(&queue, breaker, &*kind).await?;
-            let Some(env) = poll_fn(|cx| take(&queue, cx, consumer)).await else {
+            let Some(env) = poll_fn(|cx| take(&queue, &*kind, cx, consumer)).await else {
                 if probe {
                     breaker.inspect(|b| b.release_probe());
                 }

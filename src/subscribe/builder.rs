@@ -1,7 +1,7 @@
 //! Setting a subscription up: [`SubscribeBuilder`] for what every
-//! subscription has, and [`HandlerBuilder`] for what only handlers have
-//! (concurrency, retries, a time limit, a circuit breaker), so that a
-//! stream with a retry policy does not compile.
+//! subscription has; what only handlers have (concurrency, retries, a time
+//! limit, a circuit breaker) is on [`HandlerBuilder`] (`handlers.rs`), so
+//! that a stream with a retry policy does not compile.
 
 use std::fmt;
 use std::future::Future;
@@ -9,13 +9,13 @@ use std::panic::Location;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Attachment, Subscription, SubscriptionHandle};
+use super::{Attachment, HandlerBuilder, Subscription, SubscriptionHandle};
 use crate::config::{BreakerPolicy, Overflow, RetryPolicy, StartAt};
-use crate::dead_letter::{DeadLetter, DEAD_LETTER_TOPIC};
+use crate::dead_letter::DeadLetter;
 use crate::errors::SubscribeError;
 use crate::event::Envelope;
 use crate::event::Event;
-use crate::handler::{self, HandlerPlan, HandlerResult};
+use crate::handler::HandlerResult;
 use crate::info::SubscriberKind;
 use crate::topic::{Breaker, SubName, SubRequest, TopicState};
 
@@ -53,9 +53,9 @@ pub const MAX_CONCURRENCY: usize = 65_536;
 pub struct SubscribeBuilder<E: Event> {
     /// The topic, or `None` when it is not registered (refused when the
     /// subscription is made).
-    topic: Option<Arc<TopicState<E>>>,
+    pub(super) topic: Option<Arc<TopicState<E>>>,
     /// Where handlers' dead letters go.
-    dead_letters: Option<Arc<TopicState<DeadLetter>>>,
+    pub(super) dead_letters: Option<Arc<TopicState<DeadLetter>>>,
     name: Option<String>,
     /// The name it gets unless given one (a wildcard's pattern and call
     /// site); without, this topic and the call site.
@@ -212,8 +212,8 @@ impl<E: Event> SubscribeBuilder<E> {
         HandlerBuilder::new(self).handler_at(f, Location::caller())
     }
 
-    /// Subscribes a blocking handler, run on threads owned by the bus: see
-    /// [`HandlerBuilder::sync`].
+    /// Subscribes a CPU-heavy handler, run on the bus's CPU worker pool:
+    /// see [`HandlerBuilder::sync`].
     ///
     /// # Errors
     /// As [`HandlerBuilder::sync`].
@@ -223,12 +223,26 @@ impl<E: Event> SubscribeBuilder<E> {
         F: Fn(Envelope<E>) -> R + Send + Sync + 'static,
         R: HandlerResult,
     {
-        HandlerBuilder::new(self).sync_at(f, Location::caller())
+        HandlerBuilder::new(self).pooled(SubscriberKind::Sync, f, Location::caller())
+    }
+
+    /// Subscribes a handler that blocks on I/O, run on the bus's I/O worker
+    /// pool: see [`HandlerBuilder::blocking`].
+    ///
+    /// # Errors
+    /// As [`HandlerBuilder::sync`].
+    #[track_caller]
+    pub fn blocking<F, R>(self, f: F) -> Result<SubscriptionHandle, SubscribeError>
+    where
+        F: Fn(Envelope<E>) -> R + Send + Sync + 'static,
+        R: HandlerResult,
+    {
+        HandlerBuilder::new(self).pooled(SubscriberKind::Blocking, f, Location::caller())
     }
 
     /// Checks every setting, then attaches the subscription to its topic;
     /// nothing shared changes unless all of it is accepted.
-    fn attach(
+    pub(super) fn attach(
         self,
         kind: SubscriberKind,
         consumers: usize,
@@ -276,286 +290,6 @@ impl<E: Event> fmt::Debug for SubscribeBuilder<E> {
             .field("capacity", &self.capacity)
             .field("overflow", &self.overflow)
             .field("start", &self.start)
-            .finish()
-    }
-}
-
-/// Sets up a handler subscription: a [`SubscribeBuilder`] with the
-/// settings only handlers have. Finish it with
-/// [`handler`](HandlerBuilder::handler) or [`sync`](HandlerBuilder::sync).
-///
-/// ```
-/// # use std::time::Duration;
-/// # use tidings::{BreakerPolicy, Bus, Event, RetryPolicy};
-/// # #[derive(Debug, Event)] #[event(topic = "orders.created")] struct OrderCreated { id: u64 }
-/// # async fn send_email(id: u64) -> Result<(), std::io::Error> { Ok(()) }
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let bus = Bus::builder().topic::<OrderCreated>().build()?;
-/// let mailer = bus
-///     .subscribe::<OrderCreated>()
-///     .name("mailer")
-///     .concurrency(4)
-///     .retry(RetryPolicy::exponential(Duration::from_millis(10)))
-///     .timeout(Duration::from_secs(5))
-///     .circuit_breaker(BreakerPolicy::new(10, Duration::from_secs(30)))
-///     .handler(|e| async move { send_email(e.id).await })?;
-/// # drop(mailer);
-/// # Ok(()) }
-/// ```
-#[must_use = "a handler builder does nothing until finished with .handler() or .sync()"]
-pub struct HandlerBuilder<E: Event> {
-    base: SubscribeBuilder<E>,
-    concurrency: usize,
-    retry: RetryPolicy,
-    timeout: Option<Duration>,
-    breaker: Option<BreakerPolicy>,
-}
-
-impl<E: Event> HandlerBuilder<E> {
-    fn new(base: SubscribeBuilder<E>) -> Self {
-        HandlerBuilder {
-            base,
-            concurrency: 1,
-            retry: RetryPolicy::none(),
-            timeout: None,
-            breaker: None,
-        }
-    }
-
-    /// As [`SubscribeBuilder::name`].
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.base = self.base.name(name);
-        self
-    }
-
-    /// As [`SubscribeBuilder::capacity`].
-    pub fn capacity(mut self, capacity: usize) -> Self {
-        self.base = self.base.capacity(capacity);
-        self
-    }
-
-    /// As [`SubscribeBuilder::overflow`].
-    pub fn overflow(mut self, overflow: Overflow) -> Self {
-        self.base = self.base.overflow(overflow);
-        self
-    }
-
-    /// As [`SubscribeBuilder::from`].
-    pub fn from(mut self, start: StartAt) -> Self {
-        self.base = self.base.from(start);
-        self
-    }
-
-    /// How many events the handler works on at once (default 1): tasks for
-    /// [`handler`](HandlerBuilder::handler), threads for
-    /// [`sync`](HandlerBuilder::sync). With 1, events are handled one at a
-    /// time in queue order. 0 is refused with
-    /// [`SubscribeError::ZeroConcurrency`], more than [`MAX_CONCURRENCY`]
-    /// with [`SubscribeError::ConcurrencyTooHigh`].
-    pub fn concurrency(mut self, concurrency: usize) -> Self {
-        self.concurrency = concurrency;
-        self
-    }
-
-    /// Tries a failed handler run again under `policy` (default
-    /// [`RetryPolicy::none`]). An error, a panic or a
-    /// [timeout](HandlerBuilder::timeout) is a failed attempt; when the
-    /// attempts are used up the event becomes a [`DeadLetter`](crate::DeadLetter).
-    /// The runner keeps the event while it waits to retry: with concurrency 1
-    /// the next event waits (order holds); other subscriptions never do.
-    pub fn retry(mut self, policy: RetryPolicy) -> Self {
-        self.retry = policy;
-        self
-    }
-
-    /// Limits each handler attempt to `limit`. An async handler still running
-    /// then is cancelled (dropped at its next `.await`) and the attempt
-    /// counts as failed (retried or dead-lettered). A sync handler cannot be
-    /// cancelled: an overrun is counted in `timeouts` and logged, and its
-    /// result stands.
-    pub fn timeout(mut self, limit: Duration) -> Self {
-        self.timeout = Some(limit);
-        self
-    }
-
-    /// Stops calling the handler while its dependency looks down: see
-    /// [`BreakerPolicy`].
-    pub fn circuit_breaker(mut self, breaker: BreakerPolicy) -> Self {
-        self.breaker = Some(breaker);
-        self
-    }
-
-    /// Subscribes an async handler, run as tokio tasks
-    /// ([`concurrency`](HandlerBuilder::concurrency) of them) on the runtime
-    /// this is called from.
-    ///
-    /// The handler returns `()` or `Result<(), Err>` with
-    /// `Err: Into<Box<dyn Error + Send + Sync>>`. Errors and panics are caught,
-    /// counted in the subscription's stats, and the subscription goes on.
-    ///
-    /// ```
-    /// # use tidings::{Bus, Event};
-    /// # #[derive(Debug, Event)] #[event(topic = "orders.created")] struct OrderCreated { id: u64 }
-    /// # async fn send_email(id: u64) -> Result<(), std::io::Error> { Ok(()) }
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let bus = Bus::builder().topic::<OrderCreated>().build()?;
-    /// let mailer = bus
-    ///     .subscribe::<OrderCreated>()
-    ///     .concurrency(4)
-    ///     .handler(|e| async move { send_email(e.id).await })?;
-    /// bus.publish(OrderCreated { id: 1 }).await?;
-    /// let stats = mailer.unsubscribe().await; // drains first
-    /// assert_eq!(stats.handled, 1);
-    /// # Ok(()) }
-    /// ```
-    ///
-    /// # Errors
-    /// As [`SubscribeBuilder::stream`], and [`SubscribeError::ZeroAttempts`],
-    /// [`SubscribeError::ZeroBreakerThreshold`],
-    /// [`SubscribeError::ZeroConcurrency`],
-    /// [`SubscribeError::ConcurrencyTooHigh`], [`SubscribeError::NoRuntime`].
-    #[track_caller]
-    pub fn handler<F, Fut>(self, f: F) -> Result<SubscriptionHandle, SubscribeError>
-    where
-        F: Fn(Envelope<E>) -> Fut + Send + Sync + 'static,
-        Fut: Future + Send + 'static,
-        Fut::Output: HandlerResult,
-    {
-        self.handler_at(f, Location::caller())
-    }
-
-    fn handler_at<F, Fut>(
-        self,
-        f: F,
-        caller: &'static Location<'static>,
-    ) -> Result<SubscriptionHandle, SubscribeError>
-    where
-        F: Fn(Envelope<E>) -> Fut + Send + Sync + 'static,
-        Fut: Future + Send + 'static,
-        Fut::Output: HandlerResult,
-    {
-        let runtime = tokio::runtime::Handle::try_current()
-            .map_err(|_| SubscribeError::NoRuntime { topic: E::TOPIC })?;
-        let concurrency = self.concurrency;
-        let (attachment, plan) = self.attach(SubscriberKind::Async, caller)?;
-        handler::spawn_async(&runtime, &attachment.queue, concurrency, plan, f);
-        Ok(SubscriptionHandle::new(attachment))
-    }
-
-    /// Subscribes a blocking handler, run on threads owned by the bus
-    /// ([`concurrency`](HandlerBuilder::concurrency) of them), never on the
-    /// async runtime's worker threads: CPU-heavy or blocking work here does
-    /// not stall the runtime.
-    ///
-    /// The handler returns `()` or `Result<(), Err>`; errors and panics are
-    /// caught and counted, and the subscription goes on.
-    ///
-    /// Each sync subscription owns its threads, named `tidings:<name>`; they
-    /// end when the subscription is dropped, unsubscribed or shut down and its
-    /// queue is drained. Publishing from inside a sync handler: use
-    /// [`Bus::try_publish`](crate::Bus::try_publish), which never waits (or
-    /// block on `publish` with an executor of your choice).
-    ///
-    /// ```
-    /// # use tidings::{Bus, Event};
-    /// # #[derive(Debug, Event)] #[event(topic = "orders.created")] struct OrderCreated { id: u64 }
-    /// fn charge(order: &OrderCreated) { /* blocking I/O, heavy CPU… */ }
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let bus = Bus::builder().topic::<OrderCreated>().build()?;
-    /// let billing = bus.subscribe::<OrderCreated>().name("billing").sync(|e| charge(&e))?;
-    /// bus.publish(OrderCreated { id: 1 }).await?;
-    /// assert_eq!(billing.unsubscribe().await.handled, 1);
-    /// # Ok(()) }
-    /// ```
-    ///
-    /// # Errors
-    /// As [`handler`](HandlerBuilder::handler) (but for `NoRuntime`), and
-    /// [`SubscribeError::Spawn`].
-    #[track_caller]
-    pub fn sync<F, R>(self, f: F) -> Result<SubscriptionHandle, SubscribeError>
-    where
-        F: Fn(Envelope<E>) -> R + Send + Sync + 'static,
-        R: HandlerResult,
-    {
-        self.sync_at(f, Location::caller())
-    }
-
-    fn sync_at<F, R>(
-        self,
-        f: F,
-        caller: &'static Location<'static>,
-    ) -> Result<SubscriptionHandle, SubscribeError>
-    where
-        F: Fn(Envelope<E>) -> R + Send + Sync + 'static,
-        R: HandlerResult,
-    {
-        let concurrency = self.concurrency;
-        let (attachment, plan) = self.attach(SubscriberKind::Sync, caller)?;
-        if let Err(source) = handler::spawn_sync(&attachment.queue, concurrency, plan, f) {
-            attachment.detach(true);
-            return Err(SubscribeError::Spawn {
-                topic: E::TOPIC,
-                source,
-            });
-        }
-        Ok(SubscriptionHandle::new(attachment))
-    }
-
-    /// Checks the handler's settings, attaches, and makes its plan.
-    fn attach(
-        self,
-        kind: SubscriberKind,
-        caller: &'static Location<'static>,
-    ) -> Result<(Attachment<E>, HandlerPlan), SubscribeError> {
-        let topic = E::TOPIC;
-        if self.retry.attempts() == 0 {
-            return Err(SubscribeError::ZeroAttempts { topic });
-        }
-        if self.breaker.is_some_and(|b| b.threshold() == 0) {
-            return Err(SubscribeError::ZeroBreakerThreshold { topic });
-        }
-        if self.concurrency == 0 {
-            return Err(SubscribeError::ZeroConcurrency { topic });
-        }
-        if self.concurrency > MAX_CONCURRENCY {
-            return Err(SubscribeError::ConcurrencyTooHigh {
-                topic,
-                concurrency: self.concurrency,
-                max: MAX_CONCURRENCY,
-            });
-        }
-        let breaker = self.breaker.map(|b| Arc::new(Breaker::new(b)));
-        // Dead letters of dead letters would loop: they are counted.
-        let dead_letters = if topic == DEAD_LETTER_TOPIC {
-            None
-        } else {
-            self.base.dead_letters.clone()
-        };
-        let attachment = self
-            .base
-            .attach(kind, self.concurrency, breaker.clone(), caller)?;
-        let plan = HandlerPlan {
-            retry: self.retry,
-            timeout: self.timeout,
-            breaker,
-            dead_letters,
-            bus: attachment.topic.bus,
-        };
-        Ok((attachment, plan))
-    }
-}
-
-impl<E: Event> fmt::Debug for HandlerBuilder<E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HandlerBuilder")
-            .field("base", &self.base)
-            .field("concurrency", &self.concurrency)
-            .field("retry", &self.retry)
-            .field("timeout", &self.timeout)
-            .field("breaker", &self.breaker)
             .finish()
     }
 }

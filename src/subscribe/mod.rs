@@ -4,13 +4,15 @@
 
 mod builder;
 mod handle;
+mod handlers;
 mod pattern;
 mod stream;
 
 use std::sync::Arc;
 
-pub use builder::{HandlerBuilder, SubscribeBuilder, MAX_CONCURRENCY};
+pub use builder::{SubscribeBuilder, MAX_CONCURRENCY};
 pub use handle::SubscriptionHandle;
+pub use handlers::HandlerBuilder;
 pub(crate) use pattern::{part, Matched, PartFn};
 pub use pattern::{PatternBuilder, PatternSubscription};
 pub use stream::Subscription;

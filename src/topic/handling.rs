@@ -3,10 +3,11 @@
 //! runner's own failure, and the watch's findings.
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::queue::Wakeups;
 use super::{Change, SubscriptionState};
+use crate::info::SubInfo;
 use crate::outcome::Outcome;
 use crate::telemetry;
 use crate::watch::{Finding, FindingKind};
@@ -131,22 +132,28 @@ impl<E> SubscriptionState<E> {
         self.finding(FindingKind::RunnerFailed, Duration::ZERO);
     }
 
-    /// Sync runner side: waits `delay`, or less if the shutdown deadline
-    /// cuts the queue off first. Returns whether it was cut off.
-    pub(crate) fn sleep_unless_cut(&self, delay: Duration) -> bool {
-        let until = Instant::now().checked_add(delay);
-        let mut s = self.state.lock();
-        while !s.cut {
-            match until {
-                Some(until) => {
-                    if self.cut_signal.wait_until(&mut s, until).timed_out() {
-                        break;
-                    }
-                }
-                None => self.cut_signal.wait(&mut s),
+    /// Blocking runner side: a runner waited `took` for a worker before a
+    /// run.
+    pub(crate) fn waited(&self, took: Duration) {
+        if let Some(times) = &self.pool_times {
+            times.wait.record(took);
+        }
+        self.metrics.worker_wait(took);
+    }
+
+    /// Blocking runner side: a handler run took `took`; `counted` if the
+    /// pool's keeper saw it over budget while it ran.
+    pub(crate) fn ran(&self, took: Duration, counted: bool) {
+        if let Some(times) = &self.pool_times {
+            times.run.record(took);
+        }
+        if self.watch.sync_budget_threshold().is_some_and(|b| took > b) {
+            if counted {
+                self.watcher.worse(FindingKind::SyncOverBudget, took);
+            } else {
+                self.finding(FindingKind::SyncOverBudget, took);
             }
         }
-        s.cut
     }
 
     /// One poll of an async handler took `took`.
@@ -172,5 +179,19 @@ impl<E> SubscriptionState<E> {
     pub(crate) fn findings(&self, out: &mut Vec<Finding>) {
         self.watcher
             .findings(&self.info, self.watch.report_interval(), out);
+    }
+}
+
+impl<E: Send + Sync + 'static> crate::pool::Client for SubscriptionState<E> {
+    fn info(&self) -> &SubInfo {
+        &self.info
+    }
+
+    fn long_run(&self, age: Duration) {
+        self.finding(FindingKind::SyncOverBudget, age);
+    }
+
+    fn runner_restarted(&self, message: &str) {
+        self.runner_failed(None, message);
     }
 }

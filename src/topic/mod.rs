@@ -54,6 +54,7 @@ use crate::errors::{PublishError, Refusal};
 use crate::event::Event;
 use crate::event::Published;
 use crate::id::{BusId, SubscriptionId};
+use crate::pool::PoolSlot;
 use crate::receipt::PublishReceipt;
 use crate::stats::TopicStats;
 use crate::telemetry::{CauseCount, TopicMetrics};
@@ -134,6 +135,8 @@ pub(crate) struct TopicState<E> {
     pub(crate) bus: BusId,
     pub(crate) inner: Mutex<TopicInner<E>>,
     pub(crate) watch: WatchSlot,
+    /// The bus's worker pools, for its blocking handlers.
+    pub(crate) pools: PoolSlot,
     pub(crate) metrics: TopicMetrics,
     /// Accepted events with a cause, by the cause's topic (an entry per
     /// topic name of the program's event types, and one for causes known
@@ -147,11 +150,12 @@ pub(crate) struct TopicState<E> {
 }
 
 impl<E: Event> TopicState<E> {
-    pub(crate) fn new(config: TopicConfig, watch: WatchSlot, bus: BusId) -> Self {
+    pub(crate) fn new(config: TopicConfig, watch: WatchSlot, pools: PoolSlot, bus: BusId) -> Self {
         TopicState {
             config: config.clone(),
             bus,
             watch,
+            pools,
             metrics: TopicMetrics::new(E::TOPIC),
             caused_by: Mutex::new(Vec::new()),
             callbacks: Arc::new(CallbackLog::new(E::TOPIC)),

@@ -16,11 +16,22 @@ use super::Breaker;
 use crate::config::{Overflow, WatchConfig};
 use crate::errors::TryRecvError;
 use crate::event::{Envelope, Published};
+use crate::hist::Hist;
 use crate::info::{SubInfo, SubscriberKind};
+use crate::pool::PoolRunner;
 use crate::resume::Started;
 use crate::stats::SubscriptionStats;
 use crate::telemetry::{self, SubMetrics};
 use crate::watch::{CallbackLog, FindingKind, FindingLog};
+
+/// A blocking handler's times on its worker pool.
+#[derive(Default)]
+pub(crate) struct PoolTimes {
+    /// From a runner having work to a worker taking it up.
+    pub(crate) wait: Hist,
+    /// Handler runs.
+    pub(crate) run: Hist,
+}
 
 /// A subscription's whole shared state: its fixed facts, its queue and
 /// numbers (under one lock), the watch's findings, its circuit breaker,
@@ -35,9 +46,6 @@ pub(crate) struct SubscriptionState<E> {
     /// The longest poll of an async handler, in nanoseconds (a statistic).
     pub(super) worst_poll_ns: AtomicU64,
     pub(super) state: Mutex<State<E>>,
-    /// Signalled when the shutdown deadline cuts the queue off, to end the
-    /// waits of sync runners (retry delays, an open breaker) at once.
-    pub(super) cut_signal: parking_lot::Condvar,
     /// Whether an unheard dead letter was logged (once per subscription).
     pub(super) unheard_warned: std::sync::atomic::AtomicBool,
     pub(crate) breaker: Option<Arc<Breaker>>,
@@ -45,6 +53,10 @@ pub(crate) struct SubscriptionState<E> {
     pub(crate) start: Started,
     /// The tasks of an async handler's runners, to stop at a deadline.
     pub(super) tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The runners of a blocking handler on its worker pool, likewise.
+    pub(super) pool_runners: Mutex<Vec<PoolRunner>>,
+    /// A blocking handler's time waiting for a worker and running.
+    pub(super) pool_times: Option<Box<PoolTimes>>,
     /// Its topic's log of callback panics.
     pub(super) callbacks: Arc<CallbackLog>,
     /// How often a consumer found the queue empty and waited (tests).
@@ -73,6 +85,7 @@ impl<E> SubscriptionState<E> {
         };
         let replayed = replay.len() as u64;
         let own = matches!(buf, Buf::Own(_));
+        let pool_times = info.kind.pool().map(|_| Box::default());
         SubscriptionState {
             state: Mutex::new(State {
                 replay,
@@ -99,11 +112,12 @@ impl<E> SubscriptionState<E> {
             watcher: FindingLog::default(),
             drop_report: Mutex::new((None, 0)),
             worst_poll_ns: AtomicU64::new(0),
-            cut_signal: parking_lot::Condvar::new(),
             unheard_warned: std::sync::atomic::AtomicBool::new(false),
             breaker,
             start,
             tasks: Mutex::new(Vec::new()),
+            pool_runners: Mutex::new(Vec::new()),
+            pool_times,
             callbacks,
             #[cfg(test)]
             waits: AtomicU64::new(0),
@@ -410,6 +424,10 @@ impl<E> SubscriptionState<E> {
         self.tasks.lock().push(task);
     }
 
+    pub(crate) fn add_pool_runner(&self, runner: PoolRunner) {
+        self.pool_runners.lock().push(runner);
+    }
+
     /// Under the topic lock, for shutdown: whether nothing is queued and at
     /// most `own_runs` handler runs are going (the caller's own, when a
     /// handler shuts the bus down). If not, `cx` is woken when it may be.
@@ -508,6 +526,8 @@ impl<E> SubscriptionState<E> {
             worst_run,
             publishers_blocked,
             worst_publisher_wait,
+            worker_wait: self.pool_times.as_ref().and_then(|t| t.wait.quantiles()),
+            run_time: self.pool_times.as_ref().and_then(|t| t.run.quantiles()),
         }
     }
 }
@@ -518,8 +538,8 @@ pub(crate) trait ErasedQueue: Send + Sync {
     fn poll_idle(&self, cx: &mut Context<'_>) -> Poll<()>;
     /// The deadline passed: drop what is queued (counted as cut off) and stop
     /// async handler tasks, returning them to wait for (a task in the middle
-    /// of a poll stops only once that poll is over). The queue is closed
-    /// already.
+    /// of a poll stops only once that poll is over), and the runners of a
+    /// blocking handler (not waited for). The queue is closed already.
     fn cut_off(&self) -> Vec<tokio::task::JoinHandle<()>>;
 }
 
@@ -548,9 +568,15 @@ impl<E: Send + Sync + 'static> ErasedQueue for SubscriptionState<E> {
             }
             s.wake_idle(&mut wakeups);
         }
-        self.cut_signal.notify_all();
         wakeups.wake();
         dropped.finish(&self.callbacks);
+        // Runners on a pool are not waited for: one whose handler never
+        // returns would hold the shutdown past its deadline. It is counted
+        // in flight, and stops once its run is over.
+        let runners = std::mem::take(&mut *self.pool_runners.lock());
+        for runner in &runners {
+            runner.abort();
+        }
         let tasks = std::mem::take(&mut *self.tasks.lock());
         for task in &tasks {
             task.abort();
