@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
+use super::cell::{WorkerCell, COUNTED};
 use super::keeper::{Exhaustion, Timer};
 use super::{Client, PoolRunner, KEEPALIVE};
 use crate::config::{WatchConfig, WorkerPool};
@@ -91,49 +92,6 @@ pub(super) struct Busy {
     pub(super) flow: Arc<Flow>,
     /// When it took the runner up.
     pub(super) since: Instant,
-}
-
-/// What a worker shares with the keeper about the run it is in.
-#[derive(Default)]
-pub(crate) struct WorkerCell {
-    /// When the current handler run began, in nanoseconds since the pool's
-    /// epoch, plus one; 0 between runs. [`COUNTED`] is set by the keeper
-    /// when it counts the run as over budget, so that the run's end does
-    /// not count it again: the keeper sets it with a compare-exchange that
-    /// fails once the run has ended, and the worker learns of it from the
-    /// swap that ends the run. Each run is counted exactly once.
-    pub(crate) run: AtomicU64,
-}
-
-/// The bit of [`WorkerCell::run`] that says the keeper counted the run.
-pub(crate) const COUNTED: u64 = 1 << 63;
-
-impl WorkerCell {
-    /// A run began at `since` (below [`COUNTED`], above 0).
-    pub(crate) fn begin(&self, since: u64) {
-        self.run.store(since, Ordering::Release);
-    }
-
-    /// The run ended: whether the keeper counted it.
-    pub(crate) fn end(&self) -> bool {
-        self.run.swap(0, Ordering::AcqRel) & COUNTED != 0
-    }
-
-    /// The start of the run going on, if one is.
-    pub(crate) fn running(&self) -> Option<u64> {
-        match self.run.load(Ordering::Acquire) & !COUNTED {
-            0 => None,
-            since => Some(since),
-        }
-    }
-
-    /// The keeper counts the run that began at `since` as over budget:
-    /// `true` if it is still going and nobody counted it yet.
-    pub(crate) fn count(&self, since: u64) -> bool {
-        self.run
-            .compare_exchange(since, since | COUNTED, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-    }
 }
 
 /// A runner waiting for a worker.

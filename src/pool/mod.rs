@@ -29,6 +29,7 @@
 //! worker busy for longer than [`WatchConfig::pool_exhausted`] is reported
 //! with who holds them. Nothing is ever stopped: a thread cannot be.
 
+mod cell;
 mod exec;
 mod keeper;
 
