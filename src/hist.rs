@@ -46,6 +46,36 @@ fn upper(i: usize) -> u64 {
     u64::try_from(edge - 1).unwrap_or(u64::MAX)
 }
 
+/// Histograms a thread each (by a shard index the caller keeps, e.g. a
+/// worker's), so that threads recording at once never write one cache
+/// line; allocated as used; read as one.
+#[derive(Default)]
+pub(crate) struct Sharded {
+    shards: [std::sync::OnceLock<Hist>; SHARDS],
+}
+
+const SHARDS: usize = 8;
+
+impl Sharded {
+    pub(crate) fn record(&self, shard: usize, took: Duration) {
+        self.shards[shard % SHARDS]
+            .get_or_init(Hist::default)
+            .record(took);
+    }
+
+    /// The median and the 99th percentile over every shard, `None` if
+    /// nothing was recorded.
+    pub(crate) fn quantiles(&self) -> Option<crate::stats::Quantiles> {
+        let all = Hist::default();
+        for shard in self.shards.iter().filter_map(std::sync::OnceLock::get) {
+            for (to, from) in all.buckets.iter().zip(shard.buckets.iter()) {
+                to.fetch_add(from.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+        }
+        all.quantiles()
+    }
+}
+
 impl Hist {
     pub(crate) fn record(&self, took: Duration) {
         let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);

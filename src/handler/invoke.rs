@@ -137,8 +137,6 @@ where
 pub(crate) struct SyncHandler<F> {
     pub(crate) f: F,
     pub(crate) pool: Arc<pool::Shared>,
-    /// Its subscription's share of the pool.
-    pub(crate) flow: Arc<pool::Flow>,
 }
 
 impl<E, F, R> Invoke<E> for SyncHandler<F>
@@ -166,7 +164,7 @@ where
             })
         });
         let took = start.elapsed();
-        let counted = self.pool.run_ended(&self.flow, took);
+        let counted = self.pool.run_ended(took);
         queue.ran(took, counted);
         if limit.is_some_and(|limit| took > limit) {
             queue.overran(event_id, took);

@@ -127,7 +127,6 @@ where
     let kind = Arc::new(SyncHandler {
         f,
         pool: Arc::clone(pool),
-        flow: Arc::clone(&flow),
     });
     let of = RunnerOf {
         bus: plan.bus,

@@ -50,9 +50,10 @@ pub(crate) struct Shared {
     work: Condvar,
     /// The keeper waits here for its next timer or look.
     pub(super) tick: Condvar,
-    /// How many runners wait for a worker (read without the lock by a
-    /// running runner deciding whether to give its worker up).
-    queued: AtomicUsize,
+    /// How many runners in line have no idle worker to take them up (read
+    /// without the lock by a running runner deciding whether to give its
+    /// worker up: not when an idle worker is about to take the newcomer).
+    starved: AtomicUsize,
     /// What run start times are counted from.
     pub(super) epoch: Instant,
 }
@@ -127,6 +128,12 @@ thread_local! {
     static WORKER: std::cell::RefCell<Option<Arc<WorkerCell>>> = const { std::cell::RefCell::new(None) };
     /// Handler runs in the current poll of a runner.
     static RUNS: Cell<u32> = const { Cell::new(0) };
+    /// Handler time of the current poll, in nanoseconds: added to the
+    /// runner's flow once the poll is over (one shared write a poll, not
+    /// one a run).
+    static POLL_NS: Cell<u64> = const { Cell::new(0) };
+    /// This worker's index in its pool.
+    static INDEX: Cell<usize> = const { Cell::new(0) };
     /// How long the runner being polled waited for this worker, until its
     /// first run in this poll takes it.
     static WAITED: Cell<Option<Duration>> = const { Cell::new(None) };
@@ -154,7 +161,7 @@ impl Shared {
             }),
             work: Condvar::new(),
             tick: Condvar::new(),
-            queued: AtomicUsize::new(0),
+            starved: AtomicUsize::new(0),
             epoch: Instant::now(),
         })
     }
@@ -202,7 +209,7 @@ impl Shared {
                 at: now,
                 task,
             });
-            self.queued.store(s.ready.len(), Ordering::Relaxed);
+            s.count_starved(&self.starved);
             if s.idle > 0 {
                 self.work.notify_one();
             }
@@ -246,12 +253,15 @@ impl Shared {
     fn work(self: Arc<Self>, index: usize) {
         let cell = Arc::clone(&self.sched.lock().slots[index].cell);
         WORKER.with(|w| *w.borrow_mut() = Some(cell));
+        INDEX.set(index);
         let mut s = self.sched.lock();
         loop {
             let Some(ready) = s.ready.pop() else {
                 s.idle += 1;
+                s.count_starved(&self.starved);
                 let timed_out = self.work.wait_for(&mut s, KEEPALIVE).timed_out();
                 s.idle -= 1;
+                s.count_starved(&self.starved);
                 if timed_out && s.ready.is_empty() {
                     s.workers -= 1;
                     s.slots[index].taken = false;
@@ -259,7 +269,7 @@ impl Shared {
                 }
                 continue;
             };
-            self.queued.store(s.ready.len(), Ordering::Relaxed);
+            s.count_starved(&self.starved);
             let now = Instant::now();
             s.vclock = s.vclock.max(ready.key);
             s.busy += 1;
@@ -284,9 +294,10 @@ impl Shared {
     }
 
     /// Whether a runner that has run its handler in this poll should give
-    /// its worker up: someone waits for one.
+    /// its worker up: a runner waits for a worker and no idle one will take
+    /// it.
     pub(crate) fn poll_turn(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if RUNS.get() > 0 && self.queued.load(Ordering::Relaxed) > 0 {
+        if RUNS.get() > 0 && self.starved.load(Ordering::Relaxed) > 0 {
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
@@ -312,14 +323,19 @@ impl Shared {
         (now, WAITED.take())
     }
 
-    /// A handler run of `flow` that took `took` ended on this worker:
-    /// whether the keeper counted it as over budget while it ran.
-    pub(crate) fn run_ended(&self, flow: &Flow, took: Duration) -> bool {
+    /// A handler run that took `took` ended on this worker: whether the
+    /// keeper counted it as over budget while it ran.
+    pub(crate) fn run_ended(&self, took: Duration) -> bool {
         RUNS.set(RUNS.get().saturating_add(1));
         let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
-        // Wraps after 584 years of handler time.
-        flow.vtime.fetch_add(ns, Ordering::Relaxed);
+        POLL_NS.set(POLL_NS.get().saturating_add(ns));
         WORKER.with(|w| w.borrow().as_ref().is_some_and(|cell| cell.end()))
+    }
+
+    /// The index of the worker this thread is, in its pool (0 off a
+    /// pool).
+    pub(crate) fn worker_index() -> usize {
+        INDEX.get()
     }
 
     pub(super) fn stats(&self) -> PoolStats {
@@ -394,6 +410,14 @@ impl Shared {
 }
 
 impl Sched {
+    /// Publishes how many runners in line no idle worker will take.
+    fn count_starved(&self, starved: &AtomicUsize) {
+        starved.store(
+            self.ready.len().saturating_sub(self.idle),
+            Ordering::Relaxed,
+        );
+    }
+
     /// Claims a free place for a new worker.
     fn claim(&mut self) -> Option<usize> {
         let index = self.slots.iter().position(|slot| !slot.taken)?;
@@ -457,6 +481,9 @@ impl Task {
         let waker = Waker::from(Arc::clone(self));
         let mut cx = Context::from_waker(&waker);
         let polled = catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx)));
+        // Before it can be put in line again: its key counts this poll.
+        // Wraps after 584 years of handler time.
+        self.flow.vtime.fetch_add(POLL_NS.take(), Ordering::Relaxed);
         let keep = match polled {
             Ok(Poll::Pending) => Some(Runner { fut, make }),
             Ok(Poll::Ready(())) => {

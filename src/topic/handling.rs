@@ -136,7 +136,7 @@ impl<E> SubscriptionState<E> {
     /// run.
     pub(crate) fn waited(&self, took: Duration) {
         if let Some(times) = &self.pool_times {
-            times.wait.record(took);
+            times.wait.record(crate::pool::Shared::worker_index(), took);
         }
         self.metrics.worker_wait(took);
     }
@@ -145,7 +145,7 @@ impl<E> SubscriptionState<E> {
     /// pool's keeper saw it over budget while it ran.
     pub(crate) fn ran(&self, took: Duration, counted: bool) {
         if let Some(times) = &self.pool_times {
-            times.run.record(took);
+            times.run.record(crate::pool::Shared::worker_index(), took);
         }
         if self.watch.sync_budget_threshold().is_some_and(|b| took > b) {
             if counted {

@@ -16,7 +16,7 @@ use super::Breaker;
 use crate::config::{Overflow, WatchConfig};
 use crate::errors::TryRecvError;
 use crate::event::{Envelope, Published};
-use crate::hist::Hist;
+use crate::hist::Sharded;
 use crate::info::{SubInfo, SubscriberKind};
 use crate::pool::PoolRunner;
 use crate::resume::Started;
@@ -27,10 +27,10 @@ use crate::watch::{CallbackLog, FindingKind, FindingLog};
 /// A blocking handler's times on its worker pool.
 #[derive(Default)]
 pub(crate) struct PoolTimes {
-    /// From a runner having work to a worker taking it up.
-    pub(crate) wait: Hist,
-    /// Handler runs.
-    pub(crate) run: Hist,
+    /// From a runner having work to a worker taking it up, by worker.
+    pub(crate) wait: Sharded,
+    /// Handler runs, by worker.
+    pub(crate) run: Sharded,
 }
 
 /// A subscription's whole shared state: its fixed facts, its queue and

@@ -1,7 +1,7 @@
 //! Blocking handlers side by side, in one run (run it with
 //! `scripts/pool-bench`, which builds the two bus programs):
 //!
-//! 1. **Dispatch cost** per event of a 1 µs handler, 200k events from one
+//! 1. **Dispatch cost** per event of a 1 µs handler, 1M events from one
 //!    publisher, two at a time (the machine's cores): through tidings'
 //!    worker pool (`pool_dispatch` built from this tree), through the
 //!    thread-per-runner design it replaced (the same program built from
@@ -159,7 +159,7 @@ fn median(v: &mut [f64]) -> f64 {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (mut now, mut before) = (None, None);
-    let (mut rounds, mut events, mut fair_secs) = (5usize, 200_000u64, 5u64);
+    let (mut rounds, mut events, mut fair_secs) = (5usize, 1_000_000u64, 5u64);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
