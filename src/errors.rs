@@ -129,6 +129,15 @@ pub enum BuildError {
         /// The most it takes.
         max: usize,
     },
+    /// [`BusBuilder::cpu_worker_nice`](crate::BusBuilder::cpu_worker_nice)
+    /// above [`MAX_NICE`](crate::MAX_NICE).
+    #[error("the CPU pool's workers were given nice {nice}; it takes 0 to {max}")]
+    WorkerNice {
+        /// What it was given.
+        nice: u8,
+        /// The most it takes.
+        max: u8,
+    },
 }
 
 /// Why an event was not published, with the event handed back

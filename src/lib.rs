@@ -202,7 +202,7 @@ pub use bus::{global, set_global, try_global, Bus, BusBuilder};
 pub use codec::Codec;
 pub use config::{
     BreakerPolicy, Clock, DedupWindow, Overflow, PublishOptions, RetryPolicy, StartAt, TopicConfig,
-    WatchConfig, WorkerPool, MAX_WORKERS,
+    WatchConfig, WorkerPool, MAX_NICE, MAX_WORKERS,
 };
 pub use dead_letter::{DeadLetter, DEAD_LETTER_TOPIC};
 pub use event::{Envelope, Event, SharedEvent};

@@ -375,3 +375,53 @@ async fn blocking_handlers_run_on_the_io_pool() {
     );
     assert_eq!(pools[0].workers, 0, "the CPU pool started nothing");
 }
+
+/// A thread's nice value, from `/proc/thread-self/stat` (field 19).
+#[cfg(target_os = "linux")]
+fn own_nice() -> i64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    after.split(' ').nth(16).unwrap().parse().unwrap()
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_workers_run_below_the_runtime_and_io_workers_do_not() {
+    let base = own_nice();
+    for (nice, expected) in [
+        (None, (base + 10).min(19)),
+        (Some(0), base),
+        (Some(3), (base + 3).min(19)),
+    ] {
+        let mut builder = Bus::builder().topic::<Job>();
+        if let Some(nice) = nice {
+            builder = builder.cpu_worker_nice(nice);
+        }
+        let bus = builder.build().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let io_tx = tx.clone();
+        let cpu = bus
+            .subscribe::<Job>()
+            .sync(move |_| tx.send(("cpu", own_nice())).unwrap())
+            .unwrap();
+        let io = bus
+            .subscribe::<Job>()
+            .blocking(move |_| io_tx.send(("io", own_nice())).unwrap())
+            .unwrap();
+        bus.publish(Job(0)).await.unwrap();
+        cpu.unsubscribe().await;
+        io.unsubscribe().await;
+        let mut seen: Vec<(&str, i64)> = rx.try_iter().collect();
+        seen.sort_unstable();
+        assert_eq!(seen, [("cpu", expected), ("io", base)], "nice {nice:?}");
+    }
+    let err = Bus::builder().cpu_worker_nice(20).build().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            tidings::error::BuildError::WorkerNice { nice: 20, max: 19 }
+        ),
+        "{err}"
+    );
+}

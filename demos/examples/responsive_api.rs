@@ -316,7 +316,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let server = start(kind, 0).await?;
         let addr = server.addr;
         let lat = tokio::task::spawn_blocking(move || drive(addr, seconds, true)).await?;
-        let threads = bus_threads();
+        // The bus's worker threads, while the load was on: its CPU pool's.
+        let threads = server.bus.as_ref().map_or(0, |(bus, _)| {
+            bus.stats().pools.iter().map(|p| p.workers).sum::<usize>()
+        });
         let handled = match &server.bus {
             Some((bus, _)) => {
                 let report = bus.shutdown(Duration::from_secs(10)).await;
@@ -331,7 +334,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         };
         rows.push((mode, "GET /health", summary(lat.health)));
         rows.push((mode, "POST /orders", summary(lat.orders)));
-        println!("{mode}: {handled}; threads of the bus under load: {threads}");
+        println!("{mode}: {handled}; worker threads of the bus: {threads}");
     }
     let idle_p99 = rows[0].2 .2;
     println!("\n| mode | route | requests | p50 | p99 | max | p99 / idle p99 |\n|---|---|---|---|---|---|---|");
@@ -349,16 +352,4 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     Ok(())
-}
-
-/// Threads of this process named by the bus (its pool's workers and
-/// keeper), from `/proc/self/task`; 0 where there is no `/proc`.
-fn bus_threads() -> usize {
-    std::fs::read_dir("/proc/self/task").map_or(0, |tasks| {
-        tasks
-            .filter_map(Result::ok)
-            .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
-            .filter(|name| name.starts_with("tidings"))
-            .count()
-    })
 }

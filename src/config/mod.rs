@@ -20,5 +20,5 @@ pub use policy::{BreakerPolicy, RetryPolicy};
 pub use start::StartAt;
 pub use topic::{Clock, TopicConfig};
 pub use watch::WatchConfig;
-pub(crate) use workers::DEFAULT_IO_WORKERS;
-pub use workers::{WorkerPool, MAX_WORKERS};
+pub use workers::{WorkerPool, MAX_NICE, MAX_WORKERS};
+pub(crate) use workers::{DEFAULT_CPU_NICE, DEFAULT_IO_WORKERS};

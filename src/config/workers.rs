@@ -34,6 +34,13 @@ pub const MAX_WORKERS: usize = 4096;
 /// Workers in the I/O pool unless the builder says otherwise.
 pub(crate) const DEFAULT_IO_WORKERS: usize = 64;
 
+/// How much lower than the process the CPU pool's workers run, unless the
+/// builder says otherwise.
+pub(crate) const DEFAULT_CPU_NICE: u8 = 10;
+
+/// The most [`BusBuilder::cpu_worker_nice`](crate::BusBuilder::cpu_worker_nice) takes.
+pub const MAX_NICE: u8 = 19;
+
 impl WorkerPool {
     /// Its name, as in thread names (`tidings-cpu-0`) and metrics labels.
     pub fn name(self) -> &'static str {

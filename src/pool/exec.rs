@@ -44,6 +44,8 @@ impl Flow {
 pub(crate) struct Shared {
     pub(super) pool: WorkerPool,
     pub(super) max: usize,
+    /// How much lower than the process its workers run (nice).
+    nice: u8,
     pub(super) watch: Arc<WatchConfig>,
     pub(super) sched: Mutex<Sched>,
     /// Idle workers wait here for a runner.
@@ -140,11 +142,17 @@ thread_local! {
 }
 
 impl Shared {
-    pub(super) fn new(pool: WorkerPool, max: usize, watch: Arc<WatchConfig>) -> Arc<Self> {
+    pub(super) fn new(
+        pool: WorkerPool,
+        max: usize,
+        nice: u8,
+        watch: Arc<WatchConfig>,
+    ) -> Arc<Self> {
         let max = max.max(1);
         Arc::new(Shared {
             pool,
             max,
+            nice,
             watch,
             sched: Mutex::new(Sched {
                 ready: BinaryHeap::new(),
@@ -254,6 +262,9 @@ impl Shared {
         let cell = Arc::clone(&self.sched.lock().slots[index].cell);
         WORKER.with(|w| *w.borrow_mut() = Some(cell));
         INDEX.set(index);
+        if self.nice > 0 {
+            lower_priority(self.nice);
+        }
         let mut s = self.sched.lock();
         loop {
             let Some(ready) = s.ready.pop() else {
@@ -407,6 +418,23 @@ impl Shared {
             recent: mono.elapsed() < self.watch.report_interval(),
         })
     }
+}
+
+/// Lowers this thread's scheduling priority by `nice` (Linux: a thread's
+/// own nice value): the async runtime's threads get a core first, and the
+/// pool's workers every cycle they leave. Elsewhere, nothing.
+fn lower_priority(nice: u8) {
+    #[cfg(target_os = "linux")]
+    {
+        let tid = rustix::thread::gettid();
+        if let Ok(now) = rustix::process::getpriority_process(Some(tid)) {
+            let to = now.saturating_add(i32::from(nice)).min(19);
+            // Refused (a sandbox): the worker runs at the process's priority.
+            let _ = rustix::process::setpriority_process(Some(tid), to);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
 }
 
 impl Sched {

@@ -66,10 +66,12 @@ pub(crate) struct Pools {
 }
 
 impl Pools {
-    pub(crate) fn new(cpu: usize, io: usize, watch: &Arc<WatchConfig>) -> Self {
+    /// `cpu_nice`: how much lower than the process the CPU pool's
+    /// workers run; the I/O pool's, which mostly wait, run at its priority.
+    pub(crate) fn new(cpu: usize, io: usize, cpu_nice: u8, watch: &Arc<WatchConfig>) -> Self {
         Pools {
-            cpu: Shared::new(WorkerPool::Cpu, cpu, Arc::clone(watch)),
-            io: Shared::new(WorkerPool::Io, io, Arc::clone(watch)),
+            cpu: Shared::new(WorkerPool::Cpu, cpu, cpu_nice, Arc::clone(watch)),
+            io: Shared::new(WorkerPool::Io, io, 0, Arc::clone(watch)),
         }
     }
 
@@ -102,6 +104,7 @@ pub(crate) fn current(slot: &PoolSlot) -> Arc<Pools> {
         Arc::new(Pools::new(
             WorkerPool::default_cpu_workers(),
             crate::config::DEFAULT_IO_WORKERS,
+            crate::config::DEFAULT_CPU_NICE,
             &Arc::new(WatchConfig::default()),
         ))
     }))
