@@ -2,7 +2,8 @@
 //! handler freezes the runtime, and nothing says why. Here tidings names the
 //! handler, shows how long it held the runtime, and the runtime's lag is
 //! measured; then the same work moves to a `.sync()` handler and both go
-//! away.
+//! away. Last, a handler that never returns holds every worker of the
+//! CPU pool, and `health()` names it.
 //!
 //! `cargo run --release --example blocking_detector`
 
@@ -105,5 +106,33 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         stats.handled, stats.slow_polls
     );
     println!("bus.health(): {}", bus.health());
+
+    println!("\n== 3. A handler stuck on a call that never returns\n");
+    let bus = Bus::builder()
+        .topic::<OrderPlaced>()
+        .cpu_workers(2)
+        .watch(
+            WatchConfig::default()
+                .sync_budget(Some(Duration::from_millis(100)))
+                .pool_exhausted(Some(Duration::from_millis(200))),
+        )
+        .build()?;
+    let (release, stuck) = std::sync::mpsc::channel::<()>();
+    let stuck = std::sync::Mutex::new(stuck);
+    let export = bus
+        .subscribe::<OrderPlaced>()
+        .name("export")
+        .concurrency(2)
+        .sync(move |_| {
+            // A call without a timeout, to a peer that never answers.
+            let _ = stuck.lock().map(|rx| rx.recv());
+        })?;
+    for id in 0..2 {
+        bus.publish(OrderPlaced { id }).await?;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    println!("bus.health():\n{}", bus.health());
+    drop(release);
+    export.unsubscribe().await;
     Ok(())
 }

@@ -29,7 +29,7 @@ pub enum FindingKind {
     /// [`WatchConfig::sync_budget`](crate::WatchConfig::sync_budget). Seen
     /// while the run still goes (so a run that never returns is named too)
     /// or when it ends, and counted once per run; `worst` is the longest
-    /// such run, or the age of one still going.
+    /// such run that ended, or the age at which one still going was seen.
     SyncOverBudget,
     /// A publisher waited longer than [`WatchConfig::publish_wait`](crate::WatchConfig::publish_wait) for room in
     /// this (full, `Block`) subscription.

@@ -6,7 +6,11 @@
 //! the bus's worker pool) and against the commit before the pool (a
 //! thread per unit of concurrency), and runs both in each round.
 //!
-//! Usage: pool_dispatch [--events N] [--concurrency C]
+//! Usage: pool_dispatch [--events N] [--concurrency C] [--nice N]
+//!
+//! `--nice` sets the CPU pool's `cpu_worker_nice` (this tree only: the
+//! lines between the `pool only` marks are left out of the build before
+//! the pool).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -28,11 +32,13 @@ fn spin(d: Duration) {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (mut events, mut concurrency) = (200_000u64, 2usize);
+    let mut nice: Option<u8> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--events" => events = args.next().ok_or("--events N")?.parse()?,
             "--concurrency" => concurrency = args.next().ok_or("--concurrency C")?.parse()?,
+            "--nice" => nice = Some(args.next().ok_or("--nice N")?.parse()?),
             other => return Err(format!("unknown flag {other}").into()),
         }
     }
@@ -40,7 +46,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let bus = Bus::builder().topic::<Job>().build()?;
+        let builder = Bus::builder().topic::<Job>();
+        // pool only: from here
+        let builder = match nice {
+            Some(n) => builder.cpu_worker_nice(n),
+            None => builder,
+        };
+        // pool only: to here
+        let _ = nice;
+        let bus = builder.build()?;
         let done = Arc::new(AtomicU64::new(0));
         let handle = {
             let done = Arc::clone(&done);

@@ -3,7 +3,8 @@
 //!
 //! 1. **Dispatch cost** per event of a 1 µs handler, 1M events from one
 //!    publisher, two at a time (the machine's cores): through tidings'
-//!    worker pool (`pool_dispatch` built from this tree), through the
+//!    worker pool (`pool_dispatch` built from this tree; its workers at
+//!    the default nice 10, and at nice 0 as threads were before), through the
 //!    thread-per-runner design it replaced (the same program built from
 //!    the commit before the pool), `tokio::task::spawn_blocking` per event
 //!    and `rayon::spawn` per event. Each round runs every setup once;
@@ -32,10 +33,11 @@ fn spin(d: Duration) {
     }
 }
 
-/// Runs one of the bus programs: its ns per event.
-fn bus_program(path: &str, events: u64) -> Result<f64, Box<dyn std::error::Error>> {
+/// Runs one of the bus programs (with `extra` flags): its ns per event.
+fn bus_program(path: &str, events: u64, extra: &[&str]) -> Result<f64, Box<dyn std::error::Error>> {
     let out = Command::new(path)
         .args(["--events", &events.to_string(), "--concurrency", "2"])
+        .args(extra)
         .output()?;
     if !out.status.success() {
         return Err(format!("{path} failed: {}", String::from_utf8_lossy(&out.stderr)).into());
@@ -175,7 +177,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let before = before.ok_or("--before PATH (run scripts/pool-bench)")?;
     let rayon = rayon::ThreadPoolBuilder::new().num_threads(2).build()?;
     let names = [
-        "tidings pool",
+        "tidings pool (workers at nice 10, the default)",
+        "tidings pool (workers at nice 0)",
         "thread per runner (before)",
         "spawn_blocking",
         "rayon::spawn",
@@ -185,8 +188,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("dispatch: {events} events of a 1 µs handler, two at a time, {rounds} rounds");
     for round in 0..rounds {
         let r = [
-            bus_program(&now, events)?,
-            bus_program(&before, events)?,
+            bus_program(&now, events, &[])?,
+            bus_program(&now, events, &["--nice", "0"])?,
+            bus_program(&before, events, &[])?,
             spawn_blocking(events),
             rayon_spawn(&rayon, events),
         ];
@@ -202,16 +206,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         for (i, v) in r.iter().enumerate() {
             ns[i].push(*v);
-            // How many times faster the pool is than this setup.
-            ratios[i].push(v / r[0]);
+            // How many times faster the pool (at nice 0) is than this
+            // setup.
+            ratios[i].push(v / r[1]);
         }
     }
     println!(
-        "\n| setup | ns per event (median) | pool's speed vs it (median of same-round ratios) |"
+        "\n| setup | ns per event (median) | pool at nice 0 vs it (median of same-round ratios) |"
     );
     println!("|---|---|---|");
     for (i, name) in names.iter().enumerate() {
-        let ratio = if i == 0 {
+        let ratio = if i == 1 {
             "-".to_owned()
         } else {
             format!("{:.2}×", median(&mut ratios[i]))
