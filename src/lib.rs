@@ -22,7 +22,7 @@
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let bus = Bus::builder().topic::<OrderCreated>().build()?;
 //!
-//! // A blocking handler, on threads owned by the bus.
+//! // A CPU-heavy handler, on the bus's worker pool.
 //! let _billing = bus.subscribe::<OrderCreated>().name("billing").sync(|e| charge(&e))?;
 //! // An async handler, four at a time.
 //! let _mail = bus
@@ -73,8 +73,9 @@
 //! 5. All or nothing: a publish enqueues to every subscription or to none; a
 //!    cancelled `publish().await` enqueues nothing; an error hands the event
 //!    back ([`PublishError::into_inner`](error::PublishError::into_inner)).
-//! 6. Isolation: sync handlers run on the bus's own threads, never on the
-//!    runtime's workers; handler errors and panics are caught and counted.
+//! 6. Isolation: blocking handlers run on the bus's bounded worker pools
+//!    ([`WorkerPool`]), never on the runtime's workers; handler errors and
+//!    panics are caught and counted.
 //! 7. Shutdown: [`Bus::shutdown`] refuses publishes from outside the bus,
 //!    accepts those of its handlers (chains finish), drains every queue
 //!    until no event is queued and no handler runs, and names every loose

@@ -1,7 +1,7 @@
 //! How each kind of handler is called, and how its runner waits: an async
 //! handler's future awaited on a tokio task (timed for the blocked-runtime
-//! watch, cancelled by a timeout), a sync handler called on its runner's
-//! own thread.
+//! watch, cancelled by a timeout), a blocking handler called on the pool
+//! worker polling its runner.
 
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
