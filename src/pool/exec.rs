@@ -15,7 +15,7 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use super::cell::{WorkerCell, COUNTED};
 use super::keeper::{Exhaustion, Timer};
-use super::{Client, PoolRunner, KEEPALIVE};
+use super::{Client, Least, PoolRunner, KEEPALIVE};
 use crate::config::{WatchConfig, WorkerPool};
 use crate::outcome::panic_message;
 use crate::stats::{PoolHolder, PoolStats};
@@ -62,7 +62,7 @@ pub(crate) struct Shared {
 
 /// A pool's state under its lock.
 pub(super) struct Sched {
-    ready: BinaryHeap<Ready>,
+    ready: BinaryHeap<Least<(u64, u64), Ready>>,
     /// Orders equal keys first come, first served.
     seq: u64,
     /// The virtual time of the last runner started.
@@ -97,32 +97,12 @@ pub(super) struct Busy {
     pub(super) since: Instant,
 }
 
-/// A runner waiting for a worker.
+/// A runner waiting for a worker, in line by (its key, first come).
 struct Ready {
     key: u64,
-    seq: u64,
     /// When it began to wait.
     at: Instant,
     task: Arc<Task>,
-}
-
-impl PartialEq for Ready {
-    fn eq(&self, other: &Self) -> bool {
-        (self.key, self.seq) == (other.key, other.seq)
-    }
-}
-impl Eq for Ready {}
-impl PartialOrd for Ready {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Ready {
-    /// The heap is a max-heap: the smallest key (then the first come) is
-    /// the greatest.
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (other.key, other.seq).cmp(&(self.key, self.seq))
-    }
 }
 
 thread_local! {
@@ -211,11 +191,9 @@ impl Shared {
             let key = task.flow.vtime.load(Ordering::Relaxed).max(s.vclock);
             s.seq += 1;
             let seq = s.seq;
-            s.ready.push(Ready {
-                key,
-                seq,
-                at: now,
-                task,
+            s.ready.push(Least {
+                key: (key, seq),
+                item: Ready { key, at: now, task },
             });
             s.count_starved(&self.starved);
             if s.idle > 0 {
@@ -267,7 +245,7 @@ impl Shared {
         }
         let mut s = self.sched.lock();
         loop {
-            let Some(ready) = s.ready.pop() else {
+            let Some(Least { item: ready, .. }) = s.ready.pop() else {
                 s.idle += 1;
                 s.count_starved(&self.starved);
                 let timed_out = self.work.wait_for(&mut s, KEEPALIVE).timed_out();

@@ -11,33 +11,11 @@ use std::time::{Duration, Instant, SystemTime};
 use parking_lot::MutexGuard;
 
 use super::exec::{Flow, Sched, Shared};
-use super::KEEPALIVE;
+use super::{Least, KEEPALIVE};
 use crate::stats::PoolHolder;
 
-/// A runner's wake-up at an instant.
-pub(crate) struct Timer {
-    at: Instant,
-    seq: u64,
-    waker: Waker,
-}
-
-impl PartialEq for Timer {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-impl Eq for Timer {}
-impl PartialOrd for Timer {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Timer {
-    /// Earliest first out of the max-heap.
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (other.at, other.seq).cmp(&(self.at, self.seq))
-    }
-}
+/// A runner's wake-up at an instant (first come first among equals).
+pub(crate) type Timer = Least<(Instant, u64), Waker>;
 
 /// A pool's record of every worker busy for too long.
 #[derive(Default)]
@@ -100,11 +78,14 @@ impl Shared {
     fn add_timer(self: &Arc<Self>, at: Instant, waker: Waker) {
         let start = {
             let mut s = self.sched.lock();
-            if s.timers.peek().map_or(true, |first| at < first.at) {
+            if s.timers.peek().map_or(true, |first| at < first.key.0) {
                 self.tick.notify_one();
             }
             let seq = s.timers.len() as u64;
-            s.timers.push(Timer { at, seq, waker });
+            s.timers.push(Least {
+                key: (at, seq),
+                item: waker,
+            });
             !std::mem::replace(&mut s.keeper, true)
         };
         if start {
@@ -145,7 +126,7 @@ impl Shared {
             let now = Instant::now();
             let look = self.look(&mut s, now);
             MutexGuard::unlocked(&mut s, || self.act(look));
-            let next_timer = s.timers.peek().map(|t| t.at);
+            let next_timer = s.timers.peek().map(|t| t.key.0);
             let next_look = match (s.workers > 0, every) {
                 (true, Some(every)) => Some(now + every),
                 (true, None) => Some(now + KEEPALIVE),
@@ -174,9 +155,9 @@ impl Shared {
 
     fn look(&self, s: &mut Sched, now: Instant) -> Look {
         let mut look = Look::default();
-        while s.timers.peek().is_some_and(|t| t.at <= now) {
+        while s.timers.peek().is_some_and(|t| t.key.0 <= now) {
             if let Some(timer) = s.timers.pop() {
-                look.due.push(timer.waker);
+                look.due.push(timer.item);
             }
         }
         if let Some(budget) = self.watch.sync_budget_threshold() {
