@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use super::cell::{WorkerCell, COUNTED};
-use super::keeper::{Exhaustion, Timer};
-use super::{Client, Least, PoolRunner, KEEPALIVE};
+use super::parts::{Exhaustion, Least, Timer};
+use super::{Client, PoolRunner, KEEPALIVE};
 use crate::config::{WatchConfig, WorkerPool};
 use crate::outcome::panic_message;
 use crate::stats::{PoolHolder, PoolStats};

@@ -11,30 +11,8 @@ use std::time::{Duration, Instant, SystemTime};
 use parking_lot::MutexGuard;
 
 use super::exec::{Flow, Sched, Shared};
-use super::{Least, KEEPALIVE};
-use crate::stats::PoolHolder;
-
-/// A runner's wake-up at an instant (first come first among equals).
-pub(crate) type Timer = Least<(Instant, u64), Waker>;
-
-/// A pool's record of every worker busy for too long.
-#[derive(Default)]
-pub(crate) struct Exhaustion {
-    pub(super) count: u64,
-    pub(super) worst: Duration,
-    pub(super) holders: Vec<PoolHolder>,
-    pub(super) last_seen: Option<(SystemTime, Instant)>,
-    last_reported: Option<Instant>,
-    /// The current stretch of every worker busy was counted.
-    counted: bool,
-}
-
-impl Exhaustion {
-    /// A worker became free: the stretch, if any, is over.
-    pub(super) fn stretch_over(&mut self) {
-        self.counted = false;
-    }
-}
+use super::parts::Least;
+use super::KEEPALIVE;
 
 /// Waits until an instant on a pool's timers: a blocking runner's wait
 /// that holds no worker. `None` waits until the runner is stopped.
@@ -178,18 +156,8 @@ impl Shared {
             if busy_for >= threshold {
                 let holders = self.holders(s, now);
                 let every = self.watch.report_interval();
-                let e = &mut s.exhaustion;
-                if !std::mem::replace(&mut e.counted, true) {
-                    e.count += 1;
-                }
-                e.worst = e.worst.max(busy_for);
-                e.holders = holders;
-                e.last_seen = Some((SystemTime::now(), now));
-                let due = e
-                    .last_reported
-                    .map_or(true, |last| now.saturating_duration_since(last) >= every);
-                if due {
-                    e.last_reported = Some(now);
+                if s.exhaustion.seen(busy_for, holders, now, every) {
+                    let e = &s.exhaustion;
                     look.exhausted = Some(crate::watch::PoolExhausted {
                         pool: self.pool,
                         workers: self.max,

@@ -32,6 +32,7 @@
 mod cell;
 mod exec;
 mod keeper;
+mod parts;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -43,30 +44,6 @@ use crate::config::{WatchConfig, WorkerPool};
 use crate::info::SubInfo;
 use crate::stats::PoolStats;
 use crate::watch::PoolExhausted;
-
-/// An entry of a min-heap on std's max-heap: ordered by `key` alone, the
-/// least first out.
-pub(crate) struct Least<K, T> {
-    pub(crate) key: K,
-    pub(crate) item: T,
-}
-
-impl<K: Ord, T> PartialEq for Least<K, T> {
-    fn eq(&self, other: &Self) -> bool {
-        self.key == other.key
-    }
-}
-impl<K: Ord, T> Eq for Least<K, T> {}
-impl<K: Ord, T> PartialOrd for Least<K, T> {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl<K: Ord, T> Ord for Least<K, T> {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        other.key.cmp(&self.key)
-    }
-}
 
 /// A worker that has had no work for this long ends (the pool starts
 /// another when work comes).
