@@ -197,7 +197,8 @@ fn a_sync_handler_run_allocates_nothing() {
     runtime().block_on(async {
         // One worker, started with the subscription: a pool that may start
         // another starts it on the thread that woke a runner (a thread's
-        // start allocates), once in the pool's life.
+        // start allocates), and that worker's first run of a subscription
+        // allocates that subscription's share of the stats' histograms.
         let bus = Bus::builder()
             .topic::<Ev>()
             .cpu_workers(1)
@@ -285,9 +286,13 @@ struct FollowUp(u64);
 /// A bus with both topics, and a stream of the follow-ups with room for a
 /// round of them.
 fn follow_up_bus() -> (Bus, Subscription<FollowUp>) {
+    // One worker, as in `a_sync_handler_run_allocates_nothing`: a second,
+    // started part-way, would allocate its thread, and its first run of a
+    // subscription that subscription's share of the stats' histograms.
     let bus = Bus::builder()
         .topic::<Ev>()
         .topic::<FollowUp>()
+        .cpu_workers(1)
         .build()
         .expect("valid");
     let follow_ups = bus
