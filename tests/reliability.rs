@@ -465,12 +465,20 @@ async fn duration_max_anywhere_saturates_and_strands_nothing() {
             .cloned()
             .unwrap()
     };
-    eventually("each first attempt failed", || {
-        let stats = bus.stats();
-        ["breaker-async", "breaker-sync", "retry-async", "retry-sync"]
-            .iter()
-            .all(|n| by_name(&stats, n).failures == 1)
-    })
+    // A failure is counted before its event is dead-lettered (a publish
+    // on the dead-letter topic): wait for both.
+    eventually(
+        "each first attempt failed, and its dead letter went",
+        || {
+            let stats = bus.stats();
+            ["breaker-async", "breaker-sync", "retry-async", "retry-sync"]
+                .iter()
+                .all(|n| by_name(&stats, n).failures == 1)
+                && ["breaker-async", "breaker-sync"]
+                    .iter()
+                    .all(|n| by_name(&stats, n).dead_lettered == 1)
+        },
+    )
     .await;
     let stats = bus.stats();
     for name in ["breaker-async", "breaker-sync"] {

@@ -50,14 +50,15 @@ fn after_attempt<E: Event>(
         queue.breaker_changed(breaker.record(probe, ok));
     }
     let attempt = env.attempt();
-    let error = queue.attempted(env.id().get(), &outcome, took);
+    let policy = &plan.retry;
+    // Counted with the failure, if it was one.
+    let retry = attempt < policy.attempts();
+    let error = queue.attempted(env.id().get(), &outcome, took, retry);
     telemetry::record_run(span, &outcome, took);
     let Some(error) = error else {
         return Next::Handled;
     };
-    let policy = &plan.retry;
-    if attempt < policy.attempts() {
-        queue.retrying();
+    if retry {
         let seed =
             env.id().get() ^ (u64::from(attempt) << 48) ^ queue.info.id.get().rotate_left(24);
         return Next::Retry(policy.wait_after(attempt, seed));

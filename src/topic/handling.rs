@@ -31,6 +31,7 @@ impl<E> SubscriptionState<E> {
         event_id: u64,
         outcome: &Outcome,
         took: Duration,
+        retry: bool,
     ) -> Option<String> {
         match outcome {
             Outcome::Ok => {}
@@ -49,8 +50,17 @@ impl<E> SubscriptionState<E> {
                 Outcome::Ok => {}
             }
             c.last_error = Some(error.clone());
+            // In the same critical section as the failure: no snapshot
+            // sees a failed attempt that is to be retried and not yet
+            // counted as retried.
+            if retry {
+                c.retried += 1;
+            }
         }
         self.metrics.handled(outcome, took);
+        if retry && error.is_some() {
+            self.metrics.retried();
+        }
         error
     }
 
@@ -59,12 +69,6 @@ impl<E> SubscriptionState<E> {
     pub(crate) fn overran(&self, event_id: u64, took: Duration) {
         self.state.lock().counters.timeouts += 1;
         telemetry::warn_timeout(&self.info, event_id, took, false);
-    }
-
-    /// Handler side: a failed event will be tried again.
-    pub(crate) fn retrying(&self) {
-        self.state.lock().counters.retried += 1;
-        self.metrics.retried();
     }
 
     /// Handler side: a dead letter reached no subscription; logged once per
