@@ -261,21 +261,31 @@ where
         };
         let at_ns = unix_ns(SystemTime::now());
         let log = &self.inner.log;
-        let appended = log.append(|state| {
-            if let Some(key) = &key {
-                if let Some(seq) = state.duplicate(key, at_ns / 1_000_000) {
-                    return Ok((Vec::new(), (seq, true)));
+        let synced = self.inner.options.ack == Ack::Synced;
+        let appended = log.append_then(
+            |state| {
+                if let Some(key) = &key {
+                    if let Some(seq) = state.duplicate(key, at_ns / 1_000_000) {
+                        return Ok((Vec::new(), (seq, true)));
+                    }
                 }
-            }
-            let seq = state.next_seq;
-            let record = Record::Event {
-                seq,
-                at_ns,
-                key,
-                payload,
-            };
-            Ok((vec![record], (seq, false)))
-        });
+                let seq = state.next_seq;
+                let record = Record::Event {
+                    seq,
+                    at_ns,
+                    key,
+                    payload,
+                };
+                Ok((vec![record], (seq, false)))
+            },
+            // Counted before the feeders can read it.
+            |_| {
+                self.inner.stored.fetch_add(1, Ordering::Relaxed);
+                if synced {
+                    log.count_synced_publish();
+                }
+            },
+        );
         let ((seq, duplicate), pos) = match appended {
             Ok(appended) => appended,
             Err(reason) => return Err(DurablePublishError { reason, event }),
@@ -286,9 +296,7 @@ where
             self.inner.duplicates.fetch_add(1, Ordering::Relaxed);
             return Ok(Appended::Done(receipt));
         }
-        self.inner.stored.fetch_add(1, Ordering::Relaxed);
-        if self.inner.options.ack == Ack::Synced {
-            log.count_synced_publish();
+        if synced {
             return Ok(Appended::Sync {
                 receipt,
                 pos,

@@ -148,6 +148,17 @@ impl Log {
         &self,
         make: impl FnOnce(&mut State) -> Result<(Vec<Record>, T), StoreError>,
     ) -> Result<(T, u64), StoreError> {
+        self.append_then(make, |_| {})
+    }
+
+    /// As [`append`](Log::append), and calls `written` (the bus's own
+    /// counting: no user code) once records are written, before any reader
+    /// can see them: whoever sees an event handled sees it counted.
+    pub(crate) fn append_then<T>(
+        &self,
+        make: impl FnOnce(&mut State) -> Result<(Vec<Record>, T), StoreError>,
+        written: impl FnOnce(&T),
+    ) -> Result<(T, u64), StoreError> {
         let mut guard = self.inner.lock();
         let inner = &mut *guard;
         if let Some(reason) = &inner.stopped {
@@ -196,6 +207,7 @@ impl Log {
         for r in &records {
             inner.state.apply(r);
         }
+        written(&out);
         let end = inner.active.end();
         drop(guard);
         if events {
