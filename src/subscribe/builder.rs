@@ -20,12 +20,14 @@ use crate::info::SubscriberKind;
 use crate::topic::{Breaker, SubName, SubRequest, TopicState};
 
 /// The most runners a handler subscription may have
-/// ([`HandlerBuilder::concurrency`]): each is a task or a thread.
+/// ([`HandlerBuilder::concurrency`]): each is a task, on the runtime or
+/// on a worker pool.
 pub const MAX_CONCURRENCY: usize = 65_536;
 
 /// Sets up one subscription; made by [`Bus::subscribe`](crate::Bus::subscribe).
 /// Finish it with [`stream`](SubscribeBuilder::stream),
-/// [`handler`](SubscribeBuilder::handler) or [`sync`](SubscribeBuilder::sync).
+/// [`handler`](SubscribeBuilder::handler), [`sync`](SubscribeBuilder::sync) or
+/// [`blocking`](SubscribeBuilder::blocking).
 /// Settings only a handler has ([`concurrency`](SubscribeBuilder::concurrency),
 /// [`retry`](SubscribeBuilder::retry), [`timeout`](SubscribeBuilder::timeout),
 /// [`circuit_breaker`](SubscribeBuilder::circuit_breaker)) turn it into a
@@ -49,7 +51,7 @@ pub const MAX_CONCURRENCY: usize = 65_536;
 /// assert_eq!((e.cents, e.missed()), (101, 1));
 /// # Ok(()) }
 /// ```
-#[must_use = "a subscribe builder does nothing until finished with .stream(), .handler() or .sync()"]
+#[must_use = "a subscribe builder does nothing until finished with .stream(), .handler(), .sync() or .blocking()"]
 pub struct SubscribeBuilder<E: Event> {
     /// The topic, or `None` when it is not registered (refused when the
     /// subscription is made).

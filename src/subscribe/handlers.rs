@@ -21,7 +21,8 @@ use crate::topic::Breaker;
 
 /// Sets up a handler subscription: a [`SubscribeBuilder`] with the
 /// settings only handlers have. Finish it with
-/// [`handler`](HandlerBuilder::handler) or [`sync`](HandlerBuilder::sync).
+/// [`handler`](HandlerBuilder::handler), [`sync`](HandlerBuilder::sync) or
+/// [`blocking`](HandlerBuilder::blocking).
 ///
 /// ```
 /// # use std::time::Duration;
@@ -42,7 +43,7 @@ use crate::topic::Breaker;
 /// # drop(mailer);
 /// # Ok(()) }
 /// ```
-#[must_use = "a handler builder does nothing until finished with .handler() or .sync()"]
+#[must_use = "a handler builder does nothing until finished with .handler(), .sync() or .blocking()"]
 pub struct HandlerBuilder<E: Event> {
     base: SubscribeBuilder<E>,
     concurrency: usize,
