@@ -385,13 +385,23 @@ impl Shared {
 
     pub(super) fn exhaustion(&self) -> Option<crate::watch::PoolExhausted> {
         let s = self.sched.lock();
-        let (seen, mono) = s.exhaustion.last_seen?;
+        self.exhausted(&s.exhaustion, s.exhaustion.worst)
+    }
+
+    /// The health entry of `e`, with `worst` as its longest stretch;
+    /// `None` if the pool was never exhausted.
+    pub(super) fn exhausted(
+        &self,
+        e: &Exhaustion,
+        worst: Duration,
+    ) -> Option<crate::watch::PoolExhausted> {
+        let (seen, mono) = e.last_seen?;
         Some(crate::watch::PoolExhausted {
             pool: self.pool,
             workers: self.max,
-            count: s.exhaustion.count,
-            worst: s.exhaustion.worst,
-            holders: s.exhaustion.holders.clone(),
+            count: e.count,
+            worst,
+            holders: e.holders.clone(),
             last_seen: seen,
             recent: mono.elapsed() < self.watch.report_interval(),
         })

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use parking_lot::MutexGuard;
 
@@ -157,16 +157,8 @@ impl Shared {
                 let holders = self.holders(s, now);
                 let every = self.watch.report_interval();
                 if s.exhaustion.seen(busy_for, holders, now, every) {
-                    let e = &s.exhaustion;
-                    look.exhausted = Some(crate::watch::PoolExhausted {
-                        pool: self.pool,
-                        workers: self.max,
-                        count: e.count,
-                        worst: busy_for,
-                        holders: e.holders.clone(),
-                        last_seen: SystemTime::now(),
-                        recent: true,
-                    });
+                    // The report gives this stretch's length.
+                    look.exhausted = self.exhausted(&s.exhaustion, busy_for);
                 }
             }
         }
