@@ -161,6 +161,8 @@
 extern crate self as tidings;
 
 mod any;
+#[cfg(feature = "asyncapi")]
+pub mod asyncapi;
 mod bus;
 mod codec;
 mod config;
@@ -187,6 +189,8 @@ mod telemetry;
 mod topic;
 #[cfg(feature = "tune")]
 pub mod tune;
+#[cfg(feature = "view")]
+pub mod view;
 mod watch;
 
 /// Error types, one per operation.
