@@ -237,6 +237,25 @@ pub use tidings_macros::Event;
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
+/// The guide's examples (`docs/`), compiled and run as doctests: one item
+/// per page that holds Rust code.
+#[cfg(doctest)]
+pub mod guide {
+    /// `docs/worker-pools.md`.
+    #[doc = include_str!("../docs/worker-pools.md")]
+    pub struct WorkerPools;
+    /// `docs/failures.md`.
+    #[doc = include_str!("../docs/failures.md")]
+    pub struct Failures;
+    /// `docs/following-events.md`.
+    #[doc = include_str!("../docs/following-events.md")]
+    pub struct FollowingEvents;
+    /// `docs/view.md`.
+    #[cfg(all(feature = "view", feature = "schemars"))]
+    #[doc = include_str!("../docs/view.md")]
+    pub struct View;
+}
+
 #[cfg(all(test, feature = "derive"))]
 mod tests {
     use super::*;

@@ -68,7 +68,16 @@ impl Sampler {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let snapshot = self.take();
+            // The sampler runs user code (sections, events' `Serialize`)
+            // behind its own guards; should anything else in it panic, the
+            // tick is skipped and said, and the next one tries again.
+            let Ok(snapshot) = std::panic::catch_unwind(AssertUnwindSafe(|| self.take())) else {
+                #[cfg(feature = "tracing")]
+                tracing::warn!(
+                    "tidings view: taking a snapshot panicked; the next tick tries again"
+                );
+                continue;
+            };
             if tx.send(snapshot).is_err() && tx.is_closed() {
                 // No receiver can come back: the server is gone.
                 return;
