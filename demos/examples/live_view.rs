@@ -45,7 +45,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     };
     shop.run(200, stop).await;
     drop(view);
-    let report = shop.bus.shutdown(Duration::from_secs(5)).await;
+    let report = shop.shutdown(Duration::from_secs(5)).await;
     println!("{report}");
     Ok(())
 }

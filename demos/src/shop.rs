@@ -149,6 +149,13 @@ pub fn shop() -> Result<Shop, Box<dyn std::error::Error + Send + Sync>> {
 }
 
 impl Shop {
+    /// Stops the shop: the analytics reader leaves (what it had not read
+    /// is counted as discarded), then the bus drains and reports.
+    pub async fn shutdown(self, deadline: Duration) -> tidings::ShutdownReport {
+        drop(self.analytics);
+        self.bus.shutdown(deadline).await
+    }
+
     /// Places `per_second` orders a second until `stop` resolves, and
     /// reads analytics at a third of the rate e-mails arrive.
     pub async fn run(&mut self, per_second: u32, stop: impl std::future::Future<Output = ()>) {

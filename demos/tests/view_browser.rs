@@ -310,6 +310,6 @@ async fn the_view_shows_a_busy_bus_in_a_real_browser() {
     }
     assert!(std::fs::metadata(&screenshot).unwrap().len() > 10_000);
     println!("screenshot: {}", screenshot.display());
-    let report = shop.bus.shutdown(Duration::from_secs(30)).await;
+    let report = shop.shutdown(Duration::from_secs(30)).await;
     assert_eq!(report.in_flight(), 0, "{report}");
 }
