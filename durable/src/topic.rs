@@ -33,6 +33,7 @@ pub struct DurableReceipt {
 
 /// A durable topic's numbers.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct DurableStats {
     /// The topic.
@@ -57,6 +58,7 @@ pub struct DurableStats {
 
 /// One durable subscription's place in its topic.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct DurableSubStats {
     /// Its name.

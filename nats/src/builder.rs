@@ -304,8 +304,13 @@ impl BridgeBuilder {
             }
         }
         let mut imported = Vec::new();
+        #[cfg(feature = "asyncapi")]
+        let mut bridged = exported.clone();
         for pattern in &self.imports {
-            imported.push(self.resolve(pattern)?.0);
+            let (pattern, _topics) = self.resolve(pattern)?;
+            #[cfg(feature = "asyncapi")]
+            bridged.extend(_topics.into_iter().filter(|t| !exported.contains(t)));
+            imported.push(pattern);
         }
         let servers = self
             .connect
@@ -396,6 +401,11 @@ impl BridgeBuilder {
         };
         match started.await {
             Ok((imports, exports, stop)) => Ok(Bridge {
+                #[cfg(feature = "asyncapi")]
+                contract: crate::contract::Contract {
+                    servers: self.connect.servers.clone(),
+                    topics: bridged,
+                },
                 ctx,
                 exports,
                 imports,

@@ -85,6 +85,8 @@
 mod builder;
 mod config;
 mod conn;
+#[cfg(feature = "asyncapi")]
+mod contract;
 mod ctx;
 mod error;
 mod export;
@@ -123,6 +125,8 @@ pub use tokio_rustls::rustls;
 /// once; [`shutdown`](Bridge::shutdown) stops importing, then sends what its
 /// export subscriptions still hold.
 pub struct Bridge {
+    #[cfg(feature = "asyncapi")]
+    contract: contract::Contract,
     ctx: Arc<Ctx>,
     exports: Vec<JoinHandle<()>>,
     imports: Vec<JoinHandle<()>>,

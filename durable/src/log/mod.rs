@@ -48,6 +48,7 @@ pub(crate) struct LogOptions {
 
 /// What recovery found and did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct Recovery {
     /// Segments found.

@@ -34,6 +34,7 @@ pub(super) struct SyncShared {
 
 /// Sync numbers of one topic.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct SyncStats {
     /// `fdatasync` calls made for synced publishes.
