@@ -379,6 +379,14 @@ impl Bus {
         })
     }
 
+    /// The allow-list as an AsyncAPI 3.0 document, to finish with a title,
+    /// a version, schemas and servers (feature `asyncapi`; the same as
+    /// [`AsyncApi::new(&bus)`](crate::asyncapi::AsyncApi::new)).
+    #[cfg(feature = "asyncapi")]
+    pub fn asyncapi(&self) -> crate::asyncapi::AsyncApi {
+        crate::asyncapi::AsyncApi::new(self)
+    }
+
     /// A snapshot of every topic and subscription.
     pub fn stats(&self) -> BusStats {
         BusStats {
