@@ -99,3 +99,9 @@ impl DurableTopics for BusBuilder {
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// The example of the guide's page on durable topics (`docs/durable.md`), compiled as a
+/// doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/durable.md")]
+pub struct GuideDoctests;

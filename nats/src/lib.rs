@@ -366,3 +366,9 @@ impl fmt::Debug for Bridge {
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// The example of the guide's page on the bridge (`docs/bridge.md`), compiled as a
+/// doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/bridge.md")]
+pub struct GuideDoctests;
