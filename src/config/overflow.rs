@@ -16,6 +16,7 @@ use std::fmt;
 /// subscription's [stats](crate::SubscriptionStats) count them.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub enum Overflow {
     /// Publishers wait until the subscription has room. Lossless.
     #[default]
@@ -27,6 +28,22 @@ pub enum Overflow {
     /// The publish fails with [`Refusal::Full`](crate::error::Refusal::Full)
     /// and nothing is enqueued to any subscription.
     Fail,
+}
+
+impl Overflow {
+    /// Whether the subscription receives every accepted event (`Block`,
+    /// `Fail`): a publish finds room, waits for it or is refused, and never
+    /// evicts or skips. Lossy policies (`DropOldest`, `DropNewest`) lose
+    /// events to keep publishers moving, and count what they lose.
+    ///
+    /// ```
+    /// use tidings::Overflow;
+    /// assert!(Overflow::Block.is_lossless() && Overflow::Fail.is_lossless());
+    /// assert!(!Overflow::DropOldest.is_lossless() && !Overflow::DropNewest.is_lossless());
+    /// ```
+    pub const fn is_lossless(self) -> bool {
+        matches!(self, Overflow::Block | Overflow::Fail)
+    }
 }
 
 impl fmt::Display for Overflow {

@@ -76,7 +76,7 @@ impl<E: Event> TopicState<E> {
             policy: request.policy,
             capacity: request.capacity,
         };
-        let lossless = matches!(info.policy, Overflow::Block | Overflow::Fail);
+        let lossless = info.policy.is_lossless();
         // A fed subscription has a queue of its own, which its feeder fills.
         let reads_ring = lossless && !request.fed && inner.ring.fits(info.capacity);
         // Each retained event it is given is held by it, as a live one is.

@@ -1,14 +1,58 @@
 //! The line of waiting publishers: first come, first served. Only the
 //! first in line looks for room (and is woken by the subscription that
 //! makes some); the others wait their turn, and a publisher that leaves the
-//! line (done, timed out, or dropped) wakes the next.
+//! line (done, timed out, or dropped) wakes the next. The line names the
+//! subscription it waits for ([`FullSub`]), and a publisher that gives up
+//! is refused naming it.
 
 use std::sync::Arc;
 use std::task::{Context, Waker};
+use std::time::Duration;
 
-use super::publish::FullSub;
-use super::{TopicInner, TopicState};
+use super::{SubscriptionState, TopicInner, TopicState};
+use crate::errors::{PublishError, Refusal};
 use crate::event::Event;
+
+/// A subscription with no room, as found by a publish.
+pub(super) struct FullSub<E> {
+    pub(super) subscription: Arc<SubscriptionState<E>>,
+}
+
+impl<E> FullSub<E> {
+    pub(super) fn of(subscription: &Arc<SubscriptionState<E>>) -> Self {
+        FullSub {
+            subscription: Arc::clone(subscription),
+        }
+    }
+}
+
+impl<E: Event> FullSub<E> {
+    /// The refusal of a publish that could not wait for this subscription.
+    pub(super) fn refuse(self, event: E) -> PublishError<E> {
+        let info = &self.subscription.info;
+        let reason = Refusal::Full {
+            topic: E::TOPIC,
+            subscription: Arc::clone(&info.name),
+            id: info.id,
+            capacity: info.capacity,
+            policy: info.policy,
+        };
+        PublishError::new(reason, event)
+    }
+
+    /// The refusal of a publish that waited `waited` and gave up.
+    pub(super) fn timed_out(self, event: E, waited: Duration) -> PublishError<E> {
+        let info = &self.subscription.info;
+        let reason = Refusal::Timeout {
+            topic: E::TOPIC,
+            subscription: Arc::clone(&info.name),
+            id: info.id,
+            capacity: info.capacity,
+            waited,
+        };
+        PublishError::new(reason, event)
+    }
+}
 
 /// A waiting publisher's place in its topic's line.
 pub(super) struct Turn<'a, E: Event> {
@@ -45,9 +89,7 @@ pub(super) fn wait_in_line<E>(
 ) -> Option<FullSub<E>> {
     let first = inner.line.front().map(|(ticket, _)| *ticket)?;
     let blocking = inner.blocking.as_ref()?;
-    let full = FullSub {
-        queue: Arc::clone(blocking),
-    };
+    let full = FullSub::of(blocking);
     match *turn {
         Some(mine) if mine == first => None,
         Some(mine) => {

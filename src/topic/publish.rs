@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 
 use super::deferred::Deferred;
 use super::keys::Dedup;
-use super::line::{leave_line, wait_in_line, Turn};
+use super::line::{leave_line, wait_in_line, FullSub, Turn};
 use super::queue::Push;
 use super::{Phase, SubscriptionState, TopicState};
 use crate::config::{Overflow, PublishOptions};
@@ -133,45 +133,6 @@ fn keep<E>(
     log.push_back(Arc::clone(published));
 }
 
-/// A subscription with no room, as found by a publish.
-pub(super) struct FullSub<E> {
-    pub(super) queue: Arc<SubscriptionState<E>>,
-}
-
-impl<E: Event> FullSub<E> {
-    fn of(queue: &Arc<SubscriptionState<E>>) -> Self {
-        FullSub {
-            queue: Arc::clone(queue),
-        }
-    }
-
-    /// The refusal of a publish that could not wait for this subscription.
-    fn refuse(self, event: E) -> PublishError<E> {
-        let info = &self.queue.info;
-        let reason = Refusal::Full {
-            topic: E::TOPIC,
-            subscription: Arc::clone(&info.name),
-            id: info.id,
-            capacity: info.capacity,
-            policy: info.policy,
-        };
-        PublishError::new(reason, event)
-    }
-
-    /// The refusal of a publish that waited `waited` and gave up.
-    fn timed_out(self, event: E, waited: Duration) -> PublishError<E> {
-        let info = &self.queue.info;
-        let reason = Refusal::Timeout {
-            topic: E::TOPIC,
-            subscription: Arc::clone(&info.name),
-            id: info.id,
-            capacity: info.capacity,
-            waited,
-        };
-        PublishError::new(reason, event)
-    }
-}
-
 /// A publish that did not happen (yet).
 pub(super) enum NotNow<E> {
     /// A `Block` subscription is full; the caller may wait (its waker is
@@ -256,7 +217,7 @@ impl<E: Event> TopicState<E> {
             for entry in &mut inner.subs {
                 let q = &entry.queue;
                 let policy = q.info.policy;
-                let lossless = matches!(policy, Overflow::Block | Overflow::Fail);
+                let lossless = policy.is_lossless();
                 let wait = match policy {
                     Overflow::Block => cx.as_deref_mut(),
                     _ => None,
@@ -296,7 +257,7 @@ impl<E: Event> TopicState<E> {
                     inner.line.push_back((ticket, cx.waker().clone()));
                     *turn = Some(ticket);
                 }
-                inner.blocking = Some(Arc::clone(&full.queue));
+                inner.blocking = Some(Arc::clone(&full.subscription));
             }
             return Err(NotNow::Wait(event, full));
         }
@@ -504,7 +465,7 @@ impl<E: Event> TopicState<E> {
         )
         .await;
         if let Some((since, full)) = waiting {
-            self.waited(since.elapsed(), &full.queue);
+            self.waited(since.elapsed(), &full.subscription);
         }
         if let Ok(receipt) = &result {
             telemetry::record_receipt(&span, receipt);
