@@ -1,6 +1,7 @@
 //! The layering of every crate in the workspace, checked on its source:
 //! no import cycle between top-level modules (a cycle may live inside one
-//! folder, never between two), and no source file over 600 lines.
+//! folder, never between two; none inside the core's `topic/` either), and
+//! no source file over 600 lines.
 //!
 //! A module imports another when its code names it: `crate::x`, a `use
 //! crate::{x, …}` group, or a `super::` path that climbs out of its own
@@ -76,6 +77,36 @@ fn ident_at(s: &str) -> &str {
     &s[..end]
 }
 
+/// The first names of each item of a `{a, b::c, …}` group (`group` starts
+/// after its `{`).
+fn group_items(group: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut depth = 0usize;
+    let mut item_start = true;
+    for (i, c) in group.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => break,
+            '}' => depth -= 1,
+            ',' if depth == 0 => item_start = true,
+            c if item_start && !c.is_whitespace() => {
+                out.push(ident_at(&group[i..]));
+                item_start = false;
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The names a path continues with: one ident, or each item of a group.
+fn first_names(after: &str) -> Vec<&str> {
+    match after.strip_prefix('{') {
+        Some(group) => group_items(group),
+        None => vec![ident_at(after)],
+    }
+}
+
 /// The top-level modules that `code`, in the module at `path`, names.
 fn references(code: &str, path: &[String]) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
@@ -83,25 +114,7 @@ fn references(code: &str, path: &[String]) -> BTreeSet<String> {
     let mut rest = code;
     while let Some(at) = rest.find("crate::") {
         let after = &rest[at + "crate::".len()..];
-        if let Some(group) = after.strip_prefix('{') {
-            let mut depth = 0usize;
-            let mut item_start = true;
-            for (i, c) in group.char_indices() {
-                match c {
-                    '{' => depth += 1,
-                    '}' if depth == 0 => break,
-                    '}' => depth -= 1,
-                    ',' if depth == 0 => item_start = true,
-                    c if item_start && !c.is_whitespace() => {
-                        out.insert(ident_at(&group[i..]).to_owned());
-                        item_start = false;
-                    }
-                    _ => {}
-                }
-            }
-        } else {
-            out.insert(ident_at(after).to_owned());
-        }
+        out.extend(first_names(after).into_iter().map(str::to_owned));
         rest = after;
     }
     // `super::…::x` that climbs to the crate root names the top-level `x`;
@@ -119,7 +132,7 @@ fn references(code: &str, path: &[String]) -> BTreeSet<String> {
             after = next;
         }
         if before_ok && climbs >= path.len() && !path.is_empty() {
-            out.insert(ident_at(after).to_owned());
+            out.extend(first_names(after).into_iter().map(str::to_owned));
         }
         rest = &rest[at + "super::".len() * climbs.max(1)..];
     }
@@ -228,6 +241,53 @@ fn no_import_cycle_between_top_level_modules() {
     );
 }
 
+/// The modules of one folder of a crate (`src/<folder>/`), each a file or
+/// a sub-folder of it, and which of them each imports. Its `mod.rs` is the
+/// folder's root and not a node, as `lib.rs` is not for a crate.
+fn folder_graph(dir: &Path) -> Graph {
+    let mut files = Vec::new();
+    rust_files(dir, &mut files);
+    let paths: Vec<(PathBuf, Vec<String>)> = files
+        .iter()
+        .map(|f| {
+            let rel = f.strip_prefix(dir).expect("below the folder");
+            (f.clone(), module_path(rel))
+        })
+        .collect();
+    let siblings: BTreeSet<String> = paths
+        .iter()
+        .filter_map(|(_, p)| p.first().cloned())
+        .collect();
+    let mut graph = Graph::new();
+    for (file, path) in &paths {
+        let Some(node) = path.first() else { continue };
+        let text = fs::read_to_string(file).expect("readable source");
+        let refs = references(&code(&text), path);
+        let edges = graph.entry(node.clone()).or_default();
+        edges.extend(
+            refs.into_iter()
+                .filter(|m| m != node && siblings.contains(m)),
+        );
+    }
+    graph
+}
+
+/// The topic core, arranged by who owns the state: no two of its modules
+/// import each other, directly or around a circle.
+#[test]
+fn no_import_cycle_inside_the_topic_folder() {
+    let graph = folder_graph(&workspace_root().join("src/topic"));
+    assert!(
+        graph.contains_key("publish") && graph.contains_key("line"),
+        "{graph:?}"
+    );
+    let found = cycles(&graph);
+    assert!(
+        found.is_empty(),
+        "modules of src/topic/ that import each other in a cycle: {found:?}"
+    );
+}
+
 #[test]
 fn no_source_file_over_600_lines() {
     let mut long = Vec::new();
@@ -260,6 +320,14 @@ fn the_checker_sees_cycles() {
     assert_eq!(nested, BTreeSet::from(["proto".to_owned()]));
     let from_mod = references("use super::stats::Stats;", &path("conn/mod.rs"));
     assert_eq!(from_mod, BTreeSet::from(["stats".to_owned()]));
+    let grouped = references(
+        "use super::super::{proto::Frame, wire};",
+        &path("conn/task.rs"),
+    );
+    assert_eq!(
+        grouped,
+        BTreeSet::from(["proto".to_owned(), "wire".to_owned()])
+    );
     assert!(references(&code("/// See [`crate::bus::Bus`]."), &path("a.rs")).is_empty());
 
     let graph = BTreeMap::from([
@@ -269,4 +337,22 @@ fn the_checker_sees_cycles() {
         ("d".to_owned(), BTreeSet::from(["a".to_owned()])),
     ]);
     assert_eq!(cycles(&graph), vec![vec!["a", "b", "c"]]);
+
+    // Inside a folder: the cycle `topic/` had, between the line of waiting
+    // publishers and the publish path, is seen (a sub-folder is one node).
+    let dir = std::env::temp_dir().join(format!("tidings-layers-{}", std::process::id()));
+    fs::create_dir_all(dir.join("ring")).unwrap();
+    fs::write(dir.join("mod.rs"), "mod line; mod publish; mod ring;").unwrap();
+    fs::write(dir.join("line.rs"), "use super::publish::FullSub;").unwrap();
+    fs::write(
+        dir.join("publish.rs"),
+        "use super::{line::Turn, TopicState};",
+    )
+    .unwrap();
+    fs::write(dir.join("ring/mod.rs"), "use super::TopicState;").unwrap();
+    fs::write(dir.join("ring/cursor.rs"), "use super::super::line::Turn;").unwrap();
+    let graph = folder_graph(&dir);
+    fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(cycles(&graph), vec![vec!["line", "publish"]]);
+    assert_eq!(graph["ring"], BTreeSet::from(["line".to_owned()]));
 }
