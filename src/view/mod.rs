@@ -12,7 +12,7 @@
 //! | `/` | the page |
 //! | `/api/snapshot` | the latest [snapshot](#the-snapshot), plain JSON, for scripts |
 //! | `/api/events` | the same snapshots as server-sent events (`text/event-stream`), one per interval |
-//! | `/asyncapi.json` | the allow-list as an AsyncAPI 3.0 document ([`AsyncApi`](crate::asyncapi::AsyncApi)) |
+//! | `/asyncapi.json` | the allow-list as an AsyncAPI 3.0 document ([`AsyncApi`]) |
 //!
 //! # Safety of exposure
 //!
