@@ -1,15 +1,16 @@
-//! The line of waiting publishers: first come, first served. Only the
-//! first in line looks for room (and is woken by the subscription that
-//! makes some); the others wait their turn, and a publisher that leaves the
-//! line (done, timed out, or dropped) wakes the next. The line names the
-//! subscription it waits for ([`FullSub`]), and a publisher that gives up
-//! is refused naming it.
+//! The line of waiting publishers ([`Line`]): first come, first served.
+//! Only the first in line looks for room (and is woken by the subscription
+//! that makes some); the others wait their turn, and a publisher that
+//! leaves the line (done, timed out, or dropped, its [`Turn`]) wakes the
+//! next. The line names the subscription it waits for ([`FullSub`]), and a
+//! publisher that gives up is refused naming it.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::task::{Context, Waker};
 use std::time::Duration;
 
-use super::{SubscriptionState, TopicInner, TopicState};
+use super::{SubscriptionState, TopicState};
 use crate::errors::{PublishError, Refusal};
 use crate::event::Event;
 
@@ -77,54 +78,100 @@ impl<E: Event> Drop for Turn<'_, E> {
     }
 }
 
-/// Under the topic lock: whether a caller that may wait must wait its turn
-/// (and what to name as the full subscription), refreshing its waker in the
-/// line. `None`: it is first in line, or nobody waits, so it looks for room.
-#[cold]
-#[inline(never)]
-pub(super) fn wait_in_line<E>(
-    inner: &mut TopicInner<E>,
-    turn: &mut Option<u64>,
-    cx: &mut Context<'_>,
-) -> Option<FullSub<E>> {
-    let first = inner.line.front().map(|(ticket, _)| *ticket)?;
-    let blocking = inner.blocking.as_ref()?;
-    let full = FullSub::of(blocking);
-    match *turn {
-        Some(mine) if mine == first => None,
-        Some(mine) => {
-            if let Some((_, waker)) = inner.line.iter_mut().find(|(t, _)| *t == mine) {
-                if !waker.will_wake(cx.waker()) {
-                    *waker = cx.waker().clone();
-                }
-            }
-            Some(full)
-        }
-        None => {
-            let ticket = inner.next_ticket;
-            inner.next_ticket += 1;
-            inner.line.push_back((ticket, cx.waker().clone()));
-            *turn = Some(ticket);
-            Some(full)
-        }
-    }
+/// The publishers of one topic waiting for room, oldest first, each with
+/// its ticket and waker; it lives under the topic's lock. Only the first
+/// looks for room (and is woken by the subscription that makes some); the
+/// others wait their turn, so room goes to publishers in the order they
+/// started waiting instead of to whoever wins a race.
+pub(crate) struct Line<E> {
+    waiting: VecDeque<(u64, Waker)>,
+    next_ticket: u64,
+    /// The subscription the first in line last found full: what a waiting
+    /// publisher's timeout names.
+    blocking: Option<Arc<SubscriptionState<E>>>,
 }
 
-/// Under the topic lock: takes `turn`'s ticket out of the line; if it was
-/// first, returns the waker of the new first, to wake once the lock is
-/// released.
-#[inline(never)]
-pub(super) fn leave_line<E>(inner: &mut TopicInner<E>, turn: &mut Option<u64>) -> Option<Waker> {
-    let ticket = turn.take()?;
-    let at = inner.line.iter().position(|(t, _)| *t == ticket)?;
-    inner.line.remove(at);
-    if inner.line.is_empty() {
-        inner.blocking = None;
+impl<E> Line<E> {
+    pub(super) fn new() -> Self {
+        Line {
+            waiting: VecDeque::new(),
+            next_ticket: 0,
+            blocking: None,
+        }
     }
-    if at == 0 {
-        inner.line.front().map(|(_, waker)| waker.clone())
-    } else {
-        None
+
+    /// Whether nobody waits: the hot path's only look at the line.
+    #[inline]
+    pub(super) fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    /// Every waiting publisher's waker, to look again (at shutdown).
+    pub(super) fn wakers(&self) -> impl Iterator<Item = Waker> + '_ {
+        self.waiting.iter().map(|(_, waker)| waker.clone())
+    }
+
+    /// Takes the last place for a caller with none (`turn` then holds it).
+    fn join(&mut self, turn: &mut Option<u64>, waker: &Waker) {
+        if turn.is_none() {
+            let ticket = self.next_ticket;
+            self.next_ticket += 1;
+            self.waiting.push_back((ticket, waker.clone()));
+            *turn = Some(ticket);
+        }
+    }
+
+    /// A publish found `full` without room and will wait: it joins the line
+    /// (unless it is in it already), and `full` is what the line waits for.
+    pub(super) fn wait_for(&mut self, full: &FullSub<E>, turn: &mut Option<u64>, waker: &Waker) {
+        self.join(turn, waker);
+        self.blocking = Some(Arc::clone(&full.subscription));
+    }
+
+    /// Whether a caller that may wait must wait its turn (and what to name
+    /// as the full subscription), refreshing its waker in the line. `None`:
+    /// it is first in line, or nobody waits, so it looks for room.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn wait_in_line(
+        &mut self,
+        turn: &mut Option<u64>,
+        cx: &mut Context<'_>,
+    ) -> Option<FullSub<E>> {
+        let first = self.waiting.front().map(|(ticket, _)| *ticket)?;
+        let full = FullSub::of(self.blocking.as_ref()?);
+        match *turn {
+            Some(mine) if mine == first => None,
+            Some(mine) => {
+                if let Some((_, waker)) = self.waiting.iter_mut().find(|(t, _)| *t == mine) {
+                    if !waker.will_wake(cx.waker()) {
+                        *waker = cx.waker().clone();
+                    }
+                }
+                Some(full)
+            }
+            None => {
+                self.join(turn, cx.waker());
+                Some(full)
+            }
+        }
+    }
+
+    /// Takes `turn`'s ticket out of the line; if it was first, returns the
+    /// waker of the new first, to wake once the topic's lock is released.
+    #[inline(never)]
+    pub(super) fn leave(&mut self, turn: &mut Option<u64>) -> Option<Waker> {
+        let ticket = turn.take()?;
+        let at = self.waiting.iter().position(|(t, _)| *t == ticket)?;
+        self.waiting.remove(at);
+        if self.waiting.is_empty() {
+            self.blocking = None;
+        }
+        if at == 0 {
+            self.waiting.front().map(|(_, waker)| waker.clone())
+        } else {
+            None
+        }
     }
 }
 
@@ -133,8 +180,7 @@ impl<E: Event> TopicState<E> {
     fn leave(&self, ticket: u64) {
         let next = {
             let mut inner = self.inner.lock();
-            let mut turn = Some(ticket);
-            leave_line(&mut inner, &mut turn)
+            inner.line.leave(&mut Some(ticket))
         };
         if let Some(next) = next {
             next.wake();

@@ -43,6 +43,7 @@ pub(crate) use breaker::{Breaker, Change, Permit};
 pub(crate) use feed::Offered;
 pub(crate) use handling::Final;
 use keys::Dedup;
+use line::Line;
 use queue::RingView;
 use ring::{ReaderRoom, Writer};
 pub(crate) use subscription::{ErasedQueue, SubscriptionState};
@@ -113,15 +114,8 @@ pub(crate) struct TopicInner<E> {
     /// The last subscriptions that left, for their watch findings (a
     /// handler may still be finishing when its subscription leaves).
     pub(crate) retired: std::collections::VecDeque<Arc<SubscriptionState<E>>>,
-    /// Publishers waiting for room, oldest first, with their wakers. Only
-    /// the first looks for room (and is woken by the subscription that
-    /// makes some); the others wait their turn, so room goes to publishers
-    /// in the order they started waiting instead of to whoever wins a race.
-    pub(crate) line: VecDeque<(u64, Waker)>,
-    pub(crate) next_ticket: u64,
-    /// The subscription the first in line last found full: what a waiting
-    /// publisher's timeout names.
-    pub(crate) blocking: Option<Arc<SubscriptionState<E>>>,
+    /// Publishers waiting for room, first come, first served.
+    pub(crate) line: Line<E>,
 }
 
 /// How many departed subscriptions a topic keeps for their findings.
@@ -173,9 +167,7 @@ impl<E: Event> TopicState<E> {
                 unsubscribed: 0,
                 discarded_on_unsubscribe: 0,
                 retired: std::collections::VecDeque::new(),
-                line: VecDeque::new(),
-                next_ticket: 0,
-                blocking: None,
+                line: Line::new(),
             }),
         }
     }
@@ -299,7 +291,7 @@ impl<E: Event> ErasedTopic for TopicState<E> {
             }
             // Everyone waiting looks again: publishers from outside the
             // bus's handlers leave with `Closed`, handlers wait on.
-            wake.extend(inner.line.iter().map(|(_, waker)| waker.clone()));
+            wake.extend(inner.line.wakers());
             inner.subs.iter().map(|e| Arc::clone(&e.queue)).collect()
         };
         wake.into_iter().for_each(Waker::wake);

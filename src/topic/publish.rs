@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 
 use super::deferred::Deferred;
 use super::keys::Dedup;
-use super::line::{leave_line, wait_in_line, FullSub, Turn};
+use super::line::{FullSub, Turn};
 use super::queue::Push;
 use super::{Phase, SubscriptionState, TopicState};
 use crate::config::{Overflow, PublishOptions};
@@ -191,7 +191,7 @@ impl<E: Event> TopicState<E> {
         if !inner.line.is_empty() {
             match (turn.as_deref_mut(), cx.as_deref_mut()) {
                 (Some(turn), Some(cx)) => {
-                    if let Some(full) = wait_in_line(inner, turn, cx) {
+                    if let Some(full) = inner.line.wait_in_line(turn, cx) {
                         return Err(NotNow::Wait(event, full));
                     }
                 }
@@ -251,19 +251,13 @@ impl<E: Event> TopicState<E> {
         }
         if let Some(full) = blocked {
             if let (Some(turn), Some(cx)) = (turn, cx) {
-                if turn.is_none() {
-                    let ticket = inner.next_ticket;
-                    inner.next_ticket += 1;
-                    inner.line.push_back((ticket, cx.waker().clone()));
-                    *turn = Some(ticket);
-                }
-                inner.blocking = Some(Arc::clone(&full.subscription));
+                inner.line.wait_for(&full, turn, cx.waker());
             }
             return Err(NotNow::Wait(event, full));
         }
         // The caller's turn is over: the next in line looks for room now.
         let next = match turn {
-            Some(turn @ Some(_)) => leave_line(inner, turn),
+            Some(turn @ Some(_)) => inner.line.leave(turn),
             _ => None,
         };
 
