@@ -343,6 +343,30 @@ async fn events(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        // Whatever a peer sends as a head, parsing answers; it never panics.
+        #[test]
+        fn any_head_parses_or_is_refused(head in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse(&head);
+        }
+
+        // Heads shaped like requests, with junk in every part.
+        #[test]
+        fn request_like_heads_parse_or_are_refused(
+            method in "[A-Z]{0,8}",
+            target in "[ -~]{0,64}",
+            version in "[ -~]{0,12}",
+            headers in proptest::collection::vec("[ -~]{0,40}", 0..8),
+        ) {
+            let head = format!("{method} {target} {version}\r\n{}", headers.join("\r\n"));
+            if let Ok(request) = parse(head.as_bytes()) {
+                prop_assert!(request.path.starts_with('/'));
+                prop_assert!(method == "GET" || method == "HEAD");
+            }
+        }
+    }
 
     #[test]
     fn requests_parse_and_junk_is_refused() {
