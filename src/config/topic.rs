@@ -1,7 +1,6 @@
-//! Per-topic settings: [`TopicConfig`] and the [`Clock`] a topic stamps its
-//! events with.
+//! Per-topic settings: [`TopicConfig`].
 
-use super::{DedupWindow, Overflow};
+use super::{Clock, DedupWindow, Overflow};
 
 /// Per-topic settings, given at registration with
 /// [`BusBuilder::topic_with`](crate::BusBuilder::topic_with).
@@ -25,62 +24,6 @@ pub struct TopicConfig {
     dedup: DedupWindow,
     clock: Clock,
     fed_by: Option<&'static str>,
-}
-
-/// How a topic stamps [`Envelope::published_at`](crate::Envelope::published_at).
-///
-/// Reading the precise wall clock is one of the larger costs of a publish:
-/// about 20 ns of the roughly 95 ns a publish takes on one thread of the
-/// 2-core development VM (`cargo run --release -p tidings-benches --example op_cost` and
-/// `bench_report` show both clocks side by side). A hot topic whose
-/// subscribers do not measure sub-millisecond latencies from
-/// `published_at` can trade that precision away.
-///
-/// ```
-/// use tidings::{Clock, TopicConfig};
-///
-/// let ticks = TopicConfig::default().clock(Clock::Coarse);
-/// assert_eq!(ticks.timestamp_clock(), Clock::Coarse);
-/// ```
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Clock {
-    /// [`SystemTime::now`](std::time::SystemTime::now) for every publish:
-    /// the clock's full resolution (nanoseconds on Linux).
-    #[default]
-    Precise,
-    /// The operating system's coarse wall clock, which returns the time of
-    /// the last timer tick: a few nanoseconds to read, but a resolution of
-    /// one tick (1 to 10 ms, 4 ms on most Linux kernels), so events
-    /// published within one tick share a timestamp. Linux only (`CLOCK_REALTIME_COARSE`);
-    /// elsewhere it is the same as [`Clock::Precise`].
-    Coarse,
-}
-
-impl Clock {
-    /// The current time as this clock reads it.
-    #[inline]
-    pub(crate) fn now(self) -> std::time::SystemTime {
-        match self {
-            Clock::Precise => std::time::SystemTime::now(),
-            Clock::Coarse => coarse_now(),
-        }
-    }
-}
-
-#[cfg(target_os = "linux")]
-fn coarse_now() -> std::time::SystemTime {
-    let ts = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
-    match (u64::try_from(ts.tv_sec), u32::try_from(ts.tv_nsec)) {
-        (Ok(secs), Ok(nanos)) => std::time::UNIX_EPOCH + std::time::Duration::new(secs, nanos),
-        // Before 1970: not worth a fast path.
-        _ => std::time::SystemTime::now(),
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn coarse_now() -> std::time::SystemTime {
-    std::time::SystemTime::now()
 }
 
 impl TopicConfig {
