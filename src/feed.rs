@@ -48,9 +48,12 @@ pub fn slot<E: Event>() -> (FeedSlot<E>, PendingFeed<E>) {
 }
 
 impl<E: Event> FeedSlot<E> {
-    pub(crate) fn fill(self, topic: Arc<TopicState<E>>, queue: Arc<SubscriptionState<E>>) {
+    pub(crate) fn fill(self, topic: Arc<TopicState<E>>, subscription: Arc<SubscriptionState<E>>) {
         // The feeder gave up waiting: the subscription simply gets nothing.
-        let _ = self.tx.send(Feed { topic, queue });
+        let _ = self.tx.send(Feed {
+            topic,
+            subscription,
+        });
     }
 }
 
@@ -118,7 +121,7 @@ impl<E> Fed<E> {
 /// The queue of one fed subscription, for its storage layer to fill.
 pub struct Feed<E: Event> {
     topic: Arc<TopicState<E>>,
-    queue: Arc<SubscriptionState<E>>,
+    subscription: Arc<SubscriptionState<E>>,
 }
 
 /// Why an offer was not taken: the subscription left, or the bus drains or
@@ -135,22 +138,22 @@ pub struct FeedClosed {
 impl<E: Event> Feed<E> {
     /// The subscription's name.
     pub fn name(&self) -> &str {
-        &self.queue.info.name
+        &self.subscription.info.name
     }
 
     /// The subscription's id.
     pub fn id(&self) -> SubscriptionId {
-        self.queue.info.id
+        self.subscription.info.id
     }
 
     /// The subscription's queue capacity.
     pub fn capacity(&self) -> usize {
-        self.queue.info.capacity
+        self.subscription.info.capacity
     }
 
     /// The subscription's numbers.
     pub fn stats(&self) -> SubscriptionStats {
-        self.topic.sub_stats(&self.queue)
+        self.topic.sub_stats(&self.subscription)
     }
 
     /// Queues `fed` for the subscription, waiting while its queue is full.
@@ -194,13 +197,13 @@ impl<E: Event> Feed<E> {
         // The feeder's own hold, released whatever happens (so that an
         // event never taken is told `None`).
         let release = Release(&published);
-        let offered = poll_fn(|cx| self.topic.poll_offer(&self.queue, &published, cx)).await;
+        let offered = poll_fn(|cx| self.topic.poll_offer(&self.subscription, &published, cx)).await;
         drop(release);
         match offered {
             Offered::Queued => Ok(()),
             Offered::Closed => Err(FeedClosed {
                 topic: E::TOPIC,
-                subscription: self.queue.info.id,
+                subscription: self.subscription.info.id,
             }),
         }
     }
@@ -219,7 +222,7 @@ impl<E: Event> std::fmt::Debug for Feed<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Feed")
             .field("topic", &E::TOPIC)
-            .field("subscription", &self.queue.info.name)
+            .field("subscription", &self.subscription.info.name)
             .finish()
     }
 }

@@ -39,7 +39,7 @@ pub(crate) trait Invoke<E>: Send + Sync + 'static {
     /// ended and how long it took (zero when nobody needs the duration).
     fn invoke<'a>(
         &'a self,
-        queue: &'a SubscriptionState<E>,
+        subscription: &'a SubscriptionState<E>,
         limit: Option<Duration>,
         env: Envelope<E>,
         span: &'a Span,
@@ -49,7 +49,7 @@ pub(crate) trait Invoke<E>: Send + Sync + 'static {
     /// meanwhile: the runner stops.
     fn sleep<'a>(
         &'a self,
-        queue: &'a SubscriptionState<E>,
+        subscription: &'a SubscriptionState<E>,
         delay: Duration,
     ) -> impl Future<Output = bool> + Send + 'a;
 
@@ -70,7 +70,7 @@ where
 {
     async fn invoke(
         &self,
-        queue: &SubscriptionState<E>,
+        subscription: &SubscriptionState<E>,
         limit: Option<Duration>,
         env: Envelope<E>,
         span: &Span,
@@ -91,11 +91,11 @@ where
                 None => Ok(run.await),
             }
         });
-        let (result, took) = match queue.watch.slow_poll_threshold() {
+        let (result, took) = match subscription.watch.slow_poll_threshold() {
             Some(threshold) => {
                 let timed = TimedPolls {
                     fut: limited,
-                    queue,
+                    subscription,
                     threshold,
                     first: None,
                 };
@@ -147,7 +147,7 @@ where
 {
     fn invoke<'a>(
         &'a self,
-        queue: &'a SubscriptionState<E>,
+        subscription: &'a SubscriptionState<E>,
         limit: Option<Duration>,
         env: Envelope<E>,
         span: &'a Span,
@@ -156,7 +156,7 @@ where
         let cause = env.inner.held_cause();
         let (start, waited) = self.pool.run_began();
         if let Some(waited) = waited {
-            queue.waited(waited);
+            subscription.waited(waited);
         }
         let result = telemetry::in_span(span, || {
             crate::context::with_cause(cause, || {
@@ -165,21 +165,21 @@ where
         });
         let took = start.elapsed();
         let counted = self.pool.run_ended(took);
-        queue.ran(took, counted);
+        subscription.ran(took, counted);
         if limit.is_some_and(|limit| took > limit) {
-            queue.overran(event_id, took);
+            subscription.overran(event_id, took);
         }
         std::future::ready((caught(result), took))
     }
 
     fn sleep<'a>(
         &'a self,
-        queue: &'a SubscriptionState<E>,
+        subscription: &'a SubscriptionState<E>,
         delay: Duration,
     ) -> impl Future<Output = bool> + Send + 'a {
         // A cut-off queue stops its runners, so this sleep never outlives
         // it; it holds no worker meanwhile.
-        let _ = queue;
+        let _ = subscription;
         pool::Sleep::new(&self.pool, delay)
     }
 
@@ -194,7 +194,7 @@ where
 /// the start of the first poll to the end of the last.
 struct TimedPolls<'a, F, E> {
     fut: F,
-    queue: &'a SubscriptionState<E>,
+    subscription: &'a SubscriptionState<E>,
     threshold: Duration,
     first: Option<Instant>,
 }
@@ -206,7 +206,7 @@ impl<F: Future + Unpin, E> Future for TimedPolls<'_, F, E> {
         let first = *self.first.get_or_insert(start);
         let out = Pin::new(&mut self.fut).poll(cx);
         let end = Instant::now();
-        self.queue.polled(end - start, self.threshold);
+        self.subscription.polled(end - start, self.threshold);
         out.map(|out| (out, end - first))
     }
 }

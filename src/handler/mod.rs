@@ -70,10 +70,10 @@ pub(crate) struct HandlerPlan {
     pub(crate) bus: BusId,
 }
 
-/// Starts `concurrency` tokio tasks that feed `queue` to `f`.
+/// Starts `concurrency` tokio tasks that feed `subscription` to `f`.
 pub(crate) fn spawn_async<E, F, Fut>(
     runtime: &tokio::runtime::Handle,
-    queue: &Arc<SubscriptionState<E>>,
+    subscription: &Arc<SubscriptionState<E>>,
     concurrency: usize,
     plan: HandlerPlan,
     f: F,
@@ -86,7 +86,7 @@ pub(crate) fn spawn_async<E, F, Fut>(
     let kind = Arc::new(AsyncHandler(f));
     let of = RunnerOf {
         bus: plan.bus,
-        subscription: queue.info.id,
+        subscription: subscription.info.id,
         topic: E::TOPIC,
     };
     let plan = Arc::new(plan);
@@ -94,17 +94,17 @@ pub(crate) fn spawn_async<E, F, Fut>(
         let task = runtime.spawn(InRunner::new(
             of,
             run(
-                Arc::clone(queue),
+                Arc::clone(subscription),
                 Arc::clone(&plan),
                 Arc::clone(&kind),
                 consumer,
             ),
         ));
-        queue.add_task(task);
+        subscription.add_task(task);
     }
 }
 
-/// Starts `concurrency` runners that feed `queue` to `f` on `pool`'s
+/// Starts `concurrency` runners that feed `subscription` to `f` on `pool`'s
 /// workers.
 ///
 /// # Errors
@@ -112,7 +112,7 @@ pub(crate) fn spawn_async<E, F, Fut>(
 /// started end when the queue is closed.
 pub(crate) fn spawn_pooled<E, F, R>(
     pool: &Arc<pool::Shared>,
-    queue: &Arc<SubscriptionState<E>>,
+    subscription: &Arc<SubscriptionState<E>>,
     concurrency: usize,
     plan: HandlerPlan,
     f: F,
@@ -122,7 +122,7 @@ where
     F: Fn(Envelope<E>) -> R + Send + Sync + 'static,
     R: HandlerResult,
 {
-    let client: Arc<dyn pool::Client> = Arc::clone(queue) as _;
+    let client: Arc<dyn pool::Client> = Arc::clone(subscription) as _;
     let flow = pool::Flow::new(&client);
     let kind = Arc::new(SyncHandler {
         f,
@@ -130,12 +130,16 @@ where
     });
     let of = RunnerOf {
         bus: plan.bus,
-        subscription: queue.info.id,
+        subscription: subscription.info.id,
         topic: E::TOPIC,
     };
     let plan = Arc::new(plan);
     for consumer in 0..concurrency {
-        let (queue_, plan, kind) = (Arc::clone(queue), Arc::clone(&plan), Arc::clone(&kind));
+        let (queue_, plan, kind) = (
+            Arc::clone(subscription),
+            Arc::clone(&plan),
+            Arc::clone(&kind),
+        );
         let make = Box::new(move || -> pool::BoxFuture {
             let work = run(
                 Arc::clone(&queue_),
@@ -145,7 +149,7 @@ where
             );
             Box::pin(InRunner::new(of, work))
         });
-        queue.add_pool_runner(pool.spawn(&flow, make)?);
+        subscription.add_pool_runner(pool.spawn(&flow, make)?);
     }
     Ok(())
 }
@@ -239,10 +243,10 @@ mod tests {
                 .expect("subscribed")
         };
         let publisher = bus.publisher::<Job>().expect("registered");
-        let queue = Arc::clone(&publisher.topic.inner.lock().subs[0].queue);
+        let subscription = Arc::clone(&publisher.topic.inner.lock().subs[0].subscription);
         // The runner starts and finds the queue empty: its first wait.
         tokio::task::yield_now().await;
-        assert_eq!(queue.waits.load(Ordering::Relaxed), 1);
+        assert_eq!(subscription.waits.load(Ordering::Relaxed), 1);
         // The whole batch is published before the runner runs again.
         for i in 0..BATCH {
             publisher.try_publish(Job(i)).expect("room");
@@ -273,7 +277,7 @@ mod tests {
         );
         // Once for the empty queue at the start, once when the batch was
         // drained: not once an event.
-        assert_eq!(queue.waits.load(Ordering::Relaxed), 2);
+        assert_eq!(subscription.waits.load(Ordering::Relaxed), 2);
         assert!(
             turns.load(Ordering::Relaxed) >= BATCH / 128,
             "the runner yielded to the other task on the way"

@@ -35,7 +35,7 @@ enum Next {
 /// instructions (the icount gate's `handler_c1`, 1.9 %).
 #[inline]
 fn after_attempt<E: Event>(
-    queue: &SubscriptionState<E>,
+    subscription: &SubscriptionState<E>,
     plan: &HandlerPlan,
     env: &Envelope<E>,
     probe: bool,
@@ -44,30 +44,31 @@ fn after_attempt<E: Event>(
     span: &Span,
 ) -> Next {
     #[cfg(test)]
-    fault::hit(&queue.info.name);
+    fault::hit(&subscription.info.name);
     let ok = matches!(outcome, Outcome::Ok);
     if let Some(breaker) = &plan.breaker {
-        queue.breaker_changed(breaker.record(probe, ok));
+        subscription.breaker_changed(breaker.record(probe, ok));
     }
     let attempt = env.attempt();
     let policy = &plan.retry;
     // Counted with the failure, if it was one.
     let retry = attempt < policy.attempts();
-    let error = queue.attempted(env.id().get(), &outcome, took, retry);
+    let error = subscription.attempted(env.id().get(), &outcome, took, retry);
     telemetry::record_run(span, &outcome, took);
     let Some(error) = error else {
         return Next::Handled;
     };
     if retry {
-        let seed =
-            env.id().get() ^ (u64::from(attempt) << 48) ^ queue.info.id.get().rotate_left(24);
+        let seed = env.id().get()
+            ^ (u64::from(attempt) << 48)
+            ^ subscription.info.id.get().rotate_left(24);
         return Next::Retry(policy.wait_after(attempt, seed));
     }
-    Next::GiveUp(dead_letter(queue, env, error))
+    Next::GiveUp(dead_letter(subscription, env, error))
 }
 
 fn dead_letter<E: Event>(
-    queue: &SubscriptionState<E>,
+    subscription: &SubscriptionState<E>,
     env: &Envelope<E>,
     error: String,
 ) -> DeadLetter {
@@ -75,8 +76,8 @@ fn dead_letter<E: Event>(
         topic: E::TOPIC,
         event_id: env.id(),
         seq: env.seq(),
-        subscription: queue.info.name.to_string(),
-        subscription_id: queue.info.id,
+        subscription: subscription.info.name.to_string(),
+        subscription_id: subscription.info.id,
         attempts: env.attempt(),
         error,
         event: env.copy_for_log(),
@@ -87,7 +88,7 @@ fn dead_letter<E: Event>(
 /// heard (reached a subscription, or is retained). One that was not is
 /// logged once per subscription, and counted when the event is done.
 async fn send_dead_letter<E>(
-    queue: &SubscriptionState<E>,
+    subscription: &SubscriptionState<E>,
     plan: &HandlerPlan,
     letter: DeadLetter,
 ) -> bool {
@@ -102,7 +103,7 @@ async fn send_dead_letter<E>(
     let retained = topic.is_some_and(|t| t.config.retained() > 0);
     let heard = receipt.is_some_and(|r| r.enqueued > 0 || retained);
     if !heard {
-        queue.unheard(event_id, &error);
+        subscription.unheard(event_id, &error);
     }
     heard
 }
@@ -110,7 +111,7 @@ async fn send_dead_letter<E>(
 /// Waits until the breaker (if any) lets an attempt run: `Some(true)` if it
 /// is the probe, `None` if the queue was cut off meanwhile.
 async fn permit<E, K: Invoke<E>>(
-    queue: &SubscriptionState<E>,
+    subscription: &SubscriptionState<E>,
     breaker: Option<&Breaker>,
     kind: &K,
 ) -> Option<bool> {
@@ -119,13 +120,13 @@ async fn permit<E, K: Invoke<E>>(
     };
     loop {
         let (permit, change) = poll_fn(|cx| breaker.poll_permit(cx)).await;
-        queue.breaker_changed(change);
+        subscription.breaker_changed(change);
         match permit {
             Permit::Go => return Some(false),
             Permit::Probe => return Some(true),
             Permit::WaitUntil(until) => {
                 let wait = until.saturating_duration_since(tokio::time::Instant::now());
-                if !kind.sleep(queue, wait).await {
+                if !kind.sleep(subscription, wait).await {
                     return None;
                 }
             }
@@ -140,7 +141,7 @@ async fn permit<E, K: Invoke<E>>(
 /// retry), it books the run as cancelled: the run is over, and counted
 /// once.
 struct Holding<'a, E> {
-    queue: &'a SubscriptionState<E>,
+    subscription: &'a SubscriptionState<E>,
     probe: bool,
     /// `done` was called: the event is accounted for.
     finished: bool,
@@ -149,7 +150,7 @@ struct Holding<'a, E> {
 impl<E> Drop for Holding<'_, E> {
     fn drop(&mut self) {
         if !self.finished {
-            self.queue.cancelled();
+            self.subscription.cancelled();
         }
     }
 }
@@ -159,7 +160,7 @@ impl<E> Drop for Holding<'_, E> {
 /// unfinished). The caller books the end once it has let go of the event,
 /// so that whoever sees the run done also sees its `on_done` run.
 async fn attempts<E: Event, K: Invoke<E>>(
-    queue: &SubscriptionState<E>,
+    subscription: &SubscriptionState<E>,
     plan: &HandlerPlan,
     kind: &K,
     mut env: Envelope<E>,
@@ -173,14 +174,22 @@ async fn attempts<E: Event, K: Invoke<E>>(
         // sees it closed.
         let next = {
             let span = telemetry::handler_span(
-                &queue.info,
+                &subscription.info,
                 env.id().get(),
                 env.seq(),
                 env.attempt(),
                 env.inner.meta.as_deref(),
             );
-            let (outcome, took) = kind.invoke(queue, limit, env.clone(), &span).await;
-            after_attempt(queue, plan, &env, holding.probe, outcome, took, &span)
+            let (outcome, took) = kind.invoke(subscription, limit, env.clone(), &span).await;
+            after_attempt(
+                subscription,
+                plan,
+                &env,
+                holding.probe,
+                outcome,
+                took,
+                &span,
+            )
         };
         match next {
             Next::Handled => {
@@ -189,15 +198,15 @@ async fn attempts<E: Event, K: Invoke<E>>(
             }
             Next::GiveUp(letter) => {
                 let error = letter.error.clone();
-                let heard = send_dead_letter(queue, plan, letter).await;
+                let heard = send_dead_letter(subscription, plan, letter).await;
                 env.inner.dead_lettered(&error);
                 return Some(Final::DeadLettered { heard });
             }
             Next::Retry(delay) => {
-                if !kind.sleep(queue, delay).await {
+                if !kind.sleep(subscription, delay).await {
                     return None;
                 }
-                match permit(queue, breaker, kind).await {
+                match permit(subscription, breaker, kind).await {
                     Some(probe) => holding.probe = probe,
                     None => return None,
                 }
@@ -210,21 +219,21 @@ async fn attempts<E: Event, K: Invoke<E>>(
 /// The runner's own code failed while it held `env`: the event becomes a
 /// dead letter naming the failure, and is done (booked by the caller).
 async fn give_up<E: Event>(
-    queue: &SubscriptionState<E>,
+    subscription: &SubscriptionState<E>,
     plan: &HandlerPlan,
     env: &Envelope<E>,
     probe: bool,
     message: &str,
 ) -> Final {
-    queue.runner_failed(Some(env.id().get()), message);
+    subscription.runner_failed(Some(env.id().get()), message);
     if probe {
         if let Some(breaker) = &plan.breaker {
-            queue.breaker_changed(breaker.record(true, false));
+            subscription.breaker_changed(breaker.record(true, false));
         }
     }
     let error = format!("runner failed: {message}");
-    let letter = dead_letter(queue, env, error.clone());
-    let heard = AssertUnwindSafe(send_dead_letter(queue, plan, letter))
+    let letter = dead_letter(subscription, env, error.clone());
+    let heard = AssertUnwindSafe(send_dead_letter(subscription, plan, letter))
         .catch_unwind()
         .await
         .unwrap_or(false);
@@ -242,23 +251,23 @@ async fn give_up<E: Event>(
 /// should). A blocking runner gives its worker up after a run when other
 /// runners wait for one ([`Invoke::poll_turn`]).
 fn take<E, K: Invoke<E>>(
-    queue: &SubscriptionState<E>,
+    subscription: &SubscriptionState<E>,
     kind: &K,
     cx: &mut Context<'_>,
     consumer: usize,
 ) -> Poll<Option<Envelope<E>>> {
     std::task::ready!(kind.poll_turn(cx));
     let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
-    let taken = queue.poll_pop(cx, consumer);
+    let taken = subscription.poll_pop(cx, consumer);
     if taken.is_ready() {
         coop.made_progress();
     }
     taken
 }
 
-/// One runner: takes events from `queue` until it is closed and drained.
+/// One runner: takes events from `subscription` until it is closed and drained.
 pub(super) async fn run<E: Event, K: Invoke<E>>(
-    queue: Arc<SubscriptionState<E>>,
+    subscription: Arc<SubscriptionState<E>>,
     plan: Arc<HandlerPlan>,
     kind: Arc<K>,
     consumer: usize,
@@ -266,8 +275,8 @@ pub(super) async fn run<E: Event, K: Invoke<E>>(
     let breaker = plan.breaker.as_deref();
     loop {
         let taken = AssertUnwindSafe(async {
-            let probe = permit(&queue, breaker, &*kind).await?;
-            let Some(env) = poll_fn(|cx| take(&queue, &*kind, cx, consumer)).await else {
+            let probe = permit(&subscription, breaker, &*kind).await?;
+            let Some(env) = poll_fn(|cx| take(&subscription, &*kind, cx, consumer)).await else {
                 if probe {
                     breaker.inspect(|b| b.release_probe());
                 }
@@ -283,34 +292,40 @@ pub(super) async fn run<E: Event, K: Invoke<E>>(
             Err(panic) => {
                 // Between events: nothing is held. Count it, and do not spin
                 // if it keeps failing.
-                queue.runner_failed(None, &panic_message(&*panic));
-                if !kind.sleep(&queue, Duration::from_millis(10)).await {
+                subscription.runner_failed(None, &panic_message(&*panic));
+                if !kind.sleep(&subscription, Duration::from_millis(10)).await {
                     return;
                 }
                 continue;
             }
         };
         let mut holding = Holding {
-            queue: &queue,
+            subscription: &subscription,
             probe,
             finished: false,
         };
-        let went = AssertUnwindSafe(attempts(&queue, &plan, &*kind, env.clone(), &mut holding))
-            .catch_unwind()
-            .await;
+        let went = AssertUnwindSafe(attempts(
+            &subscription,
+            &plan,
+            &*kind,
+            env.clone(),
+            &mut holding,
+        ))
+        .catch_unwind()
+        .await;
         let end = match went {
             Ok(Some(end)) => end,
             Ok(None) => return,
             Err(panic) => {
                 let message = panic_message(&*panic);
-                give_up(&queue, &plan, &env, holding.probe, &message).await
+                give_up(&subscription, &plan, &env, holding.probe, &message).await
             }
         };
         // The event is let go of before the run counts as done: its
         // `on_done` has run by the time anyone sees the subscription idle.
         holding.finished = true;
         drop(env);
-        queue.done(end);
+        subscription.done(end);
     }
 }
 

@@ -267,7 +267,7 @@ impl<E: Event> SubscribeBuilder<E> {
                 SubName::Default(format!("{topic}@{}:{}", caller.file(), caller.line()))
             }
         };
-        let queue = state.attach(SubRequest {
+        let subscription = state.attach(SubRequest {
             name,
             kind,
             policy: self.overflow.unwrap_or(state.config.default_overflow()),
@@ -278,9 +278,9 @@ impl<E: Event> SubscribeBuilder<E> {
             fed: self.feed.is_some(),
         })?;
         if let Some(slot) = self.feed {
-            slot.fill(Arc::clone(&state), Arc::clone(&queue));
+            slot.fill(Arc::clone(&state), Arc::clone(&subscription));
         }
-        Ok(Attachment::new(state, queue))
+        Ok(Attachment::new(state, subscription))
     }
 }
 

@@ -43,7 +43,7 @@ impl SubscriptionHandle {
         self.attachment.detach(false);
         let own = crate::context::current().is_some_and(|r| r.subscription == self.id());
         if !own {
-            poll_fn(|cx| self.attachment.queue().poll_idle(cx)).await;
+            poll_fn(|cx| self.attachment.subscription().poll_idle(cx)).await;
         }
         self.attachment.stats()
     }

@@ -180,7 +180,7 @@ impl<E: Event> HandlerBuilder<E> {
             .map_err(|_| SubscribeError::NoRuntime { topic: E::TOPIC })?;
         let concurrency = self.concurrency;
         let (attachment, plan) = self.attach(SubscriberKind::Async, caller)?;
-        handler::spawn_async(&runtime, &attachment.queue, concurrency, plan, f);
+        handler::spawn_async(&runtime, &attachment.subscription, concurrency, plan, f);
         Ok(SubscriptionHandle::new(attachment))
     }
 
@@ -294,7 +294,9 @@ impl<E: Event> HandlerBuilder<E> {
         let pools = pools.ok_or(SubscribeError::UnknownTopic { topic })?;
         let pool = pools.get(kind.pool().unwrap_or(crate::config::WorkerPool::Cpu));
         let (attachment, plan) = self.attach(kind, caller)?;
-        if let Err(source) = handler::spawn_pooled(pool, &attachment.queue, concurrency, plan, f) {
+        if let Err(source) =
+            handler::spawn_pooled(pool, &attachment.subscription, concurrency, plan, f)
+        {
             attachment.detach(true);
             return Err(SubscribeError::Spawn { topic, source });
         }

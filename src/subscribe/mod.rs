@@ -26,25 +26,28 @@ use crate::topic::{ErasedQueue, SubscriptionState, TopicState};
 /// A queue attached to its topic.
 pub(crate) struct Attachment<E> {
     pub(crate) topic: Arc<TopicState<E>>,
-    pub(crate) queue: Arc<SubscriptionState<E>>,
+    pub(crate) subscription: Arc<SubscriptionState<E>>,
 }
 
 impl<E: Event> Attachment<E> {
-    pub(crate) fn new(topic: Arc<TopicState<E>>, queue: Arc<SubscriptionState<E>>) -> Self {
-        Attachment { topic, queue }
+    pub(crate) fn new(topic: Arc<TopicState<E>>, subscription: Arc<SubscriptionState<E>>) -> Self {
+        Attachment {
+            topic,
+            subscription,
+        }
     }
 
     pub(crate) fn detach(&self, discard: bool) {
-        self.topic.detach(&self.queue, discard);
+        self.topic.detach(&self.subscription, discard);
     }
 
     /// Takes back a subscription that was never handed to the application.
     pub(crate) fn withdraw(&self) {
-        self.topic.withdraw(&self.queue);
+        self.topic.withdraw(&self.subscription);
     }
 
     pub(crate) fn stats(&self) -> SubscriptionStats {
-        self.topic.sub_stats(&self.queue)
+        self.topic.sub_stats(&self.subscription)
     }
 }
 
@@ -52,7 +55,7 @@ impl<E: Event> Attachment<E> {
 pub(crate) trait Detach: Send + Sync {
     fn detach(&self, discard: bool);
     fn stats(&self) -> SubscriptionStats;
-    fn queue(&self) -> &dyn ErasedQueue;
+    fn subscription(&self) -> &dyn ErasedQueue;
     fn info(&self) -> &SubInfo;
     fn started(&self) -> &Started;
 }
@@ -64,13 +67,13 @@ impl<E: Event> Detach for Attachment<E> {
     fn stats(&self) -> SubscriptionStats {
         Attachment::stats(self)
     }
-    fn queue(&self) -> &dyn ErasedQueue {
-        &*self.queue
+    fn subscription(&self) -> &dyn ErasedQueue {
+        &*self.subscription
     }
     fn info(&self) -> &SubInfo {
-        &self.queue.info
+        &self.subscription.info
     }
     fn started(&self) -> &Started {
-        &self.queue.start
+        &self.subscription.start
     }
 }

@@ -68,12 +68,12 @@ impl<E: Event> Subscription<E> {
     /// [`TryRecvError::Empty`] when nothing is queued,
     /// [`TryRecvError::Closed`] when nothing ever will be.
     pub fn try_recv(&mut self) -> Result<Envelope<E>, TryRecvError> {
-        self.attachment.queue.try_pop().inspect(read)
+        self.attachment.subscription.try_pop().inspect(read)
     }
 
     /// Polls for the next event (what `recv` and the `Stream` impl use).
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Envelope<E>>> {
-        let next = self.attachment.queue.poll_pop(cx, 0);
+        let next = self.attachment.subscription.poll_pop(cx, 0);
         if let Poll::Ready(Some(envelope)) = &next {
             read(envelope);
         }
@@ -109,19 +109,19 @@ impl<E: Event> Subscription<E> {
 
     /// The subscription's id.
     pub fn id(&self) -> SubscriptionId {
-        self.attachment.queue.info.id
+        self.attachment.subscription.info.id
     }
 
     /// The subscription's name.
     pub fn name(&self) -> &str {
-        &self.attachment.queue.info.name
+        &self.attachment.subscription.info.name
     }
 
     /// Where it started ([`SubscribeBuilder::from`](crate::SubscribeBuilder::from)):
     /// how many retained events it was given and which ones it asked for
     /// are gone.
     pub fn started(&self) -> &Started {
-        &self.attachment.queue.start
+        &self.attachment.subscription.start
     }
 }
 
@@ -149,7 +149,7 @@ impl<E: Event> Drop for Subscription<E> {
 
 impl<E: Event> fmt::Debug for Subscription<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let info = &self.attachment.queue.info;
+        let info = &self.attachment.subscription.info;
         f.debug_struct("Subscription")
             .field("id", &info.id)
             .field("name", &info.name)

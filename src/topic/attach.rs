@@ -100,18 +100,18 @@ impl<E: Event> TopicState<E> {
             inner.own_subs += 1;
             (None, None)
         };
-        let queue = Arc::new(SubscriptionState::new(
+        let subscription = Arc::new(SubscriptionState::new(
             info,
             watch::current(&self.watch),
             setup,
             cursor,
         ));
         inner.subs.push(SubEntry {
-            queue: Arc::clone(&queue),
+            subscription: Arc::clone(&subscription),
             ring: room,
         });
         self.metrics.subscriptions(inner.subs.len());
-        Ok(queue)
+        Ok(subscription)
     }
 
     /// Retained events with sequence numbers in `range`.
@@ -124,19 +124,19 @@ impl<E: Event> TopicState<E> {
     /// and counted. A subscription that leaves while it still holds events
     /// or runs its handler goes on the topic's draining list, where shutdown
     /// finds it.
-    pub(crate) fn detach(&self, queue: &Arc<SubscriptionState<E>>, discard: bool) {
-        self.take_off(queue, discard, true);
+    pub(crate) fn detach(&self, subscription: &Arc<SubscriptionState<E>>, discard: bool) {
+        self.take_off(subscription, discard, true);
     }
 
     /// Takes back a subscription that was never handed to the application
     /// (a wildcard subscription refused on another topic): it leaves
     /// without being counted as unsubscribed or kept for its findings.
     /// What it was given meanwhile is discarded and counted.
-    pub(crate) fn withdraw(&self, queue: &Arc<SubscriptionState<E>>) {
-        self.take_off(queue, true, false);
+    pub(crate) fn withdraw(&self, subscription: &Arc<SubscriptionState<E>>) {
+        self.take_off(subscription, true, false);
     }
 
-    fn take_off(&self, queue: &Arc<SubscriptionState<E>>, discard: bool, counted: bool) {
+    fn take_off(&self, subscription: &Arc<SubscriptionState<E>>, discard: bool, counted: bool) {
         let mut dropped = Deferred::new();
         let mut guard = self.inner.lock();
         let inner = &mut *guard;
@@ -144,7 +144,7 @@ impl<E: Event> TopicState<E> {
         let position = inner
             .subs
             .iter()
-            .position(|e| e.queue.info.id == queue.info.id);
+            .position(|e| e.subscription.info.id == subscription.info.id);
         let view = position.and_then(|i| inner.subs[i].view(tail));
         // After shutdown the subscription stays listed, so that the shutdown
         // report shows it; nothing is published to it any more anyway.
@@ -157,7 +157,7 @@ impl<E: Event> TopicState<E> {
                     if inner.retired.len() == RETIRED {
                         inner.retired.pop_front();
                     }
-                    inner.retired.push_back(Arc::clone(&entry.queue));
+                    inner.retired.push_back(Arc::clone(&entry.subscription));
                 }
                 self.metrics.subscriptions(inner.subs.len());
                 match &entry.ring {
@@ -171,12 +171,12 @@ impl<E: Event> TopicState<E> {
         // Closed under the topic lock: no publish sees the queue half gone,
         // and the ring cannot move on before a leaving reader has copied
         // what it still has to read.
-        inner.discarded_on_unsubscribe += queue.close(discard, leaving, view, &mut dropped);
+        inner.discarded_on_unsubscribe += subscription.close(discard, leaving, view, &mut dropped);
         // Discarding or not, a handler run may still be going: it counts.
         // Once the bus drains, whatever leaves stays listed, so that the
         // shutdown report shows what it did during the drain.
-        if leaving && (!queue.is_idle() || inner.phase != Phase::Open) {
-            inner.draining.push(Arc::clone(queue));
+        if leaving && (!subscription.is_idle() || inner.phase != Phase::Open) {
+            inner.draining.push(Arc::clone(subscription));
         }
         inner.prune_draining();
         drop(guard);
@@ -184,14 +184,14 @@ impl<E: Event> TopicState<E> {
     }
 
     /// One subscription's numbers, as exact as the topic's.
-    pub(crate) fn sub_stats(&self, queue: &SubscriptionState<E>) -> SubscriptionStats {
+    pub(crate) fn sub_stats(&self, subscription: &SubscriptionState<E>) -> SubscriptionStats {
         let inner = self.inner.lock();
         let view = inner
             .subs
             .iter()
-            .find(|e| e.queue.info.id == queue.info.id)
+            .find(|e| e.subscription.info.id == subscription.info.id)
             .and_then(|e| e.view(inner.next_seq));
-        queue.stats(view)
+        subscription.stats(view)
     }
 }
 
@@ -206,7 +206,7 @@ impl<E> TopicInner<E> {
 
     /// Whether a listed or draining subscription has this name.
     fn name_taken(&self, name: &str) -> bool {
-        self.subs.iter().any(|e| &*e.queue.info.name == name)
+        self.subs.iter().any(|e| &*e.subscription.info.name == name)
             || self.draining.iter().any(|q| &*q.info.name == name)
     }
 

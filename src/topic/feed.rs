@@ -20,12 +20,12 @@ pub(crate) enum Offered {
 }
 
 impl<E: Event> TopicState<E> {
-    /// Offers `published` to the fed subscription `queue`: queued if it
+    /// Offers `published` to the fed `subscription`: queued if it
     /// has room, else `Pending` with `cx` woken when room appears. The
     /// feeder's hold on the event is its own to release.
     pub(crate) fn poll_offer(
         &self,
-        queue: &Arc<SubscriptionState<E>>,
+        subscription: &Arc<SubscriptionState<E>>,
         published: &Arc<Published<E>>,
         cx: &mut Context<'_>,
     ) -> Poll<Offered> {
@@ -35,11 +35,11 @@ impl<E: Event> TopicState<E> {
         if self.inner.lock().phase != Phase::Open {
             return Poll::Ready(Offered::Closed);
         }
-        if !queue.has_room(Some(cx)) {
+        if !subscription.has_room(Some(cx)) {
             return Poll::Pending;
         }
         let mut dropped = Deferred::new();
-        let pushed = queue.push(published, &mut dropped);
+        let pushed = subscription.push(published, &mut dropped);
         dropped.finish(&self.callbacks);
         match pushed {
             Push::Closed => Poll::Ready(Offered::Closed),

@@ -64,7 +64,7 @@ use deferred::Deferred;
 
 /// A subscription as its topic's publishers see it.
 pub(crate) struct SubEntry<E> {
-    pub(crate) queue: Arc<SubscriptionState<E>>,
+    pub(crate) subscription: Arc<SubscriptionState<E>>,
     /// For a subscription that reads the topic's ring: the room it had
     /// when publishers last looked, so that they need not take its lock
     /// until the topic reaches it.
@@ -232,7 +232,7 @@ impl<E: Event> ErasedTopic for TopicState<E> {
             subscriptions: inner
                 .subs
                 .iter()
-                .map(|e| e.queue.stats(e.view(inner.next_seq)))
+                .map(|e| e.subscription.stats(e.view(inner.next_seq)))
                 .collect(),
             draining: inner.draining.iter().map(|q| q.stats(None)).collect(),
         }
@@ -240,11 +240,11 @@ impl<E: Event> ErasedTopic for TopicState<E> {
 
     fn findings(&self, out: &mut Vec<Finding>) {
         let inner = self.inner.lock();
-        for queue in &inner.retired {
-            queue.findings(out);
+        for subscription in &inner.retired {
+            subscription.findings(out);
         }
         for entry in &inner.subs {
-            entry.queue.findings(out);
+            entry.subscription.findings(out);
         }
     }
 
@@ -284,7 +284,7 @@ impl<E: Event> ErasedTopic for TopicState<E> {
 
     fn begin_drain(&self) {
         let mut wake = Vec::new();
-        let queues: Vec<_> = {
+        let subscriptions: Vec<_> = {
             let mut inner = self.inner.lock();
             if inner.phase == Phase::Open {
                 inner.phase = Phase::Draining;
@@ -292,11 +292,15 @@ impl<E: Event> ErasedTopic for TopicState<E> {
             // Everyone waiting looks again: publishers from outside the
             // bus's handlers leave with `Closed`, handlers wait on.
             wake.extend(inner.line.wakers());
-            inner.subs.iter().map(|e| Arc::clone(&e.queue)).collect()
+            inner
+                .subs
+                .iter()
+                .map(|e| Arc::clone(&e.subscription))
+                .collect()
         };
         wake.into_iter().for_each(Waker::wake);
-        for queue in queues {
-            queue.wake_publishers();
+        for subscription in subscriptions {
+            subscription.wake_publishers();
         }
     }
 
@@ -305,7 +309,10 @@ impl<E: Event> ErasedTopic for TopicState<E> {
         let tail = inner.next_seq;
         let own = |q: &SubscriptionState<E>| usize::from(caller == Some(q.info.id));
         for e in &inner.subs {
-            if !e.queue.poll_quiet(e.view(tail), own(&e.queue), cx) {
+            if !e
+                .subscription
+                .poll_quiet(e.view(tail), own(&e.subscription), cx)
+            {
                 return None;
             }
         }
@@ -324,7 +331,8 @@ impl<E: Event> ErasedTopic for TopicState<E> {
             inner.phase = Phase::Closed;
             let tail = inner.next_seq;
             for e in &inner.subs {
-                e.queue.close(false, false, e.view(tail), &mut dropped);
+                e.subscription
+                    .close(false, false, e.view(tail), &mut dropped);
             }
         }
         dropped.finish(&self.callbacks);
@@ -332,26 +340,27 @@ impl<E: Event> ErasedTopic for TopicState<E> {
 
     fn cut_off(&self, caller: Option<SubscriptionId>) -> Vec<tokio::task::JoinHandle<()>> {
         let mut dropped = Deferred::new();
-        let queues: Vec<Arc<SubscriptionState<E>>> = {
+        let subscriptions: Vec<Arc<SubscriptionState<E>>> = {
             let mut inner = self.inner.lock();
             inner.phase = Phase::Closed;
             let tail = inner.next_seq;
             for e in &inner.subs {
-                e.queue.close(false, false, e.view(tail), &mut dropped);
+                e.subscription
+                    .close(false, false, e.view(tail), &mut dropped);
             }
             inner
                 .subs
                 .iter()
-                .map(|e| Arc::clone(&e.queue))
+                .map(|e| Arc::clone(&e.subscription))
                 .chain(inner.draining.iter().cloned())
                 .collect()
         };
         dropped.finish(&self.callbacks);
         let mut tasks = Vec::new();
-        for queue in queues {
-            let stopped = ErasedQueue::cut_off(&*queue);
+        for subscription in subscriptions {
+            let stopped = ErasedQueue::cut_off(&*subscription);
             // The caller's own task cannot wait for itself.
-            if caller != Some(queue.info.id) {
+            if caller != Some(subscription.info.id) {
                 tasks.extend(stopped);
             }
         }

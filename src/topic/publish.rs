@@ -215,7 +215,7 @@ impl<E: Event> TopicState<E> {
         // readers costs a publish no loop at all).
         if inner.ring.must_look(tail) || inner.own_subs > 0 {
             for entry in &mut inner.subs {
-                let q = &entry.queue;
+                let q = &entry.subscription;
                 let policy = q.info.policy;
                 let lossless = policy.is_lossless();
                 let wait = match policy {
@@ -318,7 +318,7 @@ impl<E: Event> TopicState<E> {
         receipt.enqueued = ring_readers;
         if inner.own_subs > 0 {
             for entry in inner.subs.iter().filter(|e| e.ring.is_none()) {
-                match entry.queue.push(&published, &mut dropped) {
+                match entry.subscription.push(&published, &mut dropped) {
                     Push::Enqueued => receipt.enqueued += 1,
                     Push::EvictedOldest => {
                         receipt.enqueued += 1;
@@ -483,15 +483,15 @@ impl<E: Event> TopicState<E> {
         phase == Phase::Draining && crate::context::inside(self.bus)
     }
 
-    /// A publish waited `took` for room in `queue`.
-    fn waited(&self, took: Duration, queue: &SubscriptionState<E>) {
+    /// A publish waited `took` for room in `subscription`.
+    fn waited(&self, took: Duration, subscription: &SubscriptionState<E>) {
         self.metrics.waited(took);
-        if queue
+        if subscription
             .watch
             .publish_wait_threshold()
             .is_some_and(|threshold| took > threshold)
         {
-            queue.finding(FindingKind::PublisherBlocked, took);
+            subscription.finding(FindingKind::PublisherBlocked, took);
         }
     }
 }
