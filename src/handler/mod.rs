@@ -243,7 +243,7 @@ mod tests {
                 .expect("subscribed")
         };
         let publisher = bus.publisher::<Job>().expect("registered");
-        let subscription = Arc::clone(&publisher.topic.inner.lock().subs[0].subscription);
+        let subscription = publisher.topic.first_subscription();
         // The runner starts and finds the queue empty: its first wait.
         tokio::task::yield_now().await;
         assert_eq!(subscription.waits.load(Ordering::Relaxed), 1);

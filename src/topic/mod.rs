@@ -64,11 +64,11 @@ use deferred::Deferred;
 
 /// A subscription as its topic's publishers see it.
 pub(crate) struct SubEntry<E> {
-    pub(crate) subscription: Arc<SubscriptionState<E>>,
+    subscription: Arc<SubscriptionState<E>>,
     /// For a subscription that reads the topic's ring: the room it had
     /// when publishers last looked, so that they need not take its lock
     /// until the topic reaches it.
-    pub(crate) ring: Option<ReaderRoom>,
+    ring: Option<ReaderRoom>,
 }
 
 impl<E> SubEntry<E> {
@@ -89,33 +89,41 @@ pub(crate) enum Phase {
 }
 
 pub(crate) struct TopicInner<E> {
-    pub(crate) subs: Vec<SubEntry<E>>,
+    subs: Vec<SubEntry<E>>,
     /// Subscriptions that left with `unsubscribe()` while they still held
     /// events or ran their handler: shutdown waits for them and reports
     /// them. Pruned once idle, except after shutdown began.
-    pub(crate) draining: Vec<Arc<SubscriptionState<E>>>,
+    draining: Vec<Arc<SubscriptionState<E>>>,
     /// Publishes refused because the bus was shutting down or shut down.
-    pub(crate) refused: u64,
+    refused: u64,
     /// The last accepted events, when the topic retains any.
-    pub(crate) retained: VecDeque<Arc<Published<E>>>,
+    retained: VecDeque<Arc<Published<E>>>,
     /// Idempotency keys seen within the topic's window.
-    pub(crate) dedup: Dedup,
+    dedup: Dedup,
     /// The ring read by lossless subscriptions, its readers and their
     /// lowest room: below it a publish looks at none of them.
-    pub(crate) ring: Writer<E>,
+    ring: Writer<E>,
     /// Subscriptions with a queue of their own (lossy ones, and lossless
     /// ones larger than the ring), which a publish visits one by one.
-    pub(crate) own_subs: usize,
-    pub(crate) phase: Phase,
-    pub(crate) next_seq: u64,
+    own_subs: usize,
+    phase: Phase,
+    next_seq: u64,
     published: u64,
-    pub(crate) unsubscribed: u64,
-    pub(crate) discarded_on_unsubscribe: u64,
+    unsubscribed: u64,
+    discarded_on_unsubscribe: u64,
     /// The last subscriptions that left, for their watch findings (a
     /// handler may still be finishing when its subscription leaves).
-    pub(crate) retired: std::collections::VecDeque<Arc<SubscriptionState<E>>>,
+    retired: std::collections::VecDeque<Arc<SubscriptionState<E>>>,
     /// Publishers waiting for room, first come, first served.
-    pub(crate) line: Line<E>,
+    line: Line<E>,
+}
+
+impl<E> TopicState<E> {
+    /// The topic's first subscription (tests that look inside one).
+    #[cfg(test)]
+    pub(crate) fn first_subscription(&self) -> Arc<SubscriptionState<E>> {
+        Arc::clone(&self.inner.lock().subs[0].subscription)
+    }
 }
 
 /// How many departed subscriptions a topic keeps for their findings.
@@ -127,11 +135,11 @@ pub(crate) struct TopicState<E> {
     /// The bus it belongs to: whose handlers may still publish while it
     /// drains.
     pub(crate) bus: BusId,
-    pub(crate) inner: Mutex<TopicInner<E>>,
-    pub(crate) watch: WatchSlot,
+    inner: Mutex<TopicInner<E>>,
+    watch: WatchSlot,
     /// The bus's worker pools, for its blocking handlers.
     pub(crate) pools: PoolSlot,
-    pub(crate) metrics: TopicMetrics,
+    metrics: TopicMetrics,
     /// Accepted events with a cause, by the cause's topic (an entry per
     /// topic name of the program's event types, and one for causes known
     /// by id only: bounded by the program, whatever arrives). Locked while
