@@ -62,7 +62,7 @@ impl FindingKind {
     pub fn advice(self) -> &'static str {
         match self {
             FindingKind::SlowPoll => {
-                "move the blocking or CPU-heavy work to a `.sync()` handler, or into `tokio::task::spawn_blocking`"
+                "move the work off the runtime: CPU-heavy work to a `.sync()` handler, waiting on a blocking driver or SDK to a `.blocking()` one"
             }
             FindingKind::SyncOverBudget => {
                 "each such run holds a worker of its pool (a thread cannot be stopped): make the work cheaper, give a blocking call a timeout of its own, move waiting work to `.blocking()`, or raise `WatchConfig::sync_budget` if this is expected"

@@ -2,7 +2,8 @@
 //! browser test show. Orders are placed; payments charge them (and fail
 //! for every seventh, which ends in a dead letter after retries); stock is
 //! reserved on the CPU pool; a mailer writes to a slow relay behind a small
-//! queue that drops its oldest; an analytics stream reads slower than
+//! queue that drops its oldest; a fraud check blocks the runtime now and
+//! then (the watch names it); an analytics stream reads slower than
 //! emails arrive. Every step follows its cause, so the view draws the
 //! chain.
 
@@ -61,7 +62,7 @@ pub struct Shop {
     _handlers: Vec<SubscriptionHandle>,
 }
 
-/// Builds the shop: its allow-list and its four subscribers.
+/// Builds the shop: its allow-list and its five subscribers.
 pub fn shop() -> Result<Shop, Box<dyn std::error::Error + Send + Sync>> {
     let bus = Bus::builder()
         .topic::<OrderPlaced>()
@@ -135,6 +136,17 @@ pub fn shop() -> Result<Shop, Box<dyn std::error::Error + Send + Sync>> {
                 }
             })?
     };
+    // A fraud check written against a blocking SDK, called from an async
+    // handler: every fiftieth order it holds a runtime thread for 15 ms,
+    // and the blocked-runtime watch names it (the fix is `.blocking()`).
+    let fraud = bus
+        .subscribe::<OrderPlaced>()
+        .name("fraud-check")
+        .handler(|order| async move {
+            if order.id % 50 == 0 {
+                std::thread::sleep(Duration::from_millis(15));
+            }
+        })?;
     let analytics = bus
         .subscribe::<EmailSent>()
         .name("analytics")
@@ -144,7 +156,7 @@ pub fn shop() -> Result<Shop, Box<dyn std::error::Error + Send + Sync>> {
     Ok(Shop {
         bus,
         analytics,
-        _handlers: vec![payments, stock, mailer],
+        _handlers: vec![payments, stock, mailer, fraud],
     })
 }
 

@@ -60,7 +60,7 @@ async fn the_shops_document_is_valid_asyncapi_3() {
     assert_eq!(receive["action"], "receive");
     assert_eq!(
         receive["x-tidings-subscriptions"],
-        serde_json::json!(["payments", "stock"])
+        serde_json::json!(["payments", "stock", "fraud-check"])
     );
     assert!(
         ops.get("receive.stock.reserved").is_none(),

@@ -2,7 +2,8 @@
 //! opened in headless Chromium (Debian's `chromium`, which `scripts/test`
 //! installs when it is missing), driven over the DevTools protocol. The
 //! test waits for the numbers to move, checks the page for every topic,
-//! subscription, a dead letter with its payload and the causes graph, and
+//! subscription, a dead letter with its payload, a blocked-runtime finding
+//! and the causes graph, and
 //! saves a screenshot (`target/tmp/view.png`).
 
 use std::io::{Read, Write};
@@ -255,7 +256,14 @@ fn drive(url: String, screenshot: PathBuf) {
         let row = format!("document.querySelector('tr.topic[data-topic=\"{topic}\"]') !== null");
         assert_eq!(page.eval(&row), Value::Bool(true), "no row for {topic}");
     }
-    for name in ["payments", "stock", "mailer", "analytics", "tidings.view"] {
+    for name in [
+        "payments",
+        "stock",
+        "mailer",
+        "fraud-check",
+        "analytics",
+        "tidings.view",
+    ] {
         let row =
             format!("document.querySelector('tr.sub[data-subscription=\"{name}\"]') !== null");
         assert_eq!(
@@ -269,6 +277,12 @@ fn drive(url: String, screenshot: PathBuf) {
     page.wait_for(
         "a dead letter with its payload",
         "[...document.querySelectorAll('tr.dead-letter')].some(r => r.textContent.includes('card declined') && r.textContent.includes('example.com'))",
+    );
+    // The fraud check blocks the runtime now and then: the watch's finding
+    // names it on the page.
+    page.wait_for(
+        "the blocked-runtime finding",
+        "[...document.querySelectorAll('#health .finding[data-kind=\"SlowPoll\"]')].some(f => f.textContent.includes('fraud-check') && f.querySelector('.advice'))",
     );
     page.wait_for(
         "the causes graph",

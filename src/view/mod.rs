@@ -39,6 +39,7 @@
 //!   "interval_ms": 1000,
 //!   "stats": { "topics": [..], "pools": [..] },      // BusStats, as serialized
 //!   "health": { "findings": [..], "callback_panics": [..], "pools": [..] },
+//!   "advice": { "SlowPoll": ".." },   // what to do, for each kind of finding present
 //!   "rates": {                   // per second over the last interval; absent in the first snapshot
 //!     "topics": { "<topic>": { "published": 0.0 } },
 //!     "subscriptions": { "<id>": { "delivered": 0.0, "handled": 0.0, "dropped": 0.0,

@@ -115,12 +115,22 @@ impl Sampler {
                 .unwrap_or_else(|_| error_value("the section's function panicked"));
             sections.insert(name.clone(), value);
         }
+        let health = self.bus.health();
+        // What to do about each kind of finding present, by the name the
+        // findings serialize their kind with.
+        let advice: Map<String, Value> = health
+            .findings
+            .iter()
+            .map(|f| (f.kind, to_value(&f.kind)))
+            .filter_map(|(kind, name)| Some((name.as_str()?.to_owned(), json!(kind.advice()))))
+            .collect();
         let mut doc = json!({
             "view": 1,
             "at_ms": at_ms as u64,
             "interval_ms": self.interval.as_millis() as u64,
             "stats": to_value(stats),
-            "health": to_value(&self.bus.health()),
+            "health": to_value(&health),
+            "advice": advice,
             "dead_letters": self.shown.iter().cloned().collect::<Vec<_>>(),
             "sections": sections,
         });

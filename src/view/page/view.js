@@ -70,13 +70,15 @@ function renderHealth(snap) {
   const h = snap.health;
   const items = [];
   for (const f of h.findings) {
+    const advice = (snap.advice || {})[f.kind];
     items.push(el("div", { class: "finding" + (f.recent ? "" : " old"), "data-kind": f.kind },
-      kebab(f.kind) + " in `" + f.subscription + "` on `" + f.topic + "`: " + f.count + " time(s), worst " + dur(f.worst)));
+      kebab(f.kind) + " in `" + f.subscription + "` on `" + f.topic + "`: " + f.count + " time(s), worst " + dur(f.worst),
+      advice ? el("div", { class: "advice" }, advice) : null));
   }
   for (const p of h.pools) {
     const who = p.holders.map((x) => "`" + x.subscription + "` ×" + x.workers).join(", ");
     items.push(el("div", { class: "finding" + (p.recent ? "" : " old"), "data-kind": "PoolExhausted" },
-      kebab(p.pool) + " pool exhausted " + p.count + " time(s), longest " + dur(p.longest) + (who ? "; held by " + who : "")));
+      kebab(p.pool) + " pool exhausted " + p.count + " time(s), longest " + dur(p.worst) + (who ? "; held by " + who : "")));
   }
   for (const c of h.callback_panics) {
     items.push(el("div", { class: "finding" + (c.recent ? "" : " old") }, "on_done callbacks panicked on `" + c.topic + "`: " + c.count));
