@@ -75,11 +75,6 @@ fn once<C: Contender>(rt: &tokio::runtime::Runtime, shape: Shape) -> f64 {
     shape.deliveries() as f64 / took.as_secs_f64()
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 /// Runs every case once per round, [`rounds`] rounds, so that a change in the
 /// shared VM's speed between minutes hits every contender alike; the ratio
 /// to tidings compares runs of the same round.
@@ -106,8 +101,8 @@ fn measure(rt: &tokio::runtime::Runtime, cases: &[Case]) -> Vec<Row> {
                 scenario: case.scenario,
                 name: case.name,
                 lossless: case.lossless,
-                rate: median(own.clone()),
-                ratio: median(ratios),
+                rate: common::median(own.clone()),
+                ratio: common::median(ratios),
                 spread: (lowest, highest),
             };
             eprintln!(

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tidings::{Bus, Clock, Event, TopicConfig};
+use tidings_benches::median;
 
 const BATCH: u64 = 60_000;
 const ROUNDS: usize = 15;
@@ -29,11 +30,6 @@ async fn per_event<F: Future<Output = ()>>(batch: F) -> f64 {
     let start = Instant::now();
     batch.await;
     start.elapsed().as_nanos() as f64 / BATCH as f64
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// Publish and receive costs, in nanoseconds, on a topic with `clock`.

@@ -66,6 +66,23 @@ pub trait Contender {
     fn run<const N: usize>(shape: Shape) -> impl Future<Output = Duration> + Send + 'static;
 }
 
+/// The median of a run's measurements (the upper one of an even count),
+/// as every bench program of this crate reports them. Panics on none.
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// The number after `--name` on the command line, or `default` when it is
+/// missing or not a number.
+pub fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|at| args.get(at + 1)?.parse().ok())
+        .unwrap_or(default)
+}
+
 pub async fn pace(i: u64) {
     if i % 64 == 63 {
         tokio::task::yield_now().await;

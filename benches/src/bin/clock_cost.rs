@@ -26,6 +26,8 @@ use std::cell::Cell;
 use std::hint::black_box;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use tidings_benches::arg;
+
 fn coarse() -> SystemTime {
     let ts = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
     UNIX_EPOCH + Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
@@ -109,14 +111,6 @@ fn error(f: &dyn Fn() -> SystemTime, secs: Duration) -> (f64, f64) {
     let p999 = errors[errors.len() * 999 / 1000] as f64 / 1e3;
     let max = errors.last().copied().unwrap_or(0) as f64 / 1e3;
     (max, p999)
-}
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|at| args.get(at + 1)?.parse().ok())
-        .unwrap_or(default)
 }
 
 fn main() {

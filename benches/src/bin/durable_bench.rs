@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use tidings::{Bus, Event};
+use tidings_benches::median;
 use tidings_durable::{Ack, DurableTopics, Store, TopicOptions};
 
 #[derive(Debug, Clone, Event, serde::Serialize, serde::Deserialize)]
@@ -363,11 +364,6 @@ fn recovery(rt: &tokio::runtime::Runtime, dir: &Path, mib: u64) -> (Duration, us
         let stats = jobs.stats();
         (took, stats.segments, stats.bytes)
     })
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 fn main() {

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use tidings::{Bus, Event};
+use tidings_benches::median;
 
 fn spin(d: Duration) {
     let end = Instant::now() + d;
@@ -154,11 +155,6 @@ fn fairness(secs: u64) -> Result<(Histogram<u64>, u64), Box<dyn std::error::Erro
     })
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (mut now, mut before) = (None, None);
     let (mut rounds, mut events, mut fair_secs) = (5usize, 1_000_000u64, 5u64);
@@ -219,9 +215,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let ratio = if i == 1 {
             "-".to_owned()
         } else {
-            format!("{:.2}×", median(&mut ratios[i]))
+            format!("{:.2}×", median(ratios[i].clone()))
         };
-        println!("| {name} | {:.0} | {ratio} |", median(&mut ns[i]));
+        println!("| {name} | {:.0} | {ratio} |", median(ns[i].clone()));
     }
     let (h, flooded) = fairness(fair_secs)?;
     println!(

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tidings::view::ViewBuilder;
 use tidings::{Bus, Overflow};
-use tidings_benches::Ev;
+use tidings_benches::{arg, median, Ev};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const READERS: usize = 16;
@@ -127,19 +127,6 @@ fn snapshot_work() -> f64 {
     }
     std::hint::black_box(bytes);
     start.elapsed().as_secs_f64() * 1e6 / f64::from(rounds)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|at| args.get(at + 1)?.parse().ok())
-        .unwrap_or(default)
 }
 
 fn main() {
