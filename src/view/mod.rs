@@ -277,8 +277,9 @@ impl ViewBuilder {
             .to_json()
             .to_string();
 
-        let sampler = sample::Sampler::new(self.bus, self.interval, self.sections, dead_letters);
-        let (tx, rx) = watch::channel(sampler.first());
+        let mut sampler =
+            sample::Sampler::new(self.bus, self.interval, self.sections, dead_letters);
+        let (tx, rx) = watch::channel(sampler.take());
         let sampler = tokio::spawn(sampler.run(tx));
         let server = Arc::new(http::Server {
             token: self.token,

@@ -55,16 +55,11 @@ impl Sampler {
         }
     }
 
-    /// The first snapshot, taken before the server accepts anyone.
-    pub(super) fn first(&self) -> Arc<str> {
-        // No rates and no dead letters yet: the sampler's first tick makes
-        // the full snapshot at once.
-        let stats = self.bus.stats();
-        self.document(&stats, None).to_string().into()
-    }
-
+    /// Takes a snapshot every interval, the first one interval after the
+    /// one the view started with (`take`, before the server accepts anyone).
     pub(super) async fn run(mut self, tx: watch::Sender<Arc<str>>) {
-        let mut tick = tokio::time::interval(self.interval);
+        let start = tokio::time::Instant::now() + self.interval;
+        let mut tick = tokio::time::interval_at(start, self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
@@ -85,7 +80,9 @@ impl Sampler {
         }
     }
 
-    fn take(&mut self) -> Arc<str> {
+    /// The bus now, with the rates since the last snapshot (none in the
+    /// first).
+    pub(super) fn take(&mut self) -> Arc<str> {
         while let Ok(letter) = self.dead_letters.try_recv() {
             if self.shown.len() == DEAD_LETTERS_SHOWN {
                 self.shown.pop_front();
