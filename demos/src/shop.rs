@@ -72,8 +72,7 @@ pub fn shop() -> Result<Shop, Box<dyn std::error::Error + Send + Sync>> {
         .build()?;
     let payments = {
         let bus = bus.clone();
-        bus.clone()
-            .subscribe::<OrderPlaced>()
+        bus.subscribe::<OrderPlaced>()
             .name("payments")
             .retry(RetryPolicy::fixed(Duration::from_millis(5)).max_attempts(3))
             .handler(move |order| {
@@ -96,8 +95,7 @@ pub fn shop() -> Result<Shop, Box<dyn std::error::Error + Send + Sync>> {
     };
     let stock = {
         let bus = bus.clone();
-        bus.clone()
-            .subscribe::<OrderPlaced>()
+        bus.subscribe::<OrderPlaced>()
             .name("stock")
             .sync(move |order| {
                 // A little CPU, as a real reservation's checks would take.
@@ -114,8 +112,7 @@ pub fn shop() -> Result<Shop, Box<dyn std::error::Error + Send + Sync>> {
     };
     let mailer = {
         let bus = bus.clone();
-        bus.clone()
-            .subscribe::<PaymentCharged>()
+        bus.subscribe::<PaymentCharged>()
             .name("mailer")
             .capacity(16)
             .overflow(Overflow::DropOldest)
