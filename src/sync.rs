@@ -63,3 +63,21 @@ impl<T> Mutex<T> {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
+
+/// Waits a moment for another thread to finish a few instructions (a take
+/// of the ring that is under way): spins, then yields its time slice.
+#[cfg(not(all(test, tidings_loom)))]
+pub(crate) fn spin(spins: &mut u32) {
+    if *spins < 64 {
+        *spins += 1;
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
+    }
+}
+
+/// loom's yield, so that the model lets the other thread run.
+#[cfg(all(test, tidings_loom))]
+pub(crate) fn spin(_spins: &mut u32) {
+    loom::thread::yield_now();
+}

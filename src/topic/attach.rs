@@ -6,8 +6,8 @@ use std::ops::RangeBounds;
 use std::sync::Arc;
 
 use super::deferred::Deferred;
-use super::queue::QueueSetup;
 use super::retained;
+use super::subscription::QueueSetup;
 use super::{Breaker, Phase, SubEntry, SubscriptionState, TopicInner, TopicState, RETIRED};
 use crate::config::{Overflow, StartAt};
 use crate::errors::SubscribeError;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use super::deferred::Deferred;
-use super::queue::Push;
+use super::subscription::Push;
 use super::{Phase, SubscriptionState, TopicState};
 use crate::event::{Event, Published};
 

@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use super::deferred::Deferred;
 use super::keys::Dedup;
 use super::line::{FullSub, Turn};
-use super::queue::Push;
+use super::subscription::Push;
 use super::{Phase, SubscriptionState, TopicState};
 use crate::config::{Overflow, PublishOptions};
 use crate::errors::{PublishError, Refusal};

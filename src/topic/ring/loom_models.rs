@@ -160,32 +160,41 @@ fn loom_a_slot_is_reused_after_its_reader_moved_on() {
 }
 
 /// The room counting that makes `write` safe, through the types that hold
-/// it: a writer writes each event only once the reader's cursor (under its
-/// subscription's lock, as in the crate) reported room for it, and the
-/// reader gets every event once, in order, from a ring smaller than what
-/// is published.
+/// it: a writer writes each event only once the reader's cursor reported
+/// room for it, and a stream that takes without its subscription's lock
+/// gets every event once, in order, from a ring smaller than what is
+/// published.
 #[test]
-fn loom_a_writer_writes_only_where_its_reader_has_room() {
-    loom::model(|| {
+fn loom_a_writer_writes_only_where_a_lock_free_reader_has_room() {
+    // Two spinning threads over every atomic of a take: unbounded, loom
+    // takes ten minutes here; three preemptions (loom's advice for most
+    // bugs) take seconds. The bound is lifted with LOOM_MAX_PREEMPTIONS.
+    let mut model = loom::model::Builder::new();
+    if model.preemption_bound.is_none() {
+        model.preemption_bound = Some(3);
+    }
+    model.check(|| {
         let mut writer = Writer::<u64>::new();
         let (cursor, mut room) = writer.add_reader(0, 1, 1);
-        let cursor = LoomArc::new(Mutex::new(cursor));
+        cursor.unlock();
+        let cursor = LoomArc::new(cursor);
         let reader = {
             let cursor = LoomArc::clone(&cursor);
             thread::spawn(move || {
                 let mut got = Vec::new();
                 while got.len() < 2 {
-                    if let Some((e, _)) = cursor.lock().take() {
-                        got.push(e.event);
+                    match cursor.try_take() {
+                        Take::Taken { published, .. } => got.push(published.event),
+                        Take::Empty => thread::yield_now(),
+                        Take::Locked => panic!("nobody locked the cursor"),
                     }
-                    thread::yield_now();
                 }
                 got
             })
         };
         for seq in 0..2 {
             while writer.must_look(seq) {
-                room.update(cursor.lock().room());
+                room.update(cursor.room());
                 writer.looked(std::iter::once(&room));
                 if writer.must_look(seq) {
                     thread::yield_now();
@@ -194,6 +203,141 @@ fn loom_a_writer_writes_only_where_its_reader_has_room() {
             assert!(writer.write(event(seq)), "room was reported");
         }
         assert_eq!(reader.join().expect("reader"), [0, 1]);
+    });
+}
+
+/// A publisher that finds no room registers under the subscription's lock
+/// and flags the cursor; a stream taking without the lock either moved
+/// first (the publisher's look counts it) or sees the flag and wakes it:
+/// never neither. The publisher here waits for nothing but its wake-up,
+/// so a lost one never ends (loom fails the model).
+#[test]
+fn loom_a_publisher_waiting_for_room_is_woken_by_a_lock_free_take() {
+    loom::model(|| {
+        let mut writer = Writer::<u64>::new();
+        let (cursor, mut room) = writer.add_reader(0, 1, 1);
+        cursor.unlock();
+        let cursor = LoomArc::new(cursor);
+        let publishers = LoomArc::new(Mutex::new(Vec::<Waker>::new()));
+        let wakes = std::sync::Arc::new(Wakes(Counter::new(0)));
+        assert!(writer.write(event(0)));
+        let reader = {
+            let (cursor, publishers) = (LoomArc::clone(&cursor), LoomArc::clone(&publishers));
+            thread::spawn(move || {
+                let mut got = Vec::new();
+                while got.len() < 2 {
+                    match cursor.try_take() {
+                        Take::Taken {
+                            published, wake, ..
+                        } => {
+                            got.push(published.event);
+                            if wake {
+                                // As `SubscriptionState::wake_waiters`.
+                                let mut list = publishers.lock();
+                                cursor.waiters_woken();
+                                list.drain(..).for_each(Waker::wake);
+                            }
+                        }
+                        Take::Empty => thread::yield_now(),
+                        Take::Locked => panic!("nobody locked the cursor"),
+                    }
+                }
+                got
+            })
+        };
+        // Event 1, as `ring_room` and the publish path do it.
+        loop {
+            let seen = wakes.0.load(Ordering::SeqCst);
+            {
+                let mut list = publishers.lock();
+                room.update(cursor.room());
+                if !room.fits(1) {
+                    list.push(Waker::from(std::sync::Arc::clone(&wakes)));
+                    room.update(cursor.note_waiter().room());
+                }
+            }
+            writer.looked(std::iter::once(&room));
+            if !writer.must_look(1) {
+                break;
+            }
+            while wakes.0.load(Ordering::SeqCst) == seen {
+                thread::yield_now();
+            }
+        }
+        assert!(writer.write(event(1)));
+        assert_eq!(reader.join().expect("reader"), [0, 1]);
+    });
+}
+
+/// A close under the subscription's lock while a stream takes without it:
+/// the close waits for a take under way, then takes the rest; each event
+/// goes to exactly one of the two, in order, and the cursor's numbers add
+/// up (loom's cells also check that no slot is read twice at once).
+#[test]
+fn loom_a_close_and_a_lock_free_take_share_the_events_once() {
+    loom::model(|| {
+        let mut writer = Writer::<u64>::new();
+        let (cursor, _room) = writer.add_reader(0, 2, 2);
+        cursor.unlock();
+        let cursor = LoomArc::new(cursor);
+        let lock = LoomArc::new(Mutex::new(()));
+        assert!(writer.write(event(0)));
+        assert!(writer.write(event(1)));
+        let reader = {
+            let cursor = LoomArc::clone(&cursor);
+            thread::spawn(move || {
+                let mut got = Vec::new();
+                for _ in 0..2 {
+                    match cursor.try_take() {
+                        Take::Taken { published, .. } => got.push(published.event),
+                        Take::Empty => panic!("both were written"),
+                        Take::Locked => break,
+                    }
+                }
+                got
+            })
+        };
+        let mut rest = Vec::new();
+        let n = {
+            let _guard = lock.lock();
+            cursor.close(2);
+            cursor.take_rest(|published| rest.push(published.event))
+        };
+        let mut got = reader.join().expect("reader");
+        assert_eq!(n as usize, rest.len());
+        got.extend(rest);
+        assert_eq!(got, [0, 1], "each event once, in order");
+        let place = cursor.place();
+        assert!(place.drained());
+        assert_eq!(place.passed(), 2);
+        assert_eq!(cursor.room().until, u64::MAX, "closed and drained");
+    });
+}
+
+/// A snapshot taken while a stream takes without the lock reads the cursor
+/// once: what it counts passed and what it counts queued always add up to
+/// what was written.
+#[test]
+fn loom_a_snapshot_of_a_lock_free_reader_adds_up() {
+    loom::model(|| {
+        let mut writer = Writer::<u64>::new();
+        let (cursor, _room) = writer.add_reader(0, 2, 2);
+        cursor.unlock();
+        let cursor = LoomArc::new(cursor);
+        assert!(writer.write(event(0)));
+        assert!(writer.write(event(1)));
+        let reader = {
+            let cursor = LoomArc::clone(&cursor);
+            thread::spawn(move || {
+                for _ in 0..2 {
+                    assert!(matches!(cursor.try_take(), Take::Taken { .. }));
+                }
+            })
+        };
+        let place = cursor.place();
+        assert_eq!(place.passed() + place.queued(2) as u64, 2);
+        reader.join().expect("reader");
+        assert_eq!(cursor.place().queued(2), 0);
     });
 }
 

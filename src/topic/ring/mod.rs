@@ -12,9 +12,9 @@
 //! holds) and shared out by a count of the readers still to take it:
 //!
 //! - the publisher writes a slot only when every reader has taken its
-//!   previous event (each reader's cursor moved past it under the
-//!   subscription's lock, which the publisher took when it last counted the
-//!   room), then stores the readers and swaps the stamp in (`Release`);
+//!   previous event (each reader's cursor moved past it after the read, with
+//!   a release that the publisher's look at the cursor's room acquired),
+//!   then stores the readers and swaps the stamp in (`Release`);
 //! - a reader touches the event only after it saw the stamp of the event
 //!   it wants (`Acquire`); every reader but the last clones the `Arc` and
 //!   then counts itself out (`AcqRel`), so the last one, which sees a count
@@ -58,7 +58,7 @@ use crate::sync::{AtomicU64, AtomicUsize, Mutex, Ordering, UnsafeCell};
 mod cursor;
 mod writer;
 
-pub(crate) use cursor::{Cursor, Room};
+pub(crate) use cursor::{Cursor, Room, Take};
 pub(crate) use writer::{ReaderRoom, Writer};
 
 /// The largest ring a topic gets; lossless subscriptions with a larger
@@ -225,8 +225,9 @@ impl<E> Ring<E> {
         event
     }
 
-    /// Reader side, under its subscription's lock, having found event `seq`
-    /// not written: registers `waker` to be woken when it is. False if it
+    /// Reader side (the one reader of `seq` for its cursor at this moment),
+    /// having found event `seq` not written: registers `waker` to be woken
+    /// when it is. False if it
     /// was written meanwhile (look again; nothing is registered then, or a
     /// waker that will be woken once for nothing).
     fn wait(&self, seq: u64, waker: &Waker) -> bool {

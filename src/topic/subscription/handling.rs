@@ -6,10 +6,11 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::queue::Wakeups;
-use super::{Change, SubscriptionState};
+use super::SubscriptionState;
 use crate::info::SubInfo;
 use crate::outcome::Outcome;
 use crate::telemetry;
+use crate::topic::Change;
 use crate::watch::{Finding, FindingKind};
 
 /// How an event's handling ended, after all its attempts.

@@ -3,17 +3,18 @@
 //! of its own (the lossy policies, which evict or skip per subscription,
 //! and lossless subscriptions larger than the ring); its numbers; and the
 //! wakers of whoever waits on it. Everything here lives under the
-//! subscription's one lock.
+//! subscription's one lock, but for a ring reader's cursor, which a stream
+//! moves without it (`ring/cursor.rs`).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::task::Waker;
 
-use super::deferred::Deferred;
-use super::ring::Cursor;
-use super::Breaker;
 use crate::event::Published;
 use crate::resume::Started;
+use crate::topic::deferred::Deferred;
+use crate::topic::ring::Cursor;
+use crate::topic::Breaker;
 use crate::watch::CallbackLog;
 
 /// What was decided about one event for one subscription.
@@ -49,8 +50,9 @@ pub(super) struct Slot<E> {
 /// Where a subscription's events wait.
 pub(super) enum Buf<E> {
     Own(VecDeque<Slot<E>>),
-    /// Its place in the topic's ring.
-    Ring(Cursor<E>),
+    /// Its place in the topic's ring, shared with a stream's takes
+    /// without the lock.
+    Ring(Arc<Cursor<E>>),
 }
 
 /// What the publisher side knows of a ring subscription: the topic's next
@@ -64,10 +66,18 @@ pub(crate) struct RingView {
 /// the same critical sections as the queue and `in_flight`, so that every
 /// snapshot, taken while handlers run or not, satisfies the identities the
 /// stats promise (`delivered == handled + dead_lettered + in_flight`, …).
+/// A ring reader's deliveries and depth both come from one reading of its
+/// cursor: a stream moves it without the lock, and a handler (which counts
+/// `in_flight`) only under it.
 #[derive(Default)]
 pub(super) struct Counters {
     pub(super) accepted: u64,
+    /// Deliveries from retained events and a queue of its own; a ring
+    /// reader's are worked out from its cursor (minus `ring_passed`).
     pub(super) delivered: u64,
+    /// Sequence numbers a ring cursor passed without delivering them: cut
+    /// off, discarded, or moved to a queue of its own as it left the ring.
+    pub(super) ring_passed: u64,
     pub(super) dropped_oldest: u64,
     pub(super) dropped_newest: u64,
     pub(super) discarded: u64,
@@ -122,7 +132,7 @@ impl<E> State<E> {
         }
         match &self.buf {
             Buf::Own(buf) => buf.is_empty(),
-            Buf::Ring(cursor) => cursor.drained(),
+            Buf::Ring(cursor) => cursor.place().drained(),
         }
     }
 
@@ -159,8 +169,8 @@ impl<E> State<E> {
         match &self.buf {
             Buf::Own(buf) => buf.is_empty(),
             Buf::Ring(cursor) => match view {
-                Some(view) => cursor.queued(view.tail) == 0,
-                None => cursor.drained(),
+                Some(view) => cursor.place().queued(view.tail) == 0,
+                None => cursor.place().drained(),
             },
         }
     }
@@ -193,25 +203,35 @@ impl<E> State<E> {
                     n
                 }
                 // Still open: nothing in the ring is its own to clear.
-                Buf::Ring(cursor) => cursor.take_rest(|published| dropped.let_go(published)),
+                Buf::Ring(cursor) => {
+                    let n = cursor.take_rest(|published| dropped.let_go(published));
+                    self.counters.ring_passed += n;
+                    n
+                }
             }
     }
 
-    /// Takes the next event, if there is one to take now. On every
-    /// receive: inlined into the subscription's pop, as it was before the
-    /// queue had a file of its own (callgrind: 16 instructions an event).
+    /// Takes the next event under the lock, if there is one to take now,
+    /// counting it delivered (a ring reader's count is its cursor's).
+    /// Inlined into the subscription's pop, as it was before the queue had
+    /// a file of its own (callgrind: 16 instructions an event).
     #[inline]
     pub(super) fn take(&mut self) -> Option<Slot<E>> {
         if let Some(published) = self.replay.pop_front() {
+            self.counters.delivered += 1;
             return Some(Slot {
                 published,
                 missed_before: 0,
             });
         }
         match &mut self.buf {
-            Buf::Own(buf) => buf.pop_front(),
+            Buf::Own(buf) => {
+                let slot = buf.pop_front()?;
+                self.counters.delivered += 1;
+                Some(slot)
+            }
             Buf::Ring(cursor) => {
-                let (published, depth) = cursor.take()?;
+                let (published, depth) = cursor.take_locked()?;
                 // The depth is sampled (see `Cursor::take`); a full queue is
                 // caught exactly anyway, by the publisher that finds no room.
                 if let Some(depth) = depth {
