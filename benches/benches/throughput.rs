@@ -1,7 +1,7 @@
 //! tidings beside its peers, in the same run. Throughput is deliveries per
 //! second (events × readers, `Throughput::Elements`).
 //!
-//! - S1 1→1: tidings, tokio mpsc, flume, jaeb; capacity 64 and 1024.
+//! - S1 1→1: tidings, tokio mpsc, flume, kanal, jaeb; capacity 64 and 1024.
 //! - S2 1→N fan-out, N = 4, 16, 64: tidings Block (lossless) and DropOldest,
 //!   tokio broadcast (lossy), async-broadcast (lossless), N × tokio mpsc,
 //!   jaeb.
@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    AsyncBroadcast, Contender, Flume, Jaeb, Shape, TidingsBlock, TidingsDropOldest, TokioBroadcast,
-    TokioMpsc,
+    AsyncBroadcast, Contender, Flume, Jaeb, Kanal, Shape, TidingsBlock, TidingsDropOldest,
+    TokioBroadcast, TokioMpsc,
 };
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tidings::{Bus, Event, WatchConfig};
@@ -75,6 +75,7 @@ fn s1_one_to_one(c: &mut Criterion) {
         measure::<TidingsBlock, 8>(c, "s1_1to1", s, p.clone());
         measure::<TokioMpsc, 8>(c, "s1_1to1", s, p.clone());
         measure::<Flume, 8>(c, "s1_1to1", s, p.clone());
+        measure::<Kanal, 8>(c, "s1_1to1", s, p.clone());
         measure::<Jaeb, 8>(c, "s1_1to1", s, p);
     }
 }

@@ -15,8 +15,8 @@ use tidings_benches as common;
 use std::time::Duration;
 
 use common::{
-    AsyncBroadcast, Contender, Flume, Jaeb, Shape, TidingsBlock, TidingsCoarse, TidingsDropOldest,
-    TokioBroadcast, TokioMpsc,
+    AsyncBroadcast, Contender, Flume, Jaeb, Kanal, Shape, TidingsBlock, TidingsCoarse,
+    TidingsDropOldest, TokioBroadcast, TokioMpsc,
 };
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -310,38 +310,53 @@ fn chart(
     Ok(())
 }
 
-/// The throughput goals of tidings (issue "hot path v2"), each checked
-/// against the median of the ratios of runs made in the same round.
+/// The throughput goals of tidings (issue "hot path v3"), each checked
+/// against the median of the ratios of runs made in the same round; where
+/// a goal names several peers, against the fastest of them.
 fn goals(rows: &[Row]) {
     let ratio = |scenario: &str, peer: &str| {
         rows.iter()
             .find(|r| r.scenario == scenario && r.name == peer)
             .map(|r| 1.0 / r.ratio)
     };
+    // tidings ÷ the fastest of `peers`: the lowest of the ratios.
+    let against_best = |scenario: &str, peers: &[&str]| {
+        peers
+            .iter()
+            .filter_map(|peer| ratio(scenario, peer))
+            .min_by(f64::total_cmp)
+    };
     println!("\n| goal | tidings (Block) ÷ peer, median of the rounds | met |");
     println!("|---|---:|---|");
-    for (goal, scenario, peer, at_least) in [
+    let raw_1to1 = [TokioMpsc::NAME, Flume::NAME, Kanal::NAME];
+    for (goal, scenario, peers, at_least) in [
         (
-            "1→1 at least 1.0× tokio mpsc",
+            "1→1 at least 1.0× the fastest of tokio mpsc, flume, kanal",
             "S1 1→1",
-            TokioMpsc::NAME,
+            &raw_1to1[..],
             1.0,
         ),
-        ("1→1 at least 8× jaeb", "S1 1→1", Jaeb::NAME, 8.0),
+        ("1→1 at least 8× jaeb", "S1 1→1", &[Jaeb::NAME][..], 8.0),
         (
-            "1→16 lossless at least 1.3× tokio broadcast",
+            "1→16 lossless at least 1.0× tokio broadcast",
             "S2 1→16",
-            TokioBroadcast::NAME,
-            1.3,
+            &[TokioBroadcast::NAME][..],
+            1.0,
+        ),
+        (
+            "1→64 lossless at least 1.0× tokio broadcast",
+            "S2 1→64",
+            &[TokioBroadcast::NAME][..],
+            1.0,
         ),
         (
             "2→1 at least 1.0× tokio mpsc",
             "S3 2→1",
-            TokioMpsc::NAME,
+            &[TokioMpsc::NAME][..],
             1.0,
         ),
     ] {
-        if let Some(r) = ratio(scenario, peer) {
+        if let Some(r) = against_best(scenario, peers) {
             let met = if r >= at_least { "yes" } else { "**no**" };
             println!("| {goal} | {r:.2}× | {met} |");
         }
@@ -396,6 +411,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             case::<TidingsCoarse>("S1 1→1", one),
             case::<TokioMpsc>("S1 1→1", one),
             case::<Flume>("S1 1→1", one),
+            case::<Kanal>("S1 1→1", one),
             case::<Jaeb>("S1 1→1", one),
             case::<TidingsBlock>("S2 1→16", fan),
             case::<TidingsDropOldest>("S2 1→16", fan),
@@ -409,6 +425,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             case::<TidingsBlock>("S3 2→1", many(2, 1)),
             case::<TokioMpsc>("S3 2→1", many(2, 1)),
             case::<Flume>("S3 2→1", many(2, 1)),
+            case::<Kanal>("S3 2→1", many(2, 1)),
             case::<TidingsBlock>("S3 2→8", many(2, 8)),
             case::<TokioBroadcast>("S3 2→8", many(2, 8)),
             case::<TokioMpsc>("S3 2→8", many(2, 8)),

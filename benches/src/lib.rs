@@ -252,11 +252,29 @@ impl Channel for FlumeChannel {
     }
 }
 
+/// `kanal`, through its async halves.
+pub struct KanalChannel;
+impl Channel for KanalChannel {
+    const NAME: &'static str = "kanal (one per reader)";
+    type Tx<T: Send + Sync + 'static> = kanal::AsyncSender<T>;
+    type Rx<T: Send + Sync + 'static> = kanal::AsyncReceiver<T>;
+    fn bounded<T: Send + Sync + 'static>(capacity: usize) -> (Self::Tx<T>, Self::Rx<T>) {
+        kanal::bounded_async(capacity)
+    }
+    async fn send<T: Send + Sync + 'static>(tx: &Self::Tx<T>, value: T) {
+        tx.send(value).await.expect("send");
+    }
+    async fn recv<T: Send + Sync + 'static>(rx: &mut Self::Rx<T>) -> Option<T> {
+        rx.recv().await.ok()
+    }
+}
+
 /// One bounded channel per reader, every event sent to each: a hand-built
 /// lossless fan-out (and, with one reader, the plain channel).
 pub struct OnePerReader<C>(std::marker::PhantomData<C>);
 pub type TokioMpsc = OnePerReader<Mpsc>;
 pub type Flume = OnePerReader<FlumeChannel>;
+pub type Kanal = OnePerReader<KanalChannel>;
 
 impl<C: Channel> Contender for OnePerReader<C> {
     const NAME: &'static str = C::NAME;
