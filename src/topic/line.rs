@@ -71,9 +71,14 @@ impl<'a, E: Event> Turn<'a, E> {
 }
 
 impl<E: Event> Drop for Turn<'_, E> {
+    /// Takes its ticket out of the line and wakes whoever is first now
+    /// (outside the topic's lock).
     fn drop(&mut self) {
         if let Some(ticket) = self.ticket.take() {
-            self.topic.leave(ticket);
+            let next = self.topic.inner.lock().line.leave(&mut Some(ticket));
+            if let Some(next) = next {
+                next.wake();
+            }
         }
     }
 }
@@ -171,19 +176,6 @@ impl<E> Line<E> {
             self.waiting.front().map(|(_, waker)| waker.clone())
         } else {
             None
-        }
-    }
-}
-
-impl<E: Event> TopicState<E> {
-    /// Takes `ticket` out of the line and wakes whoever is first now.
-    fn leave(&self, ticket: u64) {
-        let next = {
-            let mut inner = self.inner.lock();
-            inner.line.leave(&mut Some(ticket))
-        };
-        if let Some(next) = next {
-            next.wake();
         }
     }
 }

@@ -37,7 +37,7 @@ use std::task::{Context, Waker};
 use parking_lot::Mutex;
 
 pub(crate) use attach::{SubName, SubRequest};
-pub(crate) use breaker::{Breaker, Change, Permit};
+pub(crate) use breaker::{Breaker, Permit};
 pub(crate) use feed::Offered;
 use keys::Dedup;
 use line::Line;

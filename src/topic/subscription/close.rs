@@ -53,6 +53,7 @@ impl<E> SubscriptionState<E> {
                 // own does.
                 let from_ring = cursor.place().passed();
                 s.counters.delivered += from_ring.saturating_sub(s.counters.ring_passed);
+                s.counters.high_water = s.counters.high_water.max(cursor.high_water());
                 s.buf = Buf::Own(own);
             }
         }

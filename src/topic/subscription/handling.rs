@@ -10,7 +10,7 @@ use super::SubscriptionState;
 use crate::info::SubInfo;
 use crate::outcome::Outcome;
 use crate::telemetry;
-use crate::topic::Change;
+use crate::topic::breaker::Change;
 use crate::watch::{Finding, FindingKind};
 
 /// How an event's handling ended, after all its attempts.

@@ -21,9 +21,9 @@ pub(crate) use handling::Final;
 use queue::{register, Buf, Counters, Slot, State};
 pub(crate) use queue::{Push, QueueSetup, RingView};
 
+use super::breaker::Breaker;
 use super::deferred::Deferred;
 use super::ring::{Cursor, Room};
-use super::Breaker;
 use crate::config::{Overflow, WatchConfig};
 use crate::event::Published;
 use crate::hist::Sharded;

@@ -12,9 +12,9 @@ use std::task::Waker;
 
 use crate::event::Published;
 use crate::resume::Started;
+use crate::topic::breaker::Breaker;
 use crate::topic::deferred::Deferred;
 use crate::topic::ring::Cursor;
-use crate::topic::Breaker;
 use crate::watch::CallbackLog;
 
 /// What was decided about one event for one subscription.
