@@ -6,6 +6,8 @@
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, Waker};
 
+use parking_lot::MutexGuard;
+
 use super::queue::{Buf, State, Wakeups};
 use super::SubscriptionState;
 use crate::errors::TryRecvError;
@@ -116,12 +118,7 @@ impl<E> SubscriptionState<E> {
         let mut wakeups = Wakeups::default();
         let mut s = self.state.lock();
         if let Some(env) = self.pop_locked(&mut s, &mut wakeups) {
-            if s.consumers.len() > 1 {
-                pass_on(&mut s, consumer, &mut wakeups);
-            }
-            drop(s);
-            wakeups.wake();
-            return Poll::Ready(Some(env));
+            return hand_out(s, env, consumer, wakeups);
         }
         if s.watcher == Some(consumer) {
             // Woken by the ring (or polled again): it watches no longer.
@@ -148,12 +145,7 @@ impl<E> SubscriptionState<E> {
                 return Poll::Pending;
             }
             if let Some(env) = self.pop_locked(&mut s, &mut wakeups) {
-                if s.consumers.len() > 1 {
-                    pass_on(&mut s, consumer, &mut wakeups);
-                }
-                drop(s);
-                wakeups.wake();
-                return Poll::Ready(Some(env));
+                return hand_out(s, env, consumer, wakeups);
             }
             cx.waker().wake_by_ref();
             return Poll::Pending;
@@ -188,6 +180,23 @@ impl<E> SubscriptionState<E> {
             None => Err(TryRecvError::Empty),
         }
     }
+}
+
+/// Hands out an event taken under the lock: passes the watch of the ring on
+/// to a sibling if there are any, lets go of the lock, then wakes.
+#[inline(always)]
+fn hand_out<E>(
+    mut s: MutexGuard<'_, State<E>>,
+    env: Envelope<E>,
+    consumer: usize,
+    mut wakeups: Wakeups,
+) -> Poll<Option<Envelope<E>>> {
+    if s.consumers.len() > 1 {
+        pass_on(&mut s, consumer, &mut wakeups);
+    }
+    drop(s);
+    wakeups.wake();
+    Poll::Ready(Some(env))
 }
 
 /// Keeps `waker` in a consumer's slot, to be woken when it may take.
