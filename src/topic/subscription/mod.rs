@@ -175,11 +175,11 @@ impl<E> SubscriptionState<E> {
     /// a publisher that finds no room for `tail` is woken when room
     /// appears. `None` for a subscription with a queue of its own.
     pub(crate) fn ring_room(&self, tail: u64, cx: Option<&mut Context<'_>>) -> Option<Room> {
-        let mut s = self.state.lock();
+        let mut guard = self.state.lock();
+        let s = &mut *guard;
         let Buf::Ring(cursor) = &s.buf else {
             return None;
         };
-        let cursor = Arc::clone(cursor);
         let place = cursor.place();
         s.counters.high_water = s.counters.high_water.max(place.queued(tail));
         let room = place.room();
