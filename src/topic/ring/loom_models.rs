@@ -126,7 +126,7 @@ fn loom_a_reader_a_ring_behind_reads_past_a_waiting_bit() {
 }
 
 /// A slot is written again only after its reader moved past it (the
-/// cursor under a lock, as a subscription's): the reader gets both
+/// cursor under a lock, as a handler's): the reader gets both
 /// events, in order, and never the cell half written.
 #[test]
 fn loom_a_slot_is_reused_after_its_reader_moved_on() {

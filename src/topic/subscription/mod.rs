@@ -44,8 +44,9 @@ pub(crate) struct PoolTimes {
 }
 
 /// A subscription's whole shared state: its fixed facts, its queue and
-/// numbers (under one lock), the watch's findings, its circuit breaker,
-/// and its runners' tasks. The topic, the runners and the handles share it.
+/// numbers (under one lock, but for a stream's place in the ring, which it
+/// moves without it), the watch's findings, its circuit breaker, and its
+/// runners' tasks. The topic, the runners and the handles share it.
 pub(crate) struct SubscriptionState<E> {
     pub(crate) info: SubInfo,
     pub(crate) watch: Arc<WatchConfig>,
