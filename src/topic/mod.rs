@@ -9,15 +9,18 @@
 //! nothing behind: dropping its future enqueues nothing; waiting publishers
 //! take turns (`line.rs`).
 //!
-//! One file per role: the state of the topic (here), the publish path
-//! (`publish.rs`), the line of waiting publishers (`line.rs`), subscribing
-//! and leaving (`attach.rs`), the ring lossless subscriptions read
+//! Each file owns a type or one path through the topic: the state of the
+//! topic and what the bus asks of it (here), the publish path
+//! (`publish.rs`), the line of waiting publishers and their turns
+//! (`line.rs`), subscribing and leaving (`attach.rs`), a subscription fed
+//! by a storage layer (`feed.rs`), the ring lossless subscriptions read
 //! (`ring/`: the slots, a reader's `Cursor`, the publisher's `Writer`), a
-//! subscription's bounded queue (`queue.rs`, deferred drops in
-//! `deferred.rs`) and its state
-//! (`subscription.rs`, handler side in `handling.rs`), the retained log
-//! (`retained.rs`), the idempotency-key window (`keys.rs`), and a
-//! subscription's circuit breaker at run time (`breaker.rs`).
+//! subscription's state and every method on it (`subscription/`: its
+//! publisher side, its readers, its end, its handler runners' side, and
+//! its bounded queue), events let go of under a lock and dropped after it
+//! (`deferred.rs`), the retained log (`retained.rs`), the idempotency-key
+//! window (`keys.rs`), and a subscription's circuit breaker at run time
+//! (`breaker.rs`).
 
 mod attach;
 mod breaker;
