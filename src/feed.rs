@@ -175,7 +175,7 @@ impl<E: Event> Feed<E> {
         let done = on_done.map(|f| {
             Arc::new(Done::new(
                 Arc::new(OnDone::settled(f)),
-                Arc::clone(&self.topic.callbacks),
+                Arc::clone(self.topic.callbacks()),
             ))
         });
         let published = Arc::new(Published {

@@ -100,7 +100,7 @@ async fn send_dead_letter<E>(
         Some(topic) => topic.publish(letter, &options).await.ok(),
         None => None,
     };
-    let retained = topic.is_some_and(|t| t.config.retained() > 0);
+    let retained = topic.is_some_and(|t| t.config().retained() > 0);
     let heard = receipt.is_some_and(|r| r.enqueued > 0 || retained);
     if !heard {
         subscription.unheard(event_id, &error);

@@ -253,7 +253,7 @@ impl<E: Event> SubscribeBuilder<E> {
     ) -> Result<Attachment<E>, SubscribeError> {
         let topic = E::TOPIC;
         let state = self.topic.ok_or(SubscribeError::UnknownTopic { topic })?;
-        let capacity = self.capacity.unwrap_or(state.config.default_capacity());
+        let capacity = self.capacity.unwrap_or(state.config().default_capacity());
         if capacity == 0 {
             return Err(SubscribeError::ZeroCapacity { topic });
         }
@@ -270,7 +270,7 @@ impl<E: Event> SubscribeBuilder<E> {
         let subscription = state.attach(SubRequest {
             name,
             kind,
-            policy: self.overflow.unwrap_or(state.config.default_overflow()),
+            policy: self.overflow.unwrap_or(state.config().default_overflow()),
             capacity,
             consumers,
             breaker,

@@ -290,7 +290,7 @@ impl<E: Event> HandlerBuilder<E> {
             .base
             .topic
             .as_ref()
-            .map(|t| crate::pool::current(&t.pools));
+            .map(|t| crate::pool::current(t.pools()));
         let pools = pools.ok_or(SubscribeError::UnknownTopic { topic })?;
         let pool = pools.get(kind.pool().unwrap_or(crate::config::WorkerPool::Cpu));
         let (attachment, plan) = self.attach(kind, caller)?;
@@ -341,7 +341,7 @@ impl<E: Event> HandlerBuilder<E> {
             timeout: self.timeout,
             breaker,
             dead_letters,
-            bus: attachment.topic.bus,
+            bus: attachment.topic.bus(),
         };
         Ok((attachment, plan))
     }

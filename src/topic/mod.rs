@@ -131,14 +131,14 @@ pub(crate) const RETIRED: usize = 64;
 
 /// A registered topic at run time: its subscriptions and sequence counter.
 pub(crate) struct TopicState<E> {
-    pub(crate) config: TopicConfig,
+    config: TopicConfig,
     /// The bus it belongs to: whose handlers may still publish while it
     /// drains.
-    pub(crate) bus: BusId,
+    bus: BusId,
     inner: Mutex<TopicInner<E>>,
     watch: WatchSlot,
     /// The bus's worker pools, for its blocking handlers.
-    pub(crate) pools: PoolSlot,
+    pools: PoolSlot,
     metrics: TopicMetrics,
     /// Accepted events with a cause, by the cause's topic (an entry per
     /// topic name of the program's event types, and one for causes known
@@ -148,7 +148,29 @@ pub(crate) struct TopicState<E> {
     /// gate's `publish_block`).
     caused_by: Mutex<Vec<CauseCount>>,
     /// Panics of the callbacks it runs (`on_done`, events' `Drop`s).
-    pub(crate) callbacks: Arc<CallbackLog>,
+    callbacks: Arc<CallbackLog>,
+}
+
+impl<E> TopicState<E> {
+    /// The topic's settings, as the bus was built with them.
+    pub(crate) fn config(&self) -> &TopicConfig {
+        &self.config
+    }
+
+    /// The bus the topic belongs to.
+    pub(crate) fn bus(&self) -> BusId {
+        self.bus
+    }
+
+    /// The bus's worker pools, for the topic's blocking handlers.
+    pub(crate) fn pools(&self) -> &PoolSlot {
+        &self.pools
+    }
+
+    /// Where the panics of the callbacks the topic runs are counted.
+    pub(crate) fn callbacks(&self) -> &Arc<CallbackLog> {
+        &self.callbacks
+    }
 }
 
 impl<E: Event> TopicState<E> {
