@@ -34,6 +34,18 @@ fn read(ring: &Ring<u64>, seq: u64) -> Option<Arc<Published<u64>>> {
     unsafe { ring.read(seq) }
 }
 
+/// A stream's reader of `writer`'s ring, from sequence number 0, with
+/// room for `capacity` events in a ring of that size, taking without the
+/// lock: the cursor shared with the model's threads, and its first room.
+fn lock_free_reader(
+    writer: &mut Writer<u64>,
+    capacity: usize,
+) -> (LoomArc<Cursor<u64>>, ReaderRoom) {
+    let (cursor, room) = writer.add_reader(0, capacity, capacity);
+    cursor.unlock();
+    (LoomArc::new(cursor), room)
+}
+
 struct Wakes(Counter);
 impl Wake for Wakes {
     fn wake(self: std::sync::Arc<Self>) {
@@ -175,9 +187,7 @@ fn loom_a_writer_writes_only_where_a_lock_free_reader_has_room() {
     }
     model.check(|| {
         let mut writer = Writer::<u64>::new();
-        let (cursor, mut room) = writer.add_reader(0, 1, 1);
-        cursor.unlock();
-        let cursor = LoomArc::new(cursor);
+        let (cursor, mut room) = lock_free_reader(&mut writer, 1);
         let reader = {
             let cursor = LoomArc::clone(&cursor);
             thread::spawn(move || {
@@ -215,9 +225,7 @@ fn loom_a_writer_writes_only_where_a_lock_free_reader_has_room() {
 fn loom_a_publisher_waiting_for_room_is_woken_by_a_lock_free_take() {
     loom::model(|| {
         let mut writer = Writer::<u64>::new();
-        let (cursor, mut room) = writer.add_reader(0, 1, 1);
-        cursor.unlock();
-        let cursor = LoomArc::new(cursor);
+        let (cursor, mut room) = lock_free_reader(&mut writer, 1);
         let publishers = LoomArc::new(Mutex::new(Vec::<Waker>::new()));
         let wakes = std::sync::Arc::new(Wakes(Counter::new(0)));
         assert!(writer.write(event(0)));
@@ -277,9 +285,7 @@ fn loom_a_publisher_waiting_for_room_is_woken_by_a_lock_free_take() {
 fn loom_a_close_and_a_lock_free_take_share_the_events_once() {
     loom::model(|| {
         let mut writer = Writer::<u64>::new();
-        let (cursor, _room) = writer.add_reader(0, 2, 2);
-        cursor.unlock();
-        let cursor = LoomArc::new(cursor);
+        let (cursor, _room) = lock_free_reader(&mut writer, 2);
         let lock = LoomArc::new(Mutex::new(()));
         assert!(writer.write(event(0)));
         assert!(writer.write(event(1)));
@@ -321,9 +327,7 @@ fn loom_a_close_and_a_lock_free_take_share_the_events_once() {
 fn loom_a_snapshot_of_a_lock_free_reader_adds_up() {
     loom::model(|| {
         let mut writer = Writer::<u64>::new();
-        let (cursor, _room) = writer.add_reader(0, 2, 2);
-        cursor.unlock();
-        let cursor = LoomArc::new(cursor);
+        let (cursor, _room) = lock_free_reader(&mut writer, 2);
         assert!(writer.write(event(0)));
         assert!(writer.write(event(1)));
         let reader = {
