@@ -101,9 +101,6 @@ impl Sampler {
     }
 
     fn document(&self, stats: &BusStats, rates: Option<Value>) -> Value {
-        let at_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
         let mut sections = Map::new();
         for (name, f) in &self.sections {
             // A section is user code: a panic in it shows, it never ends
@@ -123,7 +120,7 @@ impl Sampler {
             .collect();
         let mut doc = json!({
             "view": 1,
-            "at_ms": at_ms as u64,
+            "at_ms": unix_ms(SystemTime::now()),
             "interval_ms": self.interval.as_millis() as u64,
             "stats": to_value(stats),
             "health": to_value(&health),
@@ -136,6 +133,13 @@ impl Sampler {
         }
         doc
     }
+}
+
+/// Milliseconds since the Unix epoch, as the page's clock counts them (0
+/// before the epoch).
+fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn to_value<T: serde::Serialize>(value: &T) -> Value {
@@ -193,11 +197,6 @@ fn rates(before: &BusStats, now: &BusStats, elapsed: Duration) -> Value {
 }
 
 fn dead_letter(letter: &DeadLetter) -> Value {
-    let published_at_ms = letter
-        .event
-        .published_at()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
     json!({
         "topic": letter.topic,
         "subscription": letter.subscription,
@@ -206,7 +205,7 @@ fn dead_letter(letter: &DeadLetter) -> Value {
         "event_id": letter.event_id.get(),
         "attempts": letter.attempts,
         "error": letter.error,
-        "published_at_ms": published_at_ms,
+        "published_at_ms": unix_ms(letter.event.published_at()),
         "payload": payload(letter),
     })
 }
